@@ -1,0 +1,98 @@
+"""The ASGI application: wiring of settings, storage, upstreams and routes. No request logic."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import __version__
+from .catalog import load_catalog
+from .config import Settings
+from .db.engine import make_engine
+from .errors import GatewayError, Internal, NotFound
+from .gateway import Gateway
+from .http import gemini_routes, openai_routes, ops
+from .http.middleware import RequestIdMiddleware
+from .keys import KeyStore
+from .limits import Limiter
+from .routing import Router
+from .upstreams import build_upstream
+from .usage import UsageRecorder
+
+log = logging.getLogger("nanogate")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    catalog = load_catalog(settings.models)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.resolved_database_url)
+        recorder = UsageRecorder(engine, flush_seconds=settings.usage_flush_seconds)
+        router = Router([(cfg, build_upstream(cfg)) for cfg in settings.upstreams])
+        app.state.engine = engine
+        app.state.gateway = Gateway(
+            catalog,
+            KeyStore(engine, cache_seconds=settings.key_cache_seconds),
+            router,
+            recorder,
+            Limiter(),
+        )
+        await recorder.start()
+        log.info(
+            "gateway started",
+            extra={"upstreams": [f"{u.name}:{u.kind}" for u in settings.upstreams]},
+        )
+        try:
+            yield
+        finally:
+            await recorder.stop()
+            await router.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="nanogate",
+        version=__version__,
+        summary="Gateway for Gemini image models and any generateContent call.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(gemini_routes.router)
+    app.include_router(ops.router)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    return app
+
+
+def _render(request: Request, error: GatewayError) -> Response:
+    # Every route family renders its own envelope; Google's is the default for the rest.
+    path = request.url.path
+    openai_family = path.startswith("/v1/") and not path.startswith(("/v1/v1beta/", "/v1/models"))
+    shared_listing = path.startswith("/v1/models") and request.method == "GET"
+    if openai_family or (shared_listing and not gemini_routes.wants_gemini(request)):
+        return openai_routes.error_response(error)
+    return gemini_routes.error_response(error)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error: GatewayError = NotFound(f"No route {request.method} {request.url.path}.")
+    else:
+        error = GatewayError(exc.detail if isinstance(exc.detail, str) else "Request failed.")
+        error.status = exc.status_code
+        error.reason = "INVALID_ARGUMENT" if exc.status_code == 405 else "FAILED_PRECONDITION"
+    return _render(request, error)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    request_id = getattr(request.state, "request_id", "-")
+    log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+    return _render(request, Internal(f"Internal error; quote request id {request_id}."))

@@ -1,0 +1,106 @@
+"""Settings: environment (`NANOGATE_*`) over an optional YAML file over the defaults.
+
+Every field here is documented in the README's settings table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+MiB = 1024 * 1024
+
+
+class UpstreamConfig(BaseModel):
+    """One upstream. `kind` picks the adapter file in nanogate/upstreams/."""
+
+    name: str
+    kind: Literal["gemini", "demo"]
+    base_url: str = "https://generativelanguage.googleapis.com"
+    api_key: SecretStr | None = None
+    auth_style: Literal["x-goog-api-key", "bearer", "query"] = "x-goog-api-key"
+    path_prefix: Literal["/v1beta", "/v1/v1beta"] = "/v1beta"
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    model_map: dict[str, str] = Field(default_factory=dict)
+    priority: int = 0
+    weight: int = Field(default=1, ge=1)
+    timeout_s: float = Field(default=300.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    max_concurrency: int = Field(default=64, ge=1)
+    latency_ms: int = Field(default=0, ge=0)  # demo only: pretend render time
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    def serves(self, model: str) -> bool:
+        return "*" in self.models or model in self.models
+
+
+def _default_upstreams() -> list[UpstreamConfig]:
+    return [UpstreamConfig(name="demo", kind="demo")]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NANOGATE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Path("nanogate-data")
+    database_url: str | None = None
+    storage_dir: Path | None = None
+    upstreams: list[UpstreamConfig] = Field(default_factory=_default_upstreams)
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    max_request_bytes: int = Field(default=20 * MiB, ge=1024)
+    key_cache_seconds: float = Field(default=10.0, ge=0)
+    starter_credits: int = Field(default=10_000_000, ge=0)
+    usage_flush_seconds: float = Field(default=1.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'nanogate.db').resolve()}"
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return self.storage_dir or self.data_dir / "storage"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("NANOGATE_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings; `config_file` (or NANOGATE_CONFIG) names the YAML file."""
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        os.environ["NANOGATE_CONFIG"] = str(path.resolve())
+    return Settings(**overrides)

@@ -1,0 +1,71 @@
+"""The engine factory and the programmatic `alembic upgrade head`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# A CLI process and the server share one SQLite file: a writer waits this long for the other's
+# lock instead of failing at once with "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """An async engine for `sqlite+aiosqlite:///file` or `postgresql+asyncpg://...`."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, parsed.database)
+    # Bound parameters never reach logs or error messages: they may hold key hashes or prompts.
+    return create_async_engine(
+        url,
+        hide_parameters=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_pre_ping=True,  # a restarted or failed-over server leaves dead pooled connections
+        pool_recycle=1800,
+        connect_args={"server_settings": {"application_name": "nanogate"}},
+    )
+
+
+def _sqlite_engine(url: str, database: str | None) -> AsyncEngine:
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, hide_parameters=True)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers (the CLI, the console) run while the server writes; NORMAL is
+        # crash-safe under WAL and skips an fsync per commit.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # SQLite ignores foreign keys unless asked, per connection.
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic config built in code: the package ships no alembic.ini."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # Passed as an attribute, not a main option: ConfigParser would read "%" in an encoded
+    # password as interpolation.
+    config.attributes["url"] = url
+    return config
+
+
+def run_migrations(url: str, revision: str = "head") -> None:
+    """`alembic upgrade <revision>`. Synchronous: it runs its own event loop, so call it where
+    no loop is running (the CLI, before uvicorn starts), or via `asyncio.to_thread`."""
+    command.upgrade(alembic_config(url), revision)

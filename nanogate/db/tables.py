@@ -1,0 +1,136 @@
+"""The schema, as SQLAlchemy Core tables: the hot path reads and writes plain rows, no ORM.
+
+Keep this file and `migrations/versions/` in step; tests/unit/test_migrations.py compares them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+)
+
+# Deterministic constraint names, so a migration can name what it creates and later drop it.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+LEDGER_KINDS = ("topup", "reserve", "settle", "refund")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on every backend.
+
+    SQLite has no time zone type: it stores the wall-clock digits and hands back naive values.
+    Converting to UTC on the way in and tagging UTC on the way out keeps SQLite and PostgreSQL
+    rows identical, and keeps string ordering on SQLite equal to time ordering.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware (UTC) datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# High-volume tables get 64-bit ids; SQLite only auto-increments a plain INTEGER PRIMARY KEY
+# (its rowid alias), which is already 64-bit there.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # The public identifier, e.g. "ng_3f9a2c7b": shown in lists and logs, used for lookup.
+    Column("prefix", String(32), nullable=False, unique=True, index=True),
+    # Hex sha256 of the whole key. Keys carry 256 random bits, so a slow KDF buys nothing.
+    Column("key_hash", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("balance", BigInteger, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    # SQL NULL (not JSON null) means every model.
+    Column("allowed_models", JSON(none_as_null=True), nullable=True),
+    Column("rpm_limit", Integer, nullable=True),
+    Column("concurrency_limit", Integer, nullable=True),
+    Column("budget", BigInteger, nullable=True),
+    # The last line of defence for "the balance never goes negative" under concurrency.
+    CheckConstraint("balance >= 0", name="balance_nonnegative"),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # signed: credits in (+) or out (-)
+    Column("balance_after", BigInteger, nullable=False),
+    Column("request_id", String(64), nullable=True),
+    Column("note", String(500), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    CheckConstraint(f"kind IN ({', '.join(map(repr, LEDGER_KINDS))})", name="kind"),
+)
+
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("request_id", String(64), nullable=False, index=True),
+    Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=True, index=True),
+    Column("key_prefix", String(32), nullable=False),
+    Column("dialect", String(32), nullable=False),
+    Column("method", String(64), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("upstream", String(64), nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("latency_ms", Integer, nullable=False),
+    Column("input_text_tokens", Integer, nullable=False, default=0),
+    Column("input_image_tokens", Integer, nullable=False, default=0),
+    Column("output_text_tokens", Integer, nullable=False, default=0),
+    Column("output_image_tokens", Integer, nullable=False, default=0),
+    Column("thoughts_tokens", Integer, nullable=False, default=0),
+    Column("total_tokens", Integer, nullable=False, default=0),
+    Column("images", Integer, nullable=False, default=0),
+    Column("cost", BigInteger, nullable=False, default=0),
+    Column("error", String(500), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow, index=True),
+)

@@ -1,0 +1,55 @@
+"""Request plumbing shared by every dialect: key carriers, bounded body reads, request ids."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from starlette.requests import Request
+
+from ..errors import PayloadTooLarge
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+
+
+def extract_key(request: Request) -> str | None:
+    """The client's key from any of the four carriers Gemini clients use."""
+    headers = request.headers
+    key = headers.get("x-goog-api-key") or headers.get("x-api-key")
+    if key:
+        return key.strip()
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    query_key = request.query_params.get("key")
+    return query_key.strip() if query_key else None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing more than `limit` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(_too_large(limit))
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size > limit:
+            raise PayloadTooLarge(_too_large(limit))
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _too_large(limit: int) -> str:
+    return (
+        f"The request body exceeds this gateway's limit of {limit // (1024 * 1024)} MiB "
+        f"({limit} bytes). Send smaller or fewer inline images."
+    )
+
+
+def request_id_for(incoming: str | None) -> str:
+    if incoming and _REQUEST_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex

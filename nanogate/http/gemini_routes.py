@@ -1,0 +1,171 @@
+"""Gemini native routes, under /v1beta and /v1/v1beta. Thin: authenticate, parse, call, render."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from ..dialects import gemini
+from ..errors import GatewayError, NotFound, UpstreamError
+from ..gateway import Context, Gateway
+from ..types import Chunk
+from . import openai_routes
+from .common import extract_key, read_body
+
+JSON_TYPE = "application/json"
+# /v1beta is Google's; /v1/v1beta is seed 003's URL shape; /v1 is where google-genai 3.x sends
+# requests by default (its api_version is "v1"). GET /v1/models is shared with the OpenAI
+# dialect: see list_models.
+PREFIXES = ("/v1beta", "/v1/v1beta", "/v1")
+
+router = APIRouter(tags=["Gemini native"])
+
+
+def error_response(error: GatewayError) -> Response:
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    return Response(gemini.error_body(error), error.status, headers, JSON_TYPE)
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _context(request: Request) -> Context:
+    return Context(request_id=request.state.request_id, dialect="gemini")
+
+
+def _note(request: Request, ctx: Context) -> None:
+    """Hand what we learned to the access log line."""
+    request.state.key_prefix = ctx.key.prefix if ctx.key else None
+    request.state.model = ctx.model or None
+    request.state.upstream = ctx.upstream
+
+
+async def generate(request: Request) -> Response:
+    """generateContent, streamGenerateContent and countTokens for `models/{model}:{method}`."""
+    gateway = _gateway(request)
+    ctx = _context(request)
+    streaming = False
+    try:
+        key = await gateway.authenticate(ctx, extract_key(request))
+        model_name, method = gemini.split_model_action(request.path_params["tail"])
+        ctx.method = method
+        spec = gateway.resolve(ctx, key, model_name)
+        body = await read_body(request, request.app.state.settings.max_request_bytes)
+        call = gemini.parse_call(ctx.request_id, method, spec, body)
+        if method == "streamGenerateContent":
+            first, rest = await gateway.stream(ctx, call)
+            streaming = True
+            sse = request.query_params.get("alt") == "sse"
+            return StreamingResponse(
+                _frames(ctx, first, rest, sse=sse),
+                media_type="text/event-stream" if sse else JSON_TYPE,
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        reply = await gateway.generate(ctx, call)
+        return Response(reply.body, media_type=JSON_TYPE)
+    except GatewayError as error:
+        ctx.fail(error)
+        return error_response(error)
+    finally:
+        _note(request, ctx)
+        if not streaming:
+            gateway.finish(ctx)
+
+
+async def _frames(
+    ctx: Context, first: Chunk, rest: AsyncIterator[Chunk], *, sse: bool
+) -> AsyncIterator[bytes]:
+    """SSE events, or the JSON array Google sends when `alt` is not `sse`."""
+    completed = False
+    try:
+        yield gemini.sse_event(first.body) if sse else b"[" + first.body
+        try:
+            async for chunk in rest:
+                yield gemini.sse_event(chunk.body) if sse else b",\r\n" + chunk.body
+        except UpstreamError as exc:
+            # Bytes already went out, so no retry and no status change: the error travels as
+            # a final chunk the SDK raises from.
+            error = gemini.error_body(exc.to_gateway_error())
+            yield gemini.sse_event(error) if sse else b",\r\n" + error
+        if not sse:
+            yield b"]"
+        completed = True
+    finally:
+        if not completed and ctx.status == 200:
+            ctx.status, ctx.error = 499, "CLIENT_CLOSED"
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def wants_gemini(request: Request) -> bool:
+    """On the shared GET /v1/models, Gemini clients send x-goog-api-key or ?key=."""
+    return (
+        not request.url.path.startswith("/v1/models")
+        or "x-goog-api-key" in request.headers
+        or "key" in request.query_params
+    )
+
+
+async def list_models(request: Request) -> Response:
+    if not wants_gemini(request):
+        return await openai_routes.list_models(request)
+    gateway = _gateway(request)
+    ctx = _context(request)
+    try:
+        await gateway.authenticate(ctx, extract_key(request))
+    except GatewayError as error:
+        return error_response(error)
+    finally:
+        _note(request, ctx)
+    return Response(gemini.list_models(gateway.catalog), media_type=JSON_TYPE)
+
+
+async def get_model(request: Request) -> Response:
+    if not wants_gemini(request):
+        return await openai_routes.get_model(request)
+    gateway = _gateway(request)
+    ctx = _context(request)
+    try:
+        await gateway.authenticate(ctx, extract_key(request))
+        tail: str = request.path_params["tail"]
+        if ":" in tail:
+            raise NotFound(f"GET is not supported on models/{tail}; use POST.")
+        spec = gateway.catalog.resolve(tail)
+    except GatewayError as error:
+        return error_response(error)
+    finally:
+        _note(request, ctx)
+    return Response(gemini.model_resource_bytes(spec), media_type=JSON_TYPE)
+
+
+for _prefix in PREFIXES:
+    router.add_api_route(
+        f"{_prefix}/models/{{tail:path}}",
+        generate,
+        methods=["POST"],
+        response_class=Response,
+        summary="generateContent / streamGenerateContent / countTokens",
+        include_in_schema=_prefix == "/v1beta",
+    )
+    router.add_api_route(
+        f"{_prefix}/models",
+        list_models,
+        methods=["GET"],
+        response_class=Response,
+        summary="List models",
+        include_in_schema=_prefix == "/v1beta",
+    )
+    router.add_api_route(
+        f"{_prefix}/models/{{tail:path}}",
+        get_model,
+        methods=["GET"],
+        response_class=Response,
+        summary="Get a model",
+        include_in_schema=_prefix == "/v1beta",
+    )

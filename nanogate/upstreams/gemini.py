@@ -1,0 +1,218 @@
+"""Google AI Studio, or any Gemini-native gateway, as an upstream.
+
+The client's body is sent byte for byte; only the URL (mapped model name) and the credential
+change. Responses come back as raw bytes; streams are re-framed event by event, never buffered
+whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..canonical import MalformedResponse, usage_from_response
+from ..config import UpstreamConfig
+from ..errors import UpstreamError
+from ..redact import scrub
+from ..types import Call, Chunk, Reply
+
+_READ_BUFSIZE = 1 << 20
+
+
+class GeminiUpstream:
+    kind = "gemini"
+
+    def __init__(self, config: UpstreamConfig) -> None:
+        self.name = config.name
+        self.config = config
+        self._key = config.api_key.get_secret_value() if config.api_key else ""
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- the interface ---------------------------------------------------------------------
+
+    async def generate(self, call: Call) -> Reply:
+        timeout = aiohttp.ClientTimeout(
+            total=self.config.timeout_s, connect=self.config.connect_timeout_s
+        )
+        async with self._transport_errors():
+            async with self._http().post(
+                self._url(call, sse=False), data=call.body, headers=self._headers(), timeout=timeout
+            ) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise self._status_error(resp, body)
+        try:
+            usage = usage_from_response(body)
+        except MalformedResponse as exc:
+            raise UpstreamError(self.name, 502, str(exc)) from None
+        return Reply(body, self.name, usage)
+
+    async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        # The deadline covers reaching the first byte; after that each read must arrive within
+        # it too, but a long healthy stream is never cut off for its total length.
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.config.connect_timeout_s,
+            sock_read=self.config.timeout_s,
+        )
+        async with self._transport_errors():
+            resp = await self._http().post(
+                self._url(call, sse=True), data=call.body, headers=self._headers(), timeout=timeout
+            )
+        try:
+            if resp.status != 200:
+                async with self._transport_errors():
+                    body = await resp.read()
+                raise self._status_error(resp, body)
+            async with self._transport_errors():
+                async for event in _sse_events(resp.content):
+                    try:
+                        usage = usage_from_response(event)
+                    except MalformedResponse as exc:
+                        raise UpstreamError(self.name, 502, str(exc)) from None
+                    yield Chunk(event, usage)
+        finally:
+            resp.release()
+
+    async def health(self) -> bool:
+        url = f"{self.config.base_url}{self.config.path_prefix}/models"
+        try:
+            async with self._http().get(
+                self._with_query_key(url),
+                headers=self._headers(),
+                timeout=aiohttp.ClientTimeout(10),
+            ) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Created lazily so it binds to the server's running loop; one pooled session per upstream.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.config.max_concurrency, ttl_dns_cache=300, keepalive_timeout=60
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                read_bufsize=_READ_BUFSIZE,
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+                skip_auto_headers=("User-Agent",),
+                headers={"User-Agent": "nanogate", "Content-Type": "application/json"},
+            )
+        return self._session
+
+    def _url(self, call: Call, *, sse: bool) -> str:
+        model = self.config.model_map.get(call.model.name, call.model.name)
+        url = f"{self.config.base_url}{self.config.path_prefix}/models/{model}:{call.method}"
+        if sse:
+            url += "?alt=sse"
+        return self._with_query_key(url)
+
+    def _with_query_key(self, url: str) -> str:
+        if self.config.auth_style != "query" or not self._key:
+            return url
+        return f"{url}{'&' if '?' in url else '?'}key={self._key}"
+
+    def _headers(self) -> dict[str, str]:
+        if not self._key or self.config.auth_style == "query":
+            return {}
+        if self.config.auth_style == "bearer":
+            return {"Authorization": f"Bearer {self._key}"}
+        return {"x-goog-api-key": self._key}
+
+    def _status_error(self, resp: aiohttp.ClientResponse, body: bytes) -> UpstreamError:
+        message, reason = _error_message(body, resp.status)
+        retry_after = resp.headers.get("Retry-After")
+        return UpstreamError(
+            self.name,
+            resp.status,
+            message,
+            reason=reason,
+            retry_after=int(retry_after) if retry_after and retry_after.isdigit() else None,
+        )
+
+    def _transport_errors(self) -> _TransportErrors:
+        return _TransportErrors(self.name)
+
+
+class _TransportErrors:
+    """Translate aiohttp and timeout failures into UpstreamError at the adapter boundary."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, UpstreamError):
+            return False
+        if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+            raise UpstreamError(self.upstream, 0, "timed out", timeout=True) from None
+        if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+            raise UpstreamError(self.upstream, 0, "connection closed mid-response") from None
+        if isinstance(exc, aiohttp.ClientError):
+            raise UpstreamError(self.upstream, 0, scrub(type(exc).__name__)) from None
+        return False
+
+
+def _error_message(body: bytes, status: int) -> tuple[str, str | None]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return f"HTTP {status}", None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict):
+        reason = error.get("status")
+        return scrub(str(error.get("message") or f"HTTP {status}")), (
+            reason if isinstance(reason, str) else None
+        )
+    return f"HTTP {status}", None
+
+
+async def _sse_events(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """Yield each event's `data` payload. Lines may be megabytes long (inline images), so the
+    stream is split by hand instead of with readline's bounded buffer."""
+    buffer = bytearray()
+    scanned = 0  # where the separator search resumes: keeps a huge event linear, not quadratic
+    async for piece in content.iter_any():
+        buffer += piece
+        while True:
+            end, sep_len = _event_end(buffer, scanned)
+            if end < 0:
+                scanned = max(0, len(buffer) - 3)
+                break
+            event = bytes(buffer[:end])
+            del buffer[: end + sep_len]
+            scanned = 0
+            data = _event_data(event)
+            if data:
+                yield data
+    if buffer.strip():
+        data = _event_data(bytes(buffer))
+        if data:
+            yield data
+
+
+def _event_end(buffer: bytearray, start: int) -> tuple[int, int]:
+    crlf = buffer.find(b"\r\n\r\n", start)
+    lf = buffer.find(b"\n\n", start)
+    if crlf >= 0 and (lf < 0 or crlf <= lf):
+        return crlf, 4
+    return lf, 2
+
+
+def _event_data(event: bytes) -> bytes:
+    lines = [line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")]
+    return b"\n".join(lines).strip()

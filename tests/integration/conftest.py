@@ -1,0 +1,201 @@
+"""Real processes over real HTTP: `nanogate serve` and the upstream simulator, on free ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+SIM_KEY = "sim-upstream-secret-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _read_until(proc: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float) -> list[str]:
+    """Lines of stdout up to and including the first that matches `pattern`."""
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not selector.select(timeout=0.2):
+            if proc.poll() is not None:
+                break
+            continue
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if pattern.search(line):
+            return lines
+    raise RuntimeError(f"process did not print {pattern.pattern!r}; got: {lines[-20:]}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Simulator:
+    url: str
+    proc: subprocess.Popen[str]
+
+    def requests(self) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = httpx.get(f"{self.url}/_sim/requests").json()
+        return records
+
+    def clear(self) -> None:
+        httpx.delete(f"{self.url}/_sim/requests")
+        httpx.delete(f"{self.url}/_sim/faults")
+
+    def faults(self, *faults: dict[str, Any]) -> None:
+        httpx.post(f"{self.url}/_sim/faults", json=list(faults)).raise_for_status()
+
+
+@dataclass
+class Gateway:
+    url: str
+    client_key: str
+    admin_key: str
+    data_dir: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[str]
+    stderr_path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nanogate", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def logs(self) -> str:
+        return self.stderr_path.read_text()
+
+
+def start_simulator(*extra: str) -> Simulator:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanogate.simulator", "--port", "0", "--api-key", SIM_KEY, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = _read_until(proc, re.compile(r"SIMULATOR LISTENING (\S+)"), 30)[-1]
+    url = line.split()[-1]
+    return Simulator(url, proc)
+
+
+def start_gateway(tmp: Path, config: dict[str, Any] | None = None, **env: str) -> Gateway:
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "NANOGATE_DATA_DIR": str(tmp / "data"),
+        "NANOGATE_PORT": str(port),
+        "NANOGATE_KEY_CACHE_SECONDS": "1",
+        "NANOGATE_USAGE_FLUSH_SECONDS": "0.2",
+        **env,
+    }
+    full_env.pop("NANOGATE_CONFIG", None)
+    if config is not None:
+        path = tmp / "nanogate.yaml"
+        path.write_text(yaml.safe_dump(config))
+        full_env["NANOGATE_CONFIG"] = str(path)
+    stderr_path = tmp / "gateway.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanogate", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=stderr_path.open("w"),
+        text=True,
+        env=full_env,
+    )
+    try:
+        lines = _read_until(proc, re.compile(r"^NANOGATE_ADMIN_KEY="), 60)
+    except RuntimeError:
+        _stop(proc)
+        raise RuntimeError(f"gateway failed to start:\n{stderr_path.read_text()[-3000:]}") from None
+    values = dict(line.split("=", 1) for line in lines if line.startswith("NANOGATE_"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            _stop(proc)
+            raise RuntimeError(f"gateway not healthy:\n{stderr_path.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return Gateway(
+        url,
+        values["NANOGATE_CLIENT_KEY"],
+        values["NANOGATE_ADMIN_KEY"],
+        tmp / "data",
+        full_env,
+        proc,
+        stderr_path,
+    )
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[Simulator]:
+    sim = start_simulator()
+    yield sim
+    _stop(sim.proc)
+
+
+@pytest.fixture(scope="session")
+def demo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The embedded default: SQLite, local storage, the demo upstream, no config file."""
+    gw = start_gateway(tmp_path_factory.mktemp("demo"))
+    yield gw
+    _stop(gw.proc)
+
+
+def simulator_upstream(sim: Simulator, **overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "sim",
+        "kind": "gemini",
+        "base_url": sim.url,
+        "api_key": SIM_KEY,
+        **overrides,
+    }
+
+
+@pytest.fixture(scope="session")
+def sim_gateway(tmp_path_factory: pytest.TempPathFactory, simulator: Simulator) -> Iterator[Gateway]:
+    """The gateway relaying to the simulator as a Gemini upstream."""
+    gw = start_gateway(
+        tmp_path_factory.mktemp("sim"),
+        {"upstreams": [simulator_upstream(simulator, timeout_s=5)]},
+    )
+    yield gw
+    _stop(gw.proc)

@@ -1,0 +1,284 @@
+"""The official google-genai SDK against `nanogate serve` on its embedded default (demo upstream)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from google import genai
+from google.genai import errors, types
+from PIL import Image
+
+from .conftest import Gateway
+
+SEED_003 = next((Path(__file__).parents[3] / "shared" / "seeds").glob("003_*.txt"))
+SEED_KEY = "sk-123456789012345678901234567890123456789012345678"
+SEED_URL = "https://gateway.theturbo.ai"
+
+
+def client(gw: Gateway, key: str | None = None) -> genai.Client:
+    return genai.Client(api_key=key or gw.client_key, http_options={"base_url": gw.url})
+
+
+def seed_python_examples() -> list[str]:
+    text = SEED_003.read_text()
+    blocks = re.findall(r'\{% tab title="Python" %\}\s*```python\n(.*?)```', text, re.S)
+    assert len(blocks) == 2, "seed 003 should hold the text-to-image and image-to-image examples"
+    return blocks
+
+
+def run_seed_example(code: str, gw: Gateway, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # Unchanged apart from the key and the base URL, as a user would edit it.
+    assert SEED_KEY in code and SEED_URL in code
+    script = cwd / "example.py"
+    script.write_text(code.replace(SEED_KEY, gw.client_key).replace(SEED_URL, gw.url))
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_seed_003_python_examples_unchanged(demo_gateway: Gateway, tmp_path: Path) -> None:
+    text_to_image, image_to_image = seed_python_examples()
+    first = run_seed_example(text_to_image, demo_gateway, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "success to write to file example.png" in first.stdout
+    original = Image.open(tmp_path / "example.png")
+    assert original.format == "PNG" and original.size == (1184, 864)  # 4:3 on 2.5 Flash Image
+
+    second = run_seed_example(image_to_image, demo_gateway, tmp_path)
+    assert second.returncode == 0, second.stderr
+    edited = Image.open(tmp_path / "example2.png")
+    assert edited.size == (1184, 864)
+    diff = sum(
+        abs(a - b)
+        for a, b in zip(
+            original.convert("L").resize((64, 48)).tobytes(),
+            edited.convert("L").resize((64, 48)).tobytes(),
+            strict=True,
+        )
+    )
+    assert diff / (64 * 48) > 8, "the edit should visibly change the image"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_curl_returns_a_png(demo_gateway: Gateway) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    command = re.search(r"```sh\n(curl [^`]*?generateContent[^`]*?)```", readme, re.S)
+    assert command, "the README should hold the copy-paste curl"
+    script = command.group(1).replace("$NANOGATE_KEY", demo_gateway.client_key).replace(
+        "http://127.0.0.1:8000", demo_gateway.url
+    )
+    out = subprocess.run(["bash", "-c", script], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    image = Image.open(io.BytesIO(out.stdout))
+    assert image.format == "PNG" and image.size == (1184, 864)
+
+
+@pytest.mark.parametrize(
+    "model, config, size",
+    [
+        ("gemini-2.5-flash-image", {"aspect_ratio": "16:9"}, (1344, 768)),
+        ("gemini-3-pro-image-preview", {"aspect_ratio": "1:1", "image_size": "4K"}, (4096, 4096)),
+        ("gemini-3-pro-image-preview", {"aspect_ratio": "21:9", "image_size": "2K"}, (3168, 1344)),
+        ("gemini-3.1-flash-image-preview", {"aspect_ratio": "1:8", "image_size": "1K"}, (384, 3072)),
+        ("nano-banana-2", {"aspect_ratio": "9:16"}, (768, 1376)),
+    ],
+)
+def test_exact_pixel_sizes(
+    demo_gateway: Gateway, model: str, config: dict[str, str], size: tuple[int, int]
+) -> None:
+    response = client(demo_gateway).models.generate_content(
+        model=model,
+        contents="a lighthouse at dusk",
+        config=types.GenerateContentConfig(image_config=types.ImageConfig(**config)),
+    )
+    images = [p for p in response.candidates[0].content.parts if p.inline_data]  # type: ignore[index, union-attr]
+    assert len(images) == 1
+    assert Image.open(io.BytesIO(images[0].inline_data.data)).size == size  # type: ignore[union-attr, arg-type]
+    usage = response.usage_metadata
+    assert usage is not None and usage.candidates_tokens_details
+    modalities = {d.modality: d.token_count for d in usage.candidates_tokens_details}
+    assert modalities[types.MediaModality.IMAGE] > 0
+
+
+def test_stream_with_the_sdk(demo_gateway: Gateway) -> None:
+    chunks = list(
+        client(demo_gateway).models.generate_content_stream(
+            model="gemini-3-pro-image-preview",
+            contents="a red bicycle",
+            config=types.GenerateContentConfig(
+                image_config=types.ImageConfig(aspect_ratio="3:2", image_size="1K")
+            ),
+        )
+    )
+    assert len(chunks) >= 2
+    parts = [p for c in chunks for p in c.candidates[0].content.parts]  # type: ignore[index, union-attr]
+    images = [p.inline_data.data for p in parts if p.inline_data]
+    assert len(images) == 1 and Image.open(io.BytesIO(images[0])).size == (1264, 848)  # type: ignore[arg-type]
+    assert any(p.text and "demo" in p.text.lower() for p in parts)
+    assert chunks[-1].usage_metadata is not None
+    assert chunks[-1].usage_metadata.total_token_count
+
+
+async def test_async_stream_with_the_sdk(demo_gateway: Gateway) -> None:
+    texts = []
+    stream = await client(demo_gateway).aio.models.generate_content_stream(
+        model="gemini-2.5-flash", contents="say hello"
+    )
+    async for chunk in stream:
+        texts.append(chunk.text or "")
+    assert "".join(texts).strip()
+
+
+RECIPES_SCHEMA: dict[str, Any] = {
+    "type": "ARRAY",
+    "items": {
+        "type": "OBJECT",
+        "properties": {
+            "recipeName": {"type": "STRING"},
+            "ingredients": {"type": "ARRAY", "items": {"type": "STRING"}},
+        },
+        "propertyOrdering": ["recipeName", "ingredients"],
+    },
+}
+
+
+def test_structured_output_seed_001(demo_gateway: Gateway) -> None:
+    response = client(demo_gateway).models.generate_content(
+        model="gemini-2.5-flash",
+        contents="List a few popular cookie recipes, and include the amounts of ingredients.",
+        config=types.GenerateContentConfig(
+            response_mime_type="application/json", response_schema=RECIPES_SCHEMA
+        ),
+    )
+    recipes = json.loads(response.text or "")
+    assert isinstance(recipes, list) and recipes
+    for recipe in recipes:
+        assert list(recipe) == ["recipeName", "ingredients"]
+        assert isinstance(recipe["recipeName"], str)
+        assert all(isinstance(i, str) for i in recipe["ingredients"])
+
+
+def test_count_tokens_and_models(demo_gateway: Gateway) -> None:
+    c = client(demo_gateway)
+    counted = c.models.count_tokens(model="gemini-2.5-flash", contents="The quick brown fox")
+    assert counted.total_tokens and counted.total_tokens > 0
+    names = {m.name for m in c.models.list()}
+    assert {
+        "models/gemini-2.5-flash-image",
+        "models/gemini-3-pro-image-preview",
+        "models/gemini-3.1-flash-image-preview",
+    } <= names
+    model = c.models.get(model="gemini-3-pro-image-preview")
+    assert model.input_token_limit == 65536 and model.display_name
+
+
+# -- every error path, as the SDK reports it ------------------------------------------------
+
+
+def api_error(call: Any) -> errors.APIError:
+    with pytest.raises(errors.APIError) as info:
+        call()
+    return info.value
+
+
+def test_unknown_model_is_404(demo_gateway: Gateway) -> None:
+    err = api_error(
+        lambda: client(demo_gateway).models.generate_content(model="gemini-9-ultra", contents="x")
+    )
+    assert (err.code, err.status) == (404, "NOT_FOUND")
+    assert "gemini-9-ultra" in (err.message or "")
+
+
+def test_wrong_key_is_401(demo_gateway: Gateway) -> None:
+    err = api_error(
+        lambda: client(demo_gateway, key="ng_00000000_nope").models.generate_content(
+            model="gemini-2.5-flash", contents="x"
+        )
+    )
+    assert (err.code, err.status) == (401, "UNAUTHENTICATED")
+
+
+def test_bad_aspect_ratio_is_400(demo_gateway: Gateway) -> None:
+    err = api_error(
+        lambda: client(demo_gateway).models.generate_content(
+            model="gemini-2.5-flash-image",
+            contents="x",
+            config=types.GenerateContentConfig(image_config=types.ImageConfig(aspect_ratio="7:5")),
+        )
+    )
+    assert (err.code, err.status) == (400, "INVALID_ARGUMENT")
+    assert "16:9" in (err.message or "")
+
+
+def test_image_size_not_supported_is_400(demo_gateway: Gateway) -> None:
+    err = api_error(
+        lambda: client(demo_gateway).models.generate_content(
+            model="gemini-2.5-flash-image",
+            contents="x",
+            config=types.GenerateContentConfig(image_config=types.ImageConfig(image_size="4K")),
+        )
+    )
+    assert (err.code, err.status) == (400, "INVALID_ARGUMENT")
+
+
+def test_body_too_large_is_413(demo_gateway: Gateway) -> None:
+    huge = b"\x89PNG\r\n\x1a\n" + b"\0" * (21 * 1024 * 1024)
+    err = api_error(
+        lambda: client(demo_gateway).models.generate_content(
+            model="gemini-3-pro-image-preview",
+            contents=[types.Part.from_bytes(data=huge, mime_type="image/png"), "edit"],
+        )
+    )
+    assert (err.code, err.status) == (413, "INVALID_ARGUMENT")
+
+
+def test_revoked_key_is_403(demo_gateway: Gateway) -> None:
+    created = demo_gateway.cli("keys", "create", "--name", "short-lived")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    c = client(demo_gateway, key=key)
+    assert c.models.count_tokens(model="gemini-2.5-flash", contents="hi").total_tokens
+    prefix = "_".join(key.split("_")[:2])
+    revoked = demo_gateway.cli("keys", "revoke", prefix)
+    assert revoked.returncode == 0, revoked.stderr
+    import time
+
+    time.sleep(1.2)  # the server caches key lookups for key_cache_seconds (1 s in tests)
+    err = api_error(lambda: c.models.count_tokens(model="gemini-2.5-flash", contents="hi"))
+    assert (err.code, err.status) == (403, "PERMISSION_DENIED")
+
+
+def test_rate_limited_key_is_429(demo_gateway: Gateway) -> None:
+    created = demo_gateway.cli("keys", "create", "--name", "slow", "--rpm", "2")
+    key = created.stdout.strip().splitlines()[-1]
+    c = client(demo_gateway, key=key)
+    for _ in range(2):
+        c.models.count_tokens(model="gemini-2.5-flash", contents="hi")
+    err = api_error(lambda: c.models.count_tokens(model="gemini-2.5-flash", contents="hi"))
+    assert (err.code, err.status) == (429, "RESOURCE_EXHAUSTED")
+    raw = httpx.post(
+        f"{demo_gateway.url}/v1beta/models/gemini-2.5-flash:countTokens",
+        headers={"x-goog-api-key": key},
+        json={"contents": [{"parts": [{"text": "hi"}]}]},
+    )
+    assert raw.status_code == 429 and int(raw.headers["retry-after"]) >= 1
+
+
+def test_model_not_allowed_for_key_is_403(demo_gateway: Gateway) -> None:
+    created = demo_gateway.cli("keys", "create", "--models", "gemini-2.5-flash")
+    key = created.stdout.strip().splitlines()[-1]
+    err = api_error(
+        lambda: client(demo_gateway, key=key).models.generate_content(
+            model="gemini-2.5-flash-image", contents="x"
+        )
+    )
+    assert (err.code, err.status) == (403, "PERMISSION_DENIED")

@@ -1,0 +1,78 @@
+"""Reading usage off raw response bytes, small and large."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import orjson
+import pytest
+
+from nanogate.canonical import FULL_PARSE_LIMIT, MalformedResponse, usage_from_response
+
+META = {
+    "promptTokenCount": 17,
+    "candidatesTokenCount": 1306,
+    "totalTokenCount": 1323,
+    "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 17}],
+    "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}],
+}
+
+
+def response(image_bytes: int) -> bytes:
+    data = base64.b64encode(os.urandom(image_bytes)).decode()
+    return orjson.dumps(
+        {
+            "candidates": [
+                {
+                    "content": {
+                        "role": "model",
+                        "parts": [
+                            {"text": 'a "inlineData" mention in text'},
+                            {"inlineData": {"mimeType": "image/png", "data": data}},
+                        ],
+                    },
+                    "finishReason": "STOP",
+                }
+            ],
+            "usageMetadata": META,
+        }
+    )
+
+
+@pytest.mark.parametrize("size", [100, FULL_PARSE_LIMIT * 2])
+def test_usage_small_and_large_agree(size: int) -> None:
+    usage = usage_from_response(response(size))
+    assert usage.images == 1
+    assert (usage.input_text, usage.output_image, usage.output_text) == (17, 1290, 16)
+    assert usage.total == 1323
+
+
+def test_seed_001_thoughts() -> None:
+    body = orjson.dumps(
+        {
+            "candidates": [{"content": {"parts": [{"text": "[]"}], "role": "model"}}],
+            "usageMetadata": {
+                "promptTokenCount": 15,
+                "candidatesTokenCount": 390,
+                "totalTokenCount": 970,
+                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 15}],
+                "thoughtsTokenCount": 565,
+            },
+        }
+    )
+    usage = usage_from_response(body)
+    assert (usage.input_text, usage.output_text, usage.thoughts, usage.total) == (15, 390, 565, 970)
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b'{"candidates": [', b"[1,2]", b'{"a": }'])
+def test_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedResponse):
+        usage_from_response(body)
+
+
+def test_large_truncated_is_malformed() -> None:
+    body = response(FULL_PARSE_LIMIT * 2)
+    cut = body[: body.rfind(b'"usageMetadata"') + 40] + b"}"
+    with pytest.raises(MalformedResponse):
+        usage_from_response(cut)

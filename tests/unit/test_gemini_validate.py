@@ -1,0 +1,229 @@
+"""The Gemini validator: pure function, literal dicts, no server."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import orjson
+import pytest
+from PIL import Image
+
+from nanogate.catalog import load_catalog
+from nanogate.dialects.gemini import parse_call, split_model_action
+from nanogate.dialects.gemini_validate import decode_base64, sniff_image
+from nanogate.errors import InvalidArgument, NotFound
+
+CATALOG = load_catalog()
+FLASH = CATALOG.resolve("gemini-2.5-flash-image")
+PRO = CATALOG.resolve("gemini-3-pro-image-preview")
+V2 = CATALOG.resolve("gemini-3.1-flash-image-preview")
+TEXT = CATALOG.resolve("gemini-2.5-flash")
+
+
+def png_bytes(size: tuple[int, int] = (8, 8)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+def req(image_config: dict[str, Any] | None = None, parts: list[Any] | None = None) -> bytes:
+    body: dict[str, Any] = {"contents": [{"role": "user", "parts": parts or [{"text": "otter"}]}]}
+    if image_config is not None:
+        body["generationConfig"] = {"imageConfig": image_config}
+    return orjson.dumps(body)
+
+
+def test_seed_003_request_is_valid_and_keeps_body() -> None:
+    body = req({"aspectRatio": "4:3"})
+    call = parse_call("r1", "generateContent", FLASH, body)
+    assert call.body is body
+    assert call.image is not None and call.image.aspect_ratio == "4:3"
+
+
+@pytest.mark.parametrize(
+    "ratio", ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"]
+)
+def test_flash_ratios(ratio: str) -> None:
+    parse_call("r", "generateContent", FLASH, req({"aspectRatio": ratio}))
+
+
+def test_extra_ratios_only_on_31_flash() -> None:
+    for ratio in ("1:4", "4:1", "1:8", "8:1"):
+        parse_call("r", "generateContent", V2, req({"aspectRatio": ratio}))
+        with pytest.raises(InvalidArgument, match="aspectRatio"):
+            parse_call("r", "generateContent", PRO, req({"aspectRatio": ratio}))
+
+
+def test_flash_accepts_only_its_native_1k() -> None:
+    # Seed 003's own example sends imageSize 1K to gemini-2.5-flash-image.
+    parse_call("r", "generateContent", FLASH, req({"aspectRatio": "4:3", "imageSize": "1K"}))
+    for size in ("2K", "4K"):
+        with pytest.raises(InvalidArgument, match="not supported by gemini-2.5-flash-image"):
+            parse_call(
+                "r", "generateContent", FLASH, req({"aspectRatio": "4:3", "imageSize": size})
+            )
+
+
+def test_image_size_on_a_model_without_sizes() -> None:
+    from nanogate.catalog import load_catalog as load
+
+    custom = load({"my-image-model": {"kind": "image", "pixels": {"1K": {"1:1": "1024x1024"}}}})
+    spec = custom.resolve("my-image-model")
+    with pytest.raises(InvalidArgument, match="does not support imageConfig.imageSize"):
+        parse_call("r", "generateContent", spec, req({"imageSize": "1K"}))
+
+
+@pytest.mark.parametrize("size", ["1K", "2K", "4K"])
+def test_pro_sizes(size: str) -> None:
+    call = parse_call("r", "generateContent", PRO, req({"imageSize": size}))
+    assert call.image is not None and call.image.image_size == size
+
+
+def test_lowercase_size_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="uppercase K"):
+        parse_call("r", "generateContent", PRO, req({"imageSize": "2k"}))
+
+
+def test_snake_case_spelling_is_validated_too() -> None:
+    body = orjson.dumps(
+        {
+            "contents": [{"role": "user", "parts": [{"text": "x"}]}],
+            "generation_config": {"image_config": {"aspect_ratio": "7:3"}},
+        }
+    )
+    with pytest.raises(InvalidArgument, match="7:3"):
+        parse_call("r", "generateContent", FLASH, body)
+
+
+def test_image_config_on_text_model() -> None:
+    with pytest.raises(InvalidArgument, match="only for image models"):
+        parse_call("r", "generateContent", TEXT, req({"aspectRatio": "1:1"}))
+
+
+@pytest.mark.parametrize("role", ["system", "assistant", "", 3])
+def test_bad_role(role: Any) -> None:
+    body = orjson.dumps({"contents": [{"role": role, "parts": [{"text": "x"}]}]})
+    with pytest.raises(InvalidArgument, match="role must be 'user' or 'model'"):
+        parse_call("r", "generateContent", FLASH, body)
+
+
+def test_role_may_be_omitted_like_seed_000() -> None:
+    body = orjson.dumps({"contents": [{"parts": [{"text": "a nano banana dish"}]}]})
+    parse_call("r", "generateContent", FLASH, body)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"", "empty"),
+        (b"{not json", "not valid JSON"),
+        (b"[]", "JSON object"),
+        (b"{}", "contents is required"),
+        (b'{"contents": []}', "non-empty array"),
+        (b'{"contents": ["x"]}', "must be an object"),
+        (b'{"contents": [{"parts": "x"}]}', "parts must be an array"),
+        (b'{"contents": [{"parts": [{"text": 5}]}]}', "text must be a string"),
+        (b'{"contents": [{"parts": [{"text": "x"}]}], "generationConfig": 3}', "generationConfig"),
+    ],
+)
+def test_shape_errors(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        parse_call("r", "generateContent", FLASH, body)
+
+
+def test_inline_image_standard_and_urlsafe_base64() -> None:
+    raw = png_bytes()
+    for encoded in (
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+    ):
+        part = {"inlineData": {"mimeType": "image/png", "data": encoded}}
+        call = parse_call("r", "generateContent", FLASH, req(parts=[{"text": "x"}, part]))
+        assert call.input_images == 1
+
+
+def test_inline_mime_type_not_allowed() -> None:
+    part = {
+        "inlineData": {"mimeType": "image/gif", "data": base64.b64encode(b"GIF89a....").decode()}
+    }
+    with pytest.raises(InvalidArgument, match="image/gif.*not accepted"):
+        parse_call("r", "generateContent", FLASH, req(parts=[part]))
+
+
+def test_inline_bad_base64_message_has_no_data() -> None:
+    blob = "A" * 30 + "!!!" + "B" * 200
+    part = {"inlineData": {"mimeType": "image/png", "data": blob}}
+    with pytest.raises(InvalidArgument) as info:
+        parse_call("r", "generateContent", FLASH, req(parts=[part]))
+    assert "not valid base64" in info.value.message
+    assert "AAAA" not in info.value.message
+
+
+def test_inline_not_an_image() -> None:
+    part = {
+        "inlineData": {"mimeType": "image/png", "data": base64.b64encode(b"hello world").decode()}
+    }
+    with pytest.raises(InvalidArgument, match="does not hold an image"):
+        parse_call("r", "generateContent", FLASH, req(parts=[part]))
+
+
+def test_too_many_input_images() -> None:
+    data = base64.b64encode(png_bytes()).decode()
+    parts = [{"inlineData": {"mimeType": "image/png", "data": data}} for _ in range(4)]
+    with pytest.raises(InvalidArgument, match="at most 3 input images"):
+        parse_call("r", "generateContent", FLASH, req(parts=parts))
+    parse_call("r", "generateContent", PRO, req(parts=parts))
+
+
+def test_unknown_fields_are_allowed_and_untouched() -> None:
+    doc = {
+        "contents": [{"role": "user", "parts": [{"text": "x", "futurePartField": 1}]}],
+        "generationConfig": {"responseMimeType": "application/json", "seed": 3, "newKnob": True},
+        "tools": [{"functionDeclarations": [{"name": "f", "parameters": {"type": "OBJECT"}}]}],
+        "somethingNew": {"a": 1},
+    }
+    body = orjson.dumps(doc)
+    call = parse_call("r", "generateContent", TEXT, body)
+    assert call.body == body and call.request == doc
+
+
+def test_count_tokens_shapes() -> None:
+    parse_call("r", "countTokens", TEXT, b'{"contents": [{"parts": [{"text": "hi"}]}]}')
+    inner = {
+        "generateContentRequest": {
+            "model": "models/gemini-2.5-flash",
+            "contents": [{"parts": [{"text": "hi"}]}],
+        }
+    }
+    parse_call("r", "countTokens", TEXT, orjson.dumps(inner))
+    with pytest.raises(InvalidArgument):
+        parse_call("r", "countTokens", TEXT, b'{"generateContentRequest": 1}')
+
+
+def test_split_model_action() -> None:
+    assert split_model_action("gemini-2.5-flash-image:generateContent") == (
+        "gemini-2.5-flash-image",
+        "generateContent",
+    )
+    assert split_model_action("google/nano-banana:streamGenerateContent")[0] == "google/nano-banana"
+    with pytest.raises(NotFound):
+        split_model_action("gemini-2.5-flash-image:embedContent")
+    with pytest.raises(NotFound):
+        split_model_action("gemini-2.5-flash-image")
+
+
+def test_decode_base64_variants() -> None:
+    assert decode_base64("aGk=") == b"hi"
+    assert decode_base64("aGk") == b"hi"
+    assert decode_base64("aG\nk=") == b"hi"
+    assert decode_base64("a$Gk") is None
+
+
+def test_sniff() -> None:
+    assert sniff_image(png_bytes()[:64]) == "image/png"
+    assert sniff_image(b"\xff\xd8\xff\xe0") == "image/jpeg"
+    assert sniff_image(b"RIFF\0\0\0\0WEBPVP8 ") == "image/webp"
+    assert sniff_image(b"\0\0\0\x18ftypheic") == "image/heic"
+    assert sniff_image(b"hello") is None

@@ -1,0 +1,320 @@
+"""API keys: hash-only storage, lookup and its cache, revocation, top-ups, bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from nanogate.db import api_keys, ledger, make_engine, run_migrations
+from nanogate.keys import KeyRecord, KeyStore, _NewKey, bootstrap, new_key
+
+# --- a fresh database per test, on SQLite and on PostgreSQL (same fixture in test_keys/usage) ---
+PG_ADMIN_URL = os.environ.get(
+    "NANOGATE_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'nanogate.db'}"
+        return
+    admin = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    name = f"nanogate_test_{secrets.token_hex(6)}"
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except (OSError, DBAPIError) as exc:
+        await admin.dispose()
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    await asyncio.to_thread(run_migrations, db_url)
+    engine = make_engine(db_url)
+    yield engine
+    await engine.dispose()
+
+
+# --- tests ---
+
+
+def _statements(engine: AsyncEngine) -> list[str]:
+    """Every SQL statement the engine sends from now on."""
+    seen: list[str] = []
+
+    def _on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", _on_execute)
+    return seen
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(engine: AsyncEngine) -> KeyStore:
+    return KeyStore(engine, cache_seconds=0)
+
+
+def _other_secret(plain: str) -> str:
+    """The same key with its secret's first character changed."""
+    head, secret = plain[:-43], plain[-43:]
+    return head + ("A" if secret[0] != "A" else "B") + secret[1:]
+
+
+async def test_create_returns_a_well_formed_key(store: KeyStore) -> None:
+    plain, record = await store.create("alice", credits=100)
+    assert re.fullmatch(r"ng_[0-9a-f]{8}_[A-Za-z0-9_-]{43}", plain)
+    assert plain.startswith(record.prefix + "_")
+    assert (record.name, record.is_admin, record.balance) == ("alice", False, 100)
+    assert record.status(datetime.now(UTC)) == "active"
+    admin_plain, admin = await store.create("ops", is_admin=True)
+    assert admin_plain.startswith("nga_") and admin.prefix.startswith("nga_") and admin.is_admin
+
+
+async def test_only_the_hash_is_stored(engine: AsyncEngine, store: KeyStore) -> None:
+    plain, record = await store.create("alice", credits=100)
+    secret = plain[len(record.prefix) + 1 :]
+    async with engine.connect() as conn:
+        rows = [
+            row for table in (api_keys, ledger) for row in (await conn.execute(select(table))).all()
+        ]
+        stored_hash = await conn.scalar(select(api_keys.c.key_hash))
+    assert stored_hash == hashlib.sha256(plain.encode()).hexdigest()
+    values = " ".join(str(value) for row in rows for value in row)
+    assert plain not in values and secret not in values
+
+
+async def test_authenticate(store: KeyStore) -> None:
+    plain, record = await store.create("alice", allowed_models=["gemini-2.5-flash-image"])
+    found = await store.authenticate(plain)
+    assert found == record
+    assert found is not None and found.allowed_models == ("gemini-2.5-flash-image",)
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        "",
+        "ng_",
+        "Bearer x",
+        "ng_zzzzzzzz_" + "a" * 43,
+        "ng_12345678_" + "a" * 42,
+        "xx_12345678_" + "a" * 43,
+    ],
+)
+async def test_malformed_keys_are_refused_without_a_query(
+    engine: AsyncEngine, store: KeyStore, presented: str
+) -> None:
+    seen = _statements(engine)
+    assert await store.authenticate(presented) is None
+    assert seen == []
+
+
+async def test_right_prefix_wrong_secret_is_refused(store: KeyStore) -> None:
+    plain, _ = await store.create("alice")
+    assert await store.authenticate(_other_secret(plain)) is None
+    assert await store.authenticate(plain) is not None
+
+
+async def test_unknown_prefix_is_refused(store: KeyStore) -> None:
+    await store.create("alice")
+    assert await store.authenticate(new_key()[0]) is None
+
+
+async def test_revoke(store: KeyStore) -> None:
+    plain, record = await store.create("alice")
+    assert await store.revoke(record.prefix) is True
+    assert await store.revoke(record.prefix) is False  # already revoked
+    assert await store.revoke("ng_00000000") is False
+    # Still returned, so the caller can answer 403 rather than 401.
+    found = await store.authenticate(plain)
+    assert found is not None and found.status(datetime.now(UTC)) == "revoked"
+
+
+async def test_expiry(store: KeyStore) -> None:
+    now = datetime.now(UTC)
+    plain, record = await store.create("temp", expires_at=now + timedelta(hours=1))
+    assert record.status(now) == "active"
+    assert record.status(now + timedelta(hours=2)) == "expired"
+    found = await store.authenticate(plain)
+    assert found is not None and found.expires_at == record.expires_at
+
+
+def test_allows() -> None:
+    now = datetime.now(UTC)
+    fields: dict[str, Any] = {
+        "id": 1,
+        "prefix": "ng_00000000",
+        "name": "k",
+        "is_admin": False,
+        "balance": 0,
+        "created_at": now,
+        "expires_at": None,
+        "revoked_at": None,
+        "rpm_limit": None,
+        "concurrency_limit": None,
+        "budget": None,
+    }
+    assert KeyRecord(allowed_models=None, **fields).allows("anything")
+    limited = KeyRecord(allowed_models=("a", "b"), **fields)
+    assert limited.allows("a") and not limited.allows("c")
+
+
+async def test_cache_hit_skips_the_database(engine: AsyncEngine) -> None:
+    clock = FakeClock()
+    store = KeyStore(engine, cache_seconds=10, clock=clock)
+    plain, _ = await store.create("alice")
+    seen = _statements(engine)
+    assert await store.authenticate(plain) is not None
+    assert len(seen) == 1
+    for _ in range(5):
+        assert await store.authenticate(plain) is not None
+    assert len(seen) == 1
+    # The wrong secret is checked against the cached hash too.
+    assert await store.authenticate(_other_secret(plain)) is None
+    assert len(seen) == 1
+    clock.now += 11
+    assert await store.authenticate(plain) is not None
+    assert len(seen) == 2
+
+
+async def test_unknown_prefixes_are_cached_too(engine: AsyncEngine) -> None:
+    clock = FakeClock()
+    store = KeyStore(engine, cache_seconds=10, clock=clock)
+    unknown, _ = new_key()
+    seen = _statements(engine)
+    assert await store.authenticate(unknown) is None
+    assert await store.authenticate(unknown) is None
+    assert len(seen) == 1
+    clock.now += 11
+    assert await store.authenticate(unknown) is None
+    assert len(seen) == 2
+
+
+async def test_zero_cache_seconds_always_queries(engine: AsyncEngine, store: KeyStore) -> None:
+    plain, _ = await store.create("alice")
+    seen = _statements(engine)
+    for _ in range(3):
+        await store.authenticate(plain)
+    assert len(seen) == 3
+
+
+async def test_revoke_through_the_store_bypasses_its_cache(engine: AsyncEngine) -> None:
+    store = KeyStore(engine, cache_seconds=60)
+    plain, record = await store.create("alice")
+    assert await store.authenticate(plain) is not None
+    await store.revoke(record.prefix)
+    found = await store.authenticate(plain)
+    assert found is not None and found.status(datetime.now(UTC)) == "revoked"
+
+
+async def test_credits_write_a_topup_ledger_row(engine: AsyncEngine, store: KeyStore) -> None:
+    _, funded = await store.create("alice", credits=500)
+    await store.create("bob")  # no credits, no ledger row
+    assert await store.topup(funded.prefix, 250) == 750
+    assert await store.topup("ng_00000000", 1) is None
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(ledger).order_by(ledger.c.id))).all()
+        balance = await conn.scalar(
+            select(api_keys.c.balance).where(api_keys.c.prefix == funded.prefix)
+        )
+    assert [(r.key_id, r.kind, r.amount, r.balance_after) for r in rows] == [
+        (funded.id, "topup", 500, 500),
+        (funded.id, "topup", 250, 750),
+    ]
+    assert balance == 750
+
+
+async def test_bad_credit_amounts_are_refused(store: KeyStore) -> None:
+    with pytest.raises(ValueError):
+        await store.create("alice", credits=-1)
+    _, record = await store.create("bob")
+    with pytest.raises(ValueError):
+        await store.topup(record.prefix, 0)
+    assert await store.count() == 1
+
+
+async def test_list_and_count(store: KeyStore) -> None:
+    assert await store.count() == 0
+    _, first = await store.create("a")
+    _, second = await store.create("b", rpm_limit=60, concurrency_limit=4)
+    assert await store.count() == 2
+    listed = await store.list()
+    assert [r.prefix for r in listed] == [first.prefix, second.prefix]
+    assert (listed[1].rpm_limit, listed[1].concurrency_limit) == (60, 4)
+    assert listed[0].allowed_models is None
+
+
+async def test_bootstrap_creates_two_keys_once(store: KeyStore) -> None:
+    issued = await bootstrap(store, starter_credits=1000)
+    assert issued is not None
+    client_key, admin_key = issued
+    client = await store.authenticate(client_key)
+    admin = await store.authenticate(admin_key)
+    assert client is not None and (client.name, client.is_admin, client.balance) == (
+        "default",
+        False,
+        1000,
+    )
+    assert admin is not None and (admin.name, admin.is_admin) == ("admin", True)
+    assert await bootstrap(store, starter_credits=1000) is None
+    assert await store.count() == 2
+
+
+async def test_bootstrap_race_has_one_winner(db_url: str, engine: AsyncEngine) -> None:
+    # Separate engines, as two processes starting at once would have.
+    engines = [make_engine(db_url) for _ in range(4)]
+    try:
+        stores = [KeyStore(e, cache_seconds=0) for e in engines]
+        results = await asyncio.gather(*(bootstrap(s, starter_credits=10) for s in stores))
+    finally:
+        for e in engines:
+            await e.dispose()
+    assert sum(result is not None for result in results) == 1
+    store = KeyStore(engine, cache_seconds=0)
+    assert await store.count() == 2
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(ledger)) == 1
+
+
+async def test_bootstrap_race_past_the_count_check(db_url: str, engine: AsyncEngine) -> None:
+    # Both processes saw an empty table before either wrote: the guarded insert decides.
+    engines = [make_engine(db_url) for _ in range(4)]
+    try:
+        stores = [KeyStore(e, cache_seconds=0) for e in engines]
+        specs = [_NewKey(name="default", credits=1), _NewKey(name="admin", is_admin=True)]
+        results = await asyncio.gather(*(s._create(specs, only_if_empty=True) for s in stores))
+    finally:
+        for e in engines:
+            await e.dispose()
+    assert sum(result is not None for result in results) == 1
+    assert await KeyStore(engine, cache_seconds=0).count() == 2

@@ -1,0 +1,180 @@
+"""The schema: Alembic migrations versus tables.py, engine settings, UTC datetimes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Column, Connection, MetaData, Text, insert, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from nanogate.db import api_keys, make_engine, metadata, run_migrations
+from nanogate.db.engine import alembic_config
+
+# --- a fresh database per test, on SQLite and on PostgreSQL (same fixture in test_keys/usage) ---
+PG_ADMIN_URL = os.environ.get(
+    "NANOGATE_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'nanogate.db'}"
+        return
+    admin = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    name = f"nanogate_test_{secrets.token_hex(6)}"
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except (OSError, DBAPIError) as exc:
+        await admin.dispose()
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    await asyncio.to_thread(run_migrations, db_url)
+    engine = make_engine(db_url)
+    yield engine
+    await engine.dispose()
+
+
+# --- tests ---
+
+
+def _schema_diff(conn: Connection, target: MetaData = metadata) -> list[Any]:
+    context = MigrationContext.configure(conn, opts={"compare_type": True})
+    return list(compare_metadata(context, target))
+
+
+async def test_migrated_schema_matches_tables(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        assert await conn.run_sync(_schema_diff) == []
+
+
+async def test_the_comparison_catches_drift(engine: AsyncEngine) -> None:
+    drifted = MetaData(naming_convention=metadata.naming_convention)
+    for table in metadata.tables.values():
+        table.to_metadata(drifted)
+    drifted.tables["usage_records"].append_column(Column("prompt", Text))
+    async with engine.connect() as conn:
+        diff = await conn.run_sync(_schema_diff, drifted)
+    assert [change[0] for change in diff] == ["add_column"]
+
+
+async def test_upgrade_is_idempotent_and_reaches_head(db_url: str) -> None:
+    await asyncio.to_thread(run_migrations, db_url)
+    await asyncio.to_thread(run_migrations, db_url)
+    engine = make_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    finally:
+        await engine.dispose()
+    assert version == "0001"
+
+
+async def test_downgrade_to_base_drops_tables(db_url: str) -> None:
+    await asyncio.to_thread(run_migrations, db_url)
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "base")
+    engine = make_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            names = await conn.run_sync(lambda c: inspect(c).get_table_names())
+    finally:
+        await engine.dispose()
+    assert set(names) <= {"alembic_version"}
+
+
+async def test_balance_cannot_go_negative(engine: AsyncEngine) -> None:
+    row = {
+        "prefix": "ng_00000000",
+        "key_hash": "0" * 64,
+        "name": "k",
+        "is_admin": False,
+        "balance": 5,
+    }
+    async with engine.begin() as conn:
+        await conn.execute(insert(api_keys).values(row))
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as conn:
+            await conn.execute(api_keys.update().values(balance=api_keys.c.balance - 6))
+
+
+async def test_datetimes_come_back_aware_utc(engine: AsyncEngine) -> None:
+    local = datetime(2025, 6, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(api_keys).values(
+                prefix="ng_11111111", key_hash="1" * 64, name="k", expires_at=local
+            )
+        )
+        stored = await conn.scalar(select(api_keys.c.expires_at))
+    assert stored == local
+    assert stored is not None and stored.tzinfo is UTC
+    assert stored.hour == 10
+
+
+async def test_naive_datetimes_are_refused(engine: AsyncEngine) -> None:
+    with pytest.raises(StatementError):
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(api_keys).values(
+                    prefix="ng_22222222",
+                    key_hash="2" * 64,
+                    name="k",
+                    expires_at=datetime(2025, 1, 1),
+                )
+            )
+
+
+async def test_sqlite_engine_settings(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "nanogate.db"
+    engine = make_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.connect() as conn:
+            pragmas = {
+                name: await conn.scalar(text(f"PRAGMA {name}"))
+                for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
+            }
+    finally:
+        await engine.dispose()
+    assert path.parent.is_dir()
+    # synchronous: 1 is NORMAL.
+    assert pragmas == {
+        "journal_mode": "wal",
+        "synchronous": 1,
+        "busy_timeout": 5000,
+        "foreign_keys": 1,
+    }
+
+
+def test_run_migrations_from_plain_sync_code(tmp_path: Path) -> None:
+    # What the CLI does before uvicorn starts: no event loop is running.
+    path = tmp_path / "cli" / "nanogate.db"
+    run_migrations(f"sqlite+aiosqlite:///{path}")
+    with sqlite3.connect(path) as conn:
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+    assert {"api_keys", "ledger", "usage_records", "alembic_version"} <= tables

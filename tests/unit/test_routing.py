@@ -1,0 +1,131 @@
+"""Router order, failover, breaker and stream start, with scripted in-process adapters."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from nanogate.catalog import load_catalog
+from nanogate.config import UpstreamConfig
+from nanogate.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    UpstreamError,
+)
+from nanogate.routing import FAILURE_THRESHOLD, Router
+from nanogate.types import Call, Chunk, Reply
+
+SPEC = load_catalog().resolve("gemini-2.5-flash-image")
+CALL = Call("r", "generateContent", SPEC, b"{}", {})
+
+
+class Scripted:
+    """An adapter that answers from a list: an exception to raise, or a body to return."""
+
+    kind = "scripted"
+
+    def __init__(self, name: str, script: list[Exception | bytes]) -> None:
+        self.name = name
+        self.script = script
+        self.calls = 0
+
+    def _next(self) -> bytes:
+        self.calls += 1
+        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    async def generate(self, call: Call) -> Reply:
+        return Reply(self._next(), self.name)
+
+    async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        yield Chunk(self._next())
+        yield Chunk(b"second")
+
+    async def health(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+def router(*specs: tuple[str, int, Scripted], models: list[str] | None = None) -> Router:
+    return Router(
+        [
+            (UpstreamConfig(name=name, kind="demo", priority=prio, models=models or ["*"]), adapter)
+            for name, prio, adapter in specs
+        ]
+    )
+
+
+async def test_priority_then_failover_on_retryable() -> None:
+    a = Scripted("a", [UpstreamError("a", 503, "busy")])
+    b = Scripted("b", [b"ok-b"])
+    reply = await router(("a", 0, a), ("b", 1, b)).generate(CALL)
+    assert reply.body == b"ok-b" and a.calls == 1 and b.calls == 1
+
+
+async def test_client_fault_is_not_retried() -> None:
+    a = Scripted("a", [UpstreamError("a", 400, "bad field", reason="INVALID_ARGUMENT")])
+    b = Scripted("b", [b"ok"])
+    with pytest.raises(GatewayError) as info:
+        await router(("a", 0, a), ("b", 1, b)).generate(CALL)
+    assert info.value.status == 400 and info.value.message == "bad field" and b.calls == 0
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (UpstreamError("a", 429, "slow down", retry_after=7), RateLimited),
+        (UpstreamError("a", 0, "timed out", timeout=True), DeadlineExceeded),
+        (UpstreamError("a", 0, "refused"), Unavailable),
+        (UpstreamError("a", 401, "bad upstream key"), Unavailable),
+    ],
+)
+async def test_final_error_mapping(error: UpstreamError, expected: type[GatewayError]) -> None:
+    with pytest.raises(expected) as info:
+        await router(("a", 0, Scripted("a", [error]))).generate(CALL)
+    assert "bad upstream key" not in info.value.message
+
+
+async def test_breaker_opens_after_repeated_failures() -> None:
+    a = Scripted("a", [UpstreamError("a", 500, "boom")])
+    b = Scripted("b", [b"ok"])
+    r = router(("a", 0, a), ("b", 1, b))
+    for _ in range(FAILURE_THRESHOLD):
+        await r.generate(CALL)
+    assert a.calls == FAILURE_THRESHOLD
+    await r.generate(CALL)
+    assert a.calls == FAILURE_THRESHOLD  # cooled down: skipped
+
+
+async def test_unserved_model() -> None:
+    r = router(("a", 0, Scripted("a", [b"x"])), models=["gemini-2.5-pro"])
+    with pytest.raises(NotFound):
+        await r.generate(CALL)
+
+
+async def test_stream_fails_over_before_first_chunk_only() -> None:
+    a = Scripted("a", [UpstreamError("a", 503, "busy")])
+    b = Scripted("b", [b"first-b"])
+    name, first, rest = await router(("a", 0, a), ("b", 1, b)).open_stream(CALL)
+    assert (name, first.body) == ("b", b"first-b")
+    assert [c.body async for c in rest] == [b"second"]
+
+
+async def test_weights_spread_within_a_group() -> None:
+    a, b = Scripted("a", [b"a"]), Scripted("b", [b"b"])
+    r = Router(
+        [
+            (UpstreamConfig(name="a", kind="demo", weight=1), a),
+            (UpstreamConfig(name="b", kind="demo", weight=9), b),
+        ]
+    )
+    for _ in range(400):
+        await r.generate(CALL)
+    assert 200 < b.calls < 400 and a.calls > 10
