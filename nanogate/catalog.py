@@ -102,7 +102,9 @@ def _build_spec(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> Mod
         input_mime_types=frozenset(str(m) for m in merged.get("input_mime_types", ())),
         image_sizes=tuple(str(s) for s in merged.get("image_sizes", ())),
         default_image_size=str(merged.get("default_image_size", "1K")),
-        output_image_tokens={str(k): int(v) for k, v in merged.get("output_image_tokens", {}).items()},
+        output_image_tokens={
+            str(k): int(v) for k, v in merged.get("output_image_tokens", {}).items()
+        },
         prices=prices,
         pixels=_parse_pixels(merged.get("pixels", {})),
     )

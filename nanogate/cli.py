@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,8 @@ from .usage import UsageRecorder
 app = typer.Typer(help="nanogate: a gateway for Gemini image models.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-console = Console()
+# Piped output (scripts, tests) gets wide tables instead of elided columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 ConfigOption = Annotated[
     Path | None,

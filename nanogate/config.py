@@ -36,6 +36,8 @@ class UpstreamConfig(BaseModel):
     timeout_s: float = Field(default=300.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     max_concurrency: int = Field(default=64, ge=1)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
     latency_ms: int = Field(default=0, ge=0)  # demo only: pretend render time
 
     @field_validator("base_url")

@@ -97,9 +97,7 @@ class UpstreamError(Exception):
     def retryable(self) -> bool:
         # 401/403 from an upstream mean *our* credentials are wrong there: another upstream may
         # still serve the request, and the client did nothing wrong.
-        return (
-            self.status == 0 or self.status in RETRYABLE_STATUSES or self.status in (401, 403)
-        )
+        return self.status == 0 or self.status in RETRYABLE_STATUSES or self.status in (401, 403)
 
     def to_gateway_error(self) -> GatewayError:
         """What the client sees once no upstream is left to try."""

@@ -40,9 +40,7 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(
-            f"{k}={v}"
-            for k, v in record.__dict__.items()
-            if k not in _STANDARD and v is not None
+            f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD and v is not None
         )
         text = f"{record.levelname.lower():7} {record.name}: {record.getMessage()} {extras}"
         if record.exc_info and record.exc_info[0] is not None:

@@ -19,12 +19,11 @@ from .errors import GatewayError, NotFound, Unavailable, UpstreamError
 from .types import Call, Chunk, Reply
 from .upstreams.base import Upstream
 
-FAILURE_THRESHOLD = 5
-COOLDOWN_S = 30.0
-
 
 @dataclass(slots=True)
 class Breaker:
+    threshold: int = 5
+    cooldown_s: float = 30.0
     failures: int = 0
     open_until: float = 0.0
     probing: bool = False
@@ -44,8 +43,8 @@ class Breaker:
     def failure(self, now: float) -> None:
         self.failures += 1
         self.probing = False
-        if self.failures >= FAILURE_THRESHOLD:
-            self.open_until = now + COOLDOWN_S
+        if self.failures >= self.threshold:
+            self.open_until = now + self.cooldown_s
 
 
 @dataclass(slots=True)
@@ -63,7 +62,12 @@ class Target:
 class Router:
     def __init__(self, upstreams: list[tuple[UpstreamConfig, Upstream]]) -> None:
         self.targets = [
-            Target(cfg, adapter, gate=asyncio.Semaphore(cfg.max_concurrency))
+            Target(
+                cfg,
+                adapter,
+                Breaker(cfg.breaker_failures, cfg.breaker_cooldown_s),
+                asyncio.Semaphore(cfg.max_concurrency),
+            )
             for cfg, adapter in upstreams
         ]
 
@@ -79,10 +83,11 @@ class Router:
             ordered.extend(_weighted_order(group))
         available = [t for t in ordered if t.breaker.available(now)]
         if not available:
+            wait = max(1, round(min(t.breaker.open_until for t in ordered) - now))
             raise Unavailable(
                 f"Every upstream for '{model}' is cooling down after repeated failures; "
-                f"retry in a few seconds.",
-                retry_after=int(COOLDOWN_S),
+                f"retry in {wait} s.",
+                retry_after=wait,
             )
         return available
 

@@ -53,7 +53,14 @@ class Usage:
 
     def merge_max(self, other: Usage) -> None:
         """Stream chunks repeat cumulative counts; keep the largest seen."""
-        for name in ("input_text", "input_image", "output_text", "output_image", "thoughts", "total"):
+        for name in (
+            "input_text",
+            "input_image",
+            "output_text",
+            "output_image",
+            "thoughts",
+            "total",
+        ):
             setattr(self, name, max(getattr(self, name), getattr(other, name)))
         self.images += other.images
 

@@ -112,7 +112,9 @@ class UsageRecorder:
         if len(self._buffer) == self._buffer.maxlen:
             self.dropped += 1  # the deque discards the oldest on append
         self._buffer.append(rec)
-        if len(self._buffer) >= self._max_batch:
+        # "==", not ">=": wake once per full batch. While the database is down the buffer stays
+        # above max_batch, and ">=" would turn every request into an immediate retry.
+        if len(self._buffer) == self._max_batch:
             self._wake.set()
 
     async def start(self) -> None:

@@ -23,7 +23,9 @@ def error_response(error: GatewayError) -> Response:
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     try:
-        await gateway.authenticate(Context(request.state.request_id, "openai"), extract_key(request))
+        await gateway.authenticate(
+            Context(request.state.request_id, "openai"), extract_key(request)
+        )
     except GatewayError as error:
         return error_response(error)
     return Response(openai.list_models(gateway.catalog), media_type=JSON_TYPE)
@@ -32,7 +34,9 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     try:
-        await gateway.authenticate(Context(request.state.request_id, "openai"), extract_key(request))
+        await gateway.authenticate(
+            Context(request.state.request_id, "openai"), extract_key(request)
+        )
         spec = gateway.catalog.resolve(request.path_params["tail"])
     except GatewayError as error:
         return error_response(error)

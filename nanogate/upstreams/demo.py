@@ -189,7 +189,8 @@ async def _image_answer(call: Call, request: JSON) -> _Answer:
     picture = None
     if want_image:
         source = _last_input_image(contents)
-        # Pillow work takes up to a second at 4K: off the event loop, which keeps serving.
+        # Decoding and Pillow work take up to a second at 4K: off the event loop, which keeps
+        # serving other requests meanwhile.
         picture = await asyncio.to_thread(_picture, call, request, prompt, source)
     if want_text:
         parts.append({"text": _caption(picture, prompt)})
@@ -204,12 +205,13 @@ async def _image_answer(call: Call, request: JSON) -> _Answer:
     return _Answer(call.model.name, _response_id(call), parts, usage)
 
 
-def _picture(call: Call, request: JSON, prompt: str, source: bytes | None) -> _Picture:
-    """Render or edit at the catalog size (runs in a worker thread)."""
+def _picture(call: Call, request: JSON, prompt: str, encoded: Any) -> _Picture:
+    """Render, or edit the base64 image `encoded`, at the catalog size (in a worker thread)."""
     aspect, size = _image_choice(call, request)
-    if source is None:
+    if encoded is None:
         width, height = _pixels(call.model, aspect, size)
         return _Picture(render_image(prompt, width, height), width, height, size, edited=False)
+    source = _decode_base64(encoded)
     try:
         if aspect is None:
             # No aspectRatio on an edit: keep the input's shape, on the model's own pixel table.
@@ -261,8 +263,8 @@ def _modalities(request: JSON) -> tuple[bool, bool]:
     return (text, image) if text or image else (True, True)
 
 
-def _last_input_image(contents: list[JSON]) -> bytes | None:
-    """The newest image in the conversation (in a chat, the model's last picture counts too)."""
+def _last_input_image(contents: list[JSON]) -> Any:
+    """The newest image's base64 data (in a chat, the model's last picture counts too)."""
     for content in reversed(contents):
         for part in reversed(_parts(content)):
             blob = _field(part, "inlineData")
@@ -270,7 +272,7 @@ def _last_input_image(contents: list[JSON]) -> bytes | None:
                 continue
             mime = str(_field(blob, "mimeType") or "image/")
             if mime.lower().startswith("image/"):
-                return _decode_base64(_field(blob, "data"))
+                return _field(blob, "data") or ""
     return None
 
 

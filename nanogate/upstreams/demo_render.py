@@ -48,7 +48,7 @@ def render_image(prompt: str, width: int, height: int) -> bytes:
     palette = _palette(rng)
     canvas = _backdrop(rng, palette, width, height)
     _draw_shapes(canvas, rng, palette)
-    _draw_caption(canvas, RENDER_LABEL, prompt)
+    _draw_caption(canvas, RENDER_LABEL, prompt, at_top=True)
     return _png(canvas)
 
 
@@ -60,11 +60,15 @@ def transform_image(data: bytes, prompt: str, width: int | None, height: int | N
     """
     source = _decode(data, _draft_hint(width, height))
     size = _output_size(source.size, width, height)
-    fitted = source if source.size == size else ImageOps.fit(source, size, _BILINEAR)
     rng = _rng(prompt)
-    edited = _recolour(fitted, rng)
+    # Recolour at whichever of the two sizes is smaller: the HSV round trip costs per pixel.
+    if size[0] * size[1] > source.width * source.height:
+        edited = _fit(_recolour(source, rng), size)
+    else:
+        edited = _recolour(_fit(source, size), rng)
     _draw_rainbow(edited, rng)
-    _draw_caption(edited, EDIT_LABEL, prompt)
+    # Bottom left, so an edit of a demo render does not stack its label on the render's.
+    _draw_caption(edited, EDIT_LABEL, prompt, at_top=False)
     return _png(edited)
 
 
@@ -263,6 +267,11 @@ def _output_size(source: tuple[int, int], width: int | None, height: int | None)
     return size
 
 
+def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Scale to cover `size` and crop the centre, so the output never has bars."""
+    return image if image.size == size else ImageOps.fit(image, size, _BILINEAR)
+
+
 def _recolour(image: Image.Image, rng: random.Random) -> Image.Image:
     """Rotate the hue, lift the saturation (so grey inputs get colour too) and posterize."""
     shift = rng.randint(64, 192)  # a third to three quarters of the colour wheel
@@ -292,8 +301,8 @@ def _draw_rainbow(canvas: Image.Image, rng: random.Random) -> None:
 # --- caption ------------------------------------------------------------------------------------
 
 
-def _draw_caption(canvas: Image.Image, label: str, prompt: str) -> None:
-    """The demo label, the pixel size and the wrapped prompt on a dark panel, top left.
+def _draw_caption(canvas: Image.Image, label: str, prompt: str, *, at_top: bool) -> None:
+    """The demo label, the pixel size and the wrapped prompt on a dark panel in a left corner.
 
     Sized from the short side so that 8:1 banners and 1:8 strips both stay legible.
     """
@@ -311,9 +320,10 @@ def _draw_caption(canvas: Image.Image, label: str, prompt: str) -> None:
     panel_width = max(_text_width(text, face) for text, face, _ in lines) + 2 * margin
     panel_height = sum(step for _, _, step in lines) + 2 * margin
     draw = ImageDraw.Draw(canvas, "RGBA")
-    panel = (margin, margin, margin + panel_width, margin + panel_height)
-    draw.rounded_rectangle(panel, radius=margin / 2, fill=(0, 0, 0, 170))
-    top = 2 * margin
+    panel_top = margin if at_top else max(margin, height - margin - panel_height)
+    panel = (margin, panel_top, margin + panel_width, panel_top + panel_height)
+    draw.rounded_rectangle(panel, radius=margin / 2, fill=(0, 0, 0, 190))
+    top = panel_top + margin
     for text, face, step in lines:
         draw.text((2 * margin, top), text, font=face, fill=(255, 255, 255, 255))
         top += step

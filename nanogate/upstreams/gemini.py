@@ -38,13 +38,15 @@ class GeminiUpstream:
         timeout = aiohttp.ClientTimeout(
             total=self.config.timeout_s, connect=self.config.connect_timeout_s
         )
-        async with self._transport_errors():
-            async with self._http().post(
+        async with (
+            self._transport_errors(),
+            self._http().post(
                 self._url(call, sse=False), data=call.body, headers=self._headers(), timeout=timeout
-            ) as resp:
-                body = await resp.read()
-                if resp.status != 200:
-                    raise self._status_error(resp, body)
+            ) as resp,
+        ):
+            body = await resp.read()
+            if resp.status != 200:
+                raise self._status_error(resp, body)
         try:
             usage = usage_from_response(body)
         except MalformedResponse as exc:
@@ -134,9 +136,14 @@ class GeminiUpstream:
     def _status_error(self, resp: aiohttp.ClientResponse, body: bytes) -> UpstreamError:
         message, reason = _error_message(body, resp.status)
         retry_after = resp.headers.get("Retry-After")
+        status = resp.status
+        # Google answers a bad API key with 400 INVALID_ARGUMENT; it is our credential that is
+        # wrong, not the client's request, so treat it like a 401 (fail over, tell the operator).
+        if status == 400 and (b"API_KEY_INVALID" in body or b"API key not valid" in body):
+            status = 401
         return UpstreamError(
             self.name,
-            resp.status,
+            status,
             message,
             reason=reason,
             retry_after=int(retry_after) if retry_after and retry_after.isdigit() else None,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
-import selectors
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from google import genai
 
 SIM_KEY = "sim-upstream-secret-key-0123456789"
 
@@ -30,24 +32,33 @@ def free_port() -> int:
 
 
 def _read_until(proc: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float) -> list[str]:
-    """Lines of stdout up to and including the first that matches `pattern`."""
+    """Lines of stdout up to and including the first that matches `pattern`.
+
+    A thread reads, because select() cannot see lines already sitting in Python's buffer.
+    """
     assert proc.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    lines: list[str] = []
+    stdout = proc.stdout
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not selector.select(timeout=0.2):
-            if proc.poll() is not None:
-                break
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
             continue
-        line = proc.stdout.readline()
-        if not line:
+        if line is None:
             break
-        lines.append(line.rstrip("\n"))
+        seen.append(line)
         if pattern.search(line):
-            return lines
-    raise RuntimeError(f"process did not print {pattern.pattern!r}; got: {lines[-20:]}")
+            return seen
+    raise RuntimeError(f"process did not print {pattern.pattern!r}; got: {seen[-20:]}")
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -191,11 +202,28 @@ def simulator_upstream(sim: Simulator, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def sim_gateway(tmp_path_factory: pytest.TempPathFactory, simulator: Simulator) -> Iterator[Gateway]:
+def sim_gateway(
+    tmp_path_factory: pytest.TempPathFactory, simulator: Simulator
+) -> Iterator[Gateway]:
     """The gateway relaying to the simulator as a Gemini upstream."""
     gw = start_gateway(
         tmp_path_factory.mktemp("sim"),
-        {"upstreams": [simulator_upstream(simulator, timeout_s=5)]},
+        # Fault tests fail the upstream many times in a row; the breaker has its own tests.
+        {"upstreams": [simulator_upstream(simulator, timeout_s=5, breaker_failures=1000)]},
     )
     yield gw
     _stop(gw.proc)
+
+
+_CLIENTS: dict[tuple[str, str], genai.Client] = {}
+
+
+def sdk_client(gw: Gateway, key: str | None = None) -> genai.Client:
+    """A google-genai client on the gateway, changed from stock only in key and base URL.
+
+    Kept alive: google-genai closes its HTTP client when the Client object is collected.
+    """
+    api_key = key or gw.client_key
+    if (gw.url, api_key) not in _CLIENTS:
+        _CLIENTS[gw.url, api_key] = genai.Client(api_key=api_key, http_options={"base_url": gw.url})
+    return _CLIENTS[gw.url, api_key]

@@ -1,9 +1,10 @@
-"""The official google-genai SDK against `nanogate serve` on its embedded default (demo upstream)."""
+"""The official google-genai SDK against `nanogate serve` on its embedded default (demo)."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,19 +14,17 @@ from typing import Any
 
 import httpx
 import pytest
-from google import genai
 from google.genai import errors, types
 from PIL import Image
 
-from .conftest import Gateway
+from .conftest import Gateway, sdk_client
 
 SEED_003 = next((Path(__file__).parents[3] / "shared" / "seeds").glob("003_*.txt"))
 SEED_KEY = "sk-123456789012345678901234567890123456789012345678"
 SEED_URL = "https://gateway.theturbo.ai"
 
 
-def client(gw: Gateway, key: str | None = None) -> genai.Client:
-    return genai.Client(api_key=key or gw.client_key, http_options={"base_url": gw.url})
+client = sdk_client
 
 
 def seed_python_examples() -> list[str]:
@@ -68,17 +67,21 @@ def test_seed_003_python_examples_unchanged(demo_gateway: Gateway, tmp_path: Pat
     assert diff / (64 * 48) > 8, "the edit should visibly change the image"
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_readme_curl_returns_a_png(demo_gateway: Gateway) -> None:
+def test_readme_curl_returns_a_png(demo_gateway: Gateway, tmp_path: Path) -> None:
+    assert shutil.which("curl"), "the README's first example needs curl"
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     command = re.search(r"```sh\n(curl [^`]*?generateContent[^`]*?)```", readme, re.S)
     assert command, "the README should hold the copy-paste curl"
-    script = command.group(1).replace("$NANOGATE_KEY", demo_gateway.client_key).replace(
-        "http://127.0.0.1:8000", demo_gateway.url
+    script = command.group(1).replace("http://127.0.0.1:8000", demo_gateway.url)
+    out = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "NANOGATE_KEY": demo_gateway.client_key},
+        capture_output=True,
+        timeout=60,
     )
-    out = subprocess.run(["bash", "-c", script], capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    image = Image.open(io.BytesIO(out.stdout))
+    image = Image.open(tmp_path / "otter.png")
     assert image.format == "PNG" and image.size == (1184, 864)
 
 
@@ -88,7 +91,11 @@ def test_readme_curl_returns_a_png(demo_gateway: Gateway) -> None:
         ("gemini-2.5-flash-image", {"aspect_ratio": "16:9"}, (1344, 768)),
         ("gemini-3-pro-image-preview", {"aspect_ratio": "1:1", "image_size": "4K"}, (4096, 4096)),
         ("gemini-3-pro-image-preview", {"aspect_ratio": "21:9", "image_size": "2K"}, (3168, 1344)),
-        ("gemini-3.1-flash-image-preview", {"aspect_ratio": "1:8", "image_size": "1K"}, (384, 3072)),
+        (
+            "gemini-3.1-flash-image-preview",
+            {"aspect_ratio": "1:8", "image_size": "1K"},
+            (384, 3072),
+        ),
         ("nano-banana-2", {"aspect_ratio": "9:16"}, (768, 1376)),
     ],
 )

@@ -60,7 +60,7 @@ def test_flash_accepts_only_its_native_1k() -> None:
     # Seed 003's own example sends imageSize 1K to gemini-2.5-flash-image.
     parse_call("r", "generateContent", FLASH, req({"aspectRatio": "4:3", "imageSize": "1K"}))
     for size in ("2K", "4K"):
-        with pytest.raises(InvalidArgument, match="not supported by gemini-2.5-flash-image"):
+        with pytest.raises(InvalidArgument, match=r"not supported by gemini-2.5-flash-image"):
             parse_call(
                 "r", "generateContent", FLASH, req({"aspectRatio": "4:3", "imageSize": size})
             )
@@ -71,7 +71,7 @@ def test_image_size_on_a_model_without_sizes() -> None:
 
     custom = load({"my-image-model": {"kind": "image", "pixels": {"1K": {"1:1": "1024x1024"}}}})
     spec = custom.resolve("my-image-model")
-    with pytest.raises(InvalidArgument, match="does not support imageConfig.imageSize"):
+    with pytest.raises(InvalidArgument, match=r"does not support imageConfig.imageSize"):
         parse_call("r", "generateContent", spec, req({"imageSize": "1K"}))
 
 
@@ -148,7 +148,7 @@ def test_inline_mime_type_not_allowed() -> None:
     part = {
         "inlineData": {"mimeType": "image/gif", "data": base64.b64encode(b"GIF89a....").decode()}
     }
-    with pytest.raises(InvalidArgument, match="image/gif.*not accepted"):
+    with pytest.raises(InvalidArgument, match=r"image/gif.*not accepted"):
         parse_call("r", "generateContent", FLASH, req(parts=[part]))
 
 

@@ -16,8 +16,10 @@ from nanogate.errors import (
     Unavailable,
     UpstreamError,
 )
-from nanogate.routing import FAILURE_THRESHOLD, Router
+from nanogate.routing import Router
 from nanogate.types import Call, Chunk, Reply
+
+FAILURE_THRESHOLD = UpstreamConfig(name="x", kind="demo").breaker_failures
 
 SPEC = load_catalog().resolve("gemini-2.5-flash-image")
 CALL = Call("r", "generateContent", SPEC, b"{}", {})
@@ -102,6 +104,35 @@ async def test_breaker_opens_after_repeated_failures() -> None:
     assert a.calls == FAILURE_THRESHOLD
     await r.generate(CALL)
     assert a.calls == FAILURE_THRESHOLD  # cooled down: skipped
+
+
+async def test_all_cooled_down_is_503_with_retry_after() -> None:
+    a = Scripted("a", [UpstreamError("a", 500, "boom")])
+    r = router(("a", 0, a))
+    for _ in range(FAILURE_THRESHOLD):
+        with pytest.raises(GatewayError):
+            await r.generate(CALL)
+    with pytest.raises(Unavailable, match="cooling down") as info:
+        await r.generate(CALL)
+    assert info.value.retry_after and info.value.retry_after >= 1
+    assert a.calls == FAILURE_THRESHOLD
+
+
+async def test_half_open_probe_closes_the_breaker() -> None:
+    a = Scripted("a", [UpstreamError("a", 500, "boom")])
+    r = Router(
+        [(UpstreamConfig(name="a", kind="demo", breaker_failures=1, breaker_cooldown_s=0.05), a)]
+    )
+    with pytest.raises(GatewayError):
+        await r.generate(CALL)
+    with pytest.raises(Unavailable):
+        await r.generate(CALL)
+    import asyncio
+
+    await asyncio.sleep(0.06)
+    a.script = [b"ok"]
+    assert (await r.generate(CALL)).body == b"ok"
+    assert (await r.generate(CALL)).body == b"ok"
 
 
 async def test_unserved_model() -> None:

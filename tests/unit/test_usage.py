@@ -152,8 +152,12 @@ async def test_background_flusher_writes_on_its_interval(engine: AsyncEngine) ->
     try:
         for n in range(5):
             recorder.record(_record(n))
-        await _wait_for(lambda: recorder.pending == 0)
-        assert await _count(engine) == 5
+        # `pending` drops when a batch is taken, before its insert commits: poll the table.
+        for _ in range(500):
+            if await _count(engine) == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert await _count(engine) == 5 and recorder.pending == 0
     finally:
         await recorder.stop()
 
@@ -195,6 +199,28 @@ async def test_a_failed_insert_keeps_the_records(engine: AsyncEngine) -> None:
     assert await recorder.flush() == 6
     rows = await recorder.recent(limit=10)
     assert sorted(r["request_id"] for r in rows) == [f"req-{n}" for n in range(6)]
+
+
+async def test_a_down_database_is_not_retried_per_record(engine: AsyncEngine) -> None:
+    recorder = UsageRecorder(engine, flush_seconds=3600, max_batch=5)
+    attempts: list[str] = []
+
+    def _fail(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        attempts.append(statement)
+        raise ConnectionError("database went away")
+
+    event.listen(engine.sync_engine, "before_cursor_execute", _fail)
+    await recorder.start()
+    for n in range(5):
+        recorder.record(_record(n))
+    await _wait_for(lambda: len(attempts) == 1)
+    for n in range(5, 25):
+        recorder.record(_record(n))
+    await asyncio.sleep(0.05)
+    assert len(attempts) == 1 and recorder.pending == 25
+    event.remove(engine.sync_engine, "before_cursor_execute", _fail)
+    await recorder.stop()
+    assert await _count(engine) == 25
 
 
 async def test_a_bad_row_is_dropped_alone(engine: AsyncEngine) -> None:
