@@ -131,14 +131,24 @@ class _ClientFault(GatewayError):
         self.reason = reason
 
 
+# Google's canonical status name for each HTTP status its API answers with; clients (the
+# google-genai SDK included) read `error.status`, so the name must match the code.
+STATUS_NAMES: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    412: "FAILED_PRECONDITION",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
 def _reason_for(status: int) -> str:
-    return {
-        400: "INVALID_ARGUMENT",
-        401: "UNAUTHENTICATED",
-        403: "PERMISSION_DENIED",
-        404: "NOT_FOUND",
-        409: "ABORTED",
-        412: "FAILED_PRECONDITION",
-        413: "INVALID_ARGUMENT",
-        429: "RESOURCE_EXHAUSTED",
-    }.get(status, "FAILED_PRECONDITION")
+    return STATUS_NAMES.get(status, "FAILED_PRECONDITION")

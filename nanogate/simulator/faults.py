@@ -11,23 +11,6 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-# Google's canonical status name for each HTTP status the API answers with. Clients (the
-# google-genai SDK included) read `error.status`, so a fault must carry the right one.
-STATUS_NAMES: dict[int, str] = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    409: "ABORTED",
-    412: "FAILED_PRECONDITION",
-    429: "RESOURCE_EXHAUSTED",
-    499: "CANCELLED",
-    500: "INTERNAL",
-    501: "NOT_IMPLEMENTED",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-
 # Directives are searched for in the raw body, so they work whatever JSON shape carries the
 # prompt (Gemini contents, a translated OpenAI message, a task-API prompt...). The value set is
 # kept narrow ([^\]"\\]) so a directive can never swallow the JSON around it.

@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..errors import STATUS_NAMES
 from . import responses as r
-from .faults import STATUS_NAMES, Fault
+from .faults import Fault
 
 
 @dataclass
