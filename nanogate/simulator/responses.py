@@ -173,6 +173,12 @@ def _text_tokens(text: str) -> int:
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
+    text, image = prompt_tokens_by_modality(body)
+    return max(text + image, 1)
+
+
+def prompt_tokens_by_modality(body: dict[str, Any]) -> tuple[int, int]:
+    """(text, image) prompt tokens, as Google splits them in promptTokensDetails."""
     nested = body.get("generateContentRequest") or body.get("generate_content_request")
     if isinstance(nested, dict) and "contents" not in body:
         body = nested
@@ -180,16 +186,16 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     system = body.get("systemInstruction") or body.get("system_instruction")
     if isinstance(system, dict):
         contents.append(system)
-    total = 0
+    text = image = 0
     for content in contents:
         for part in _parts(content):
             if not isinstance(part, dict):
                 continue
             if isinstance(part.get("text"), str):
-                total += _text_tokens(part["text"])
+                text += _text_tokens(part["text"])
             elif any(k in part for k in ("inlineData", "inline_data", "fileData", "file_data")):
-                total += PROMPT_IMAGE_TOKENS
-    return max(total, 1)
+                image += PROMPT_IMAGE_TOKENS
+    return text, image
 
 
 def unknown_keys(body: dict[str, Any], known: frozenset[str]) -> list[str]:
@@ -222,6 +228,8 @@ class Reply:
         "echo",
         "image",
         "model",
+        "prompt_image_tokens",
+        "prompt_text_tokens",
         "prompt_tokens",
         "rid",
         "text",
@@ -233,7 +241,8 @@ class Reply:
     ) -> None:
         self.model = model
         self.rid = response_id()
-        self.prompt_tokens = prompt_tokens(body)
+        self.prompt_text_tokens, self.prompt_image_tokens = prompt_tokens_by_modality(body)
+        self.prompt_tokens = max(self.prompt_text_tokens + self.prompt_image_tokens, 1)
         self.echo = {"unknownRequestKeys": unknown_keys(body, KNOWN_GENERATE_KEYS)}
         summary = prompt_text(body)[:40]
         if image is None:
@@ -255,7 +264,11 @@ class Reply:
         return details
 
     def usage(self, final: bool = True) -> dict[str, Any]:
-        prompt_details = [{"modality": "TEXT", "tokenCount": self.prompt_tokens}]
+        prompt_details = [
+            {"modality": "TEXT", "tokenCount": self.prompt_tokens - self.prompt_image_tokens}
+        ]
+        if self.prompt_image_tokens:
+            prompt_details.append({"modality": "IMAGE", "tokenCount": self.prompt_image_tokens})
         if not final:
             # Google repeats a prompt-only usage block on every streamed chunk before the last.
             return {

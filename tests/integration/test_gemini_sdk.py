@@ -289,3 +289,35 @@ def test_model_not_allowed_for_key_is_403(demo_gateway: Gateway) -> None:
         )
     )
     assert (err.code, err.status) == (403, "PERMISSION_DENIED")
+
+
+def test_missing_key_is_401(demo_gateway: Gateway) -> None:
+    resp = httpx.post(
+        f"{demo_gateway.url}/v1beta/models/gemini-2.5-flash:generateContent",
+        json={"contents": [{"parts": [{"text": "x"}]}]},
+    )
+    assert resp.status_code == 401
+    assert resp.json()["error"]["status"] == "UNAUTHENTICATED"
+    assert "x-goog-api-key" in resp.json()["error"]["message"]
+
+
+def test_wrong_method_and_route_use_googles_envelope(demo_gateway: Gateway) -> None:
+    key = {"x-goog-api-key": demo_gateway.client_key}
+    wrong_method = httpx.put(f"{demo_gateway.url}/v1beta/models", headers=key)
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+    unknown = httpx.post(
+        f"{demo_gateway.url}/v1beta/models/gemini-2.5-flash:embedContent", headers=key, json={}
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"]["status"] == "NOT_FOUND"
+
+
+def test_v1_models_serves_both_sdks(demo_gateway: Gateway) -> None:
+    import openai
+
+    names = {m.name for m in client(demo_gateway).models.list()}
+    assert "models/gemini-3-pro-image-preview" in names
+    oa = openai.OpenAI(api_key=demo_gateway.client_key, base_url=f"{demo_gateway.url}/v1")
+    ids = {m.id for m in oa.models.list()}
+    assert "gemini-3-pro-image-preview" in ids
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(api_key="nope", base_url=f"{demo_gateway.url}/v1").models.list()

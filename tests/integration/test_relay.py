@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -381,14 +382,58 @@ def test_usage_records_and_clean_logs(sim_gateway: Gateway) -> None:
             {"parts": [{"text": "edit"}, {"inlineData": {"mimeType": "image/png", "data": data}}]}
         ]
     }
-    resp = post(sim_gateway, GEN, body)
-    assert resp.status_code == 200
-    time.sleep(0.6)  # usage is flushed in batches every 0.2 s in tests
+    request_id = f"usage-{time.time_ns()}"
+    resp = httpx.post(
+        f"{sim_gateway.url}{GEN}",
+        json=body,
+        headers={"x-goog-api-key": sim_gateway.client_key, "x-request-id": request_id},
+    )
+    assert resp.status_code == 200 and resp.headers["x-request-id"] == request_id
+    bogus = "ng_deadbeef_" + "s3cr3t" * 8
+    assert post(sim_gateway, GEN, body, **{"x-goog-api-key": bogus}).status_code == 401
+    row = wait_for_usage(sim_gateway, request_id)
+    assert row["key_prefix"] == "_".join(sim_gateway.client_key.split("_")[:2])
+    assert (row["dialect"], row["method"], row["model"], row["upstream"]) == (
+        "gemini",
+        "generateContent",
+        "gemini-2.5-flash-image",
+        "sim",
+    )
+    assert row["status"] == 200 and row["latency_ms"] >= 0
+    assert row["output_image_tokens"] == 1290 and row["images"] == 1
+    assert row["input_image_tokens"] == 258 and row["input_text_tokens"] > 0
     out = sim_gateway.cli("usage", "--limit", "50")
-    assert out.returncode == 0, out.stderr
-    assert "gemini-2.5-flash-image" in out.stdout and "sim" in out.stdout
+    assert out.returncode == 0 and "gemini-2.5-flash-image" in out.stdout
     logs = sim_gateway.logs()
-    assert sim_gateway.client_key not in logs
-    assert SIM_KEY not in logs
-    assert data[:40] not in logs
+    assert request_id in logs
+    for secret in (sim_gateway.client_key, SIM_KEY, bogus, "s3cr3t", data[:40]):
+        assert secret not in logs
     assert "Traceback" not in logs
+
+
+def test_stream_usage_is_recorded_at_the_end(sim_gateway: Gateway) -> None:
+    request_id = f"stream-{time.time_ns()}"
+    resp = httpx.post(
+        f"{sim_gateway.url}/v1beta/models/gemini-2.5-flash-image:streamGenerateContent?alt=sse",
+        json={"contents": [{"parts": [{"text": "draw"}]}]},
+        headers={"x-goog-api-key": sim_gateway.client_key, "x-request-id": request_id},
+    )
+    assert resp.status_code == 200
+    row = wait_for_usage(sim_gateway, request_id)
+    assert row["method"] == "streamGenerateContent" and row["status"] == 200
+    assert row["output_image_tokens"] == 1290 and row["images"] == 1
+
+
+def wait_for_usage(gw: Gateway, request_id: str) -> dict[str, Any]:
+    """The usage row for `request_id`, read straight from the gateway's SQLite file."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with sqlite3.connect(gw.data_dir / "nanogate.db") as db:
+            db.row_factory = sqlite3.Row
+            found = db.execute(
+                "SELECT * FROM usage_records WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        if found is not None:
+            return dict(found)
+        time.sleep(0.1)
+    raise AssertionError(f"no usage record for {request_id}")
