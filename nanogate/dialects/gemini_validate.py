@@ -6,16 +6,14 @@ the REST API's camelCase and the proto-JSON snake_case spellings are accepted, a
 
 from __future__ import annotations
 
-import binascii
 from typing import Any
 
 from ..catalog import ModelSpec
 from ..errors import InvalidArgument
+from ..media import decode_base64, sniff_image
 from ..types import JSON, ImageRequest
 
 ROLES = frozenset({"user", "model"})
-_URLSAFE = bytes.maketrans(b"-_", b"+/")
-_WHITESPACE = b" \t\r\n"
 
 
 def field(obj: JSON, camel: str, snake: str) -> Any:
@@ -121,38 +119,6 @@ def _validate_blob(blob: Any, where: str, spec: ModelSpec) -> None:
     sniffed = sniff_image(raw[:64])
     if mime.lower().startswith("image/") and sniffed is None:
         raise InvalidArgument(f"{where}.data does not hold an image (declared {mime}).")
-
-
-def decode_base64(data: str) -> bytes | None:
-    """Decode standard or URL-safe base64, padded or not (the SDK sends URL-safe)."""
-    raw = data.encode("ascii", "replace")
-    if any(c in raw for c in _WHITESPACE):
-        raw = bytes(c for c in raw if c not in _WHITESPACE)
-    raw = raw.translate(_URLSAFE)
-    raw += b"=" * (-len(raw) % 4)
-    try:
-        return binascii.a2b_base64(raw, strict_mode=True)
-    except binascii.Error:
-        return None
-
-
-def sniff_image(head: bytes) -> str | None:
-    """The image type the leading bytes announce, or None."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"):
-            return "image/heic"
-        if brand in (b"mif1", b"msf1", b"avif"):
-            return "image/heif"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    return None
 
 
 def _validate_image_config(config: JSON, spec: ModelSpec) -> ImageRequest | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import re
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ import orjson
 from ..catalog import ModelSpec
 from ..config import UpstreamConfig
 from ..errors import InvalidArgument
+from ..media import decode_base64
 from ..types import JSON, Call, Chunk, Reply, Usage
 from .demo_render import nearest_aspect_ratio, probe_size, render_image, transform_image
 from .demo_text import estimate_tokens, fake_from_schema, text_reply, thought_text
@@ -277,16 +277,10 @@ def _last_input_image(contents: list[JSON]) -> Any:
 
 
 def _decode_base64(data: Any) -> bytes:
-    """Standard or URL-safe alphabet, padding optional, line breaks ignored."""
-    if isinstance(data, bytes | bytearray):
-        data = bytes(data).decode("ascii", "replace")
-    if not isinstance(data, str) or not data:
-        raise InvalidArgument("inlineData.data must be a non-empty base64 string.")
-    text = "".join(data.split()).rstrip("=").replace("-", "+").replace("_", "/")
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidArgument("inlineData.data is not valid base64.") from None
+    raw = decode_base64(data) if isinstance(data, str) and data else None
+    if raw is None:
+        raise InvalidArgument("inlineData.data is not valid base64.")
+    return raw
 
 
 # --- text models --------------------------------------------------------------------------------

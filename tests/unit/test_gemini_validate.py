@@ -12,8 +12,8 @@ from PIL import Image
 
 from nanogate.catalog import load_catalog
 from nanogate.dialects.gemini import parse_call, split_model_action
-from nanogate.dialects.gemini_validate import decode_base64, sniff_image
 from nanogate.errors import InvalidArgument, NotFound
+from nanogate.media import decode_base64, sniff_image
 
 CATALOG = load_catalog()
 FLASH = CATALOG.resolve("gemini-2.5-flash-image")
