@@ -1,0 +1,186 @@
+"""The gemini adapter against the simulator over real HTTP (in-process server, real sockets)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from nanogate.catalog import load_catalog
+from nanogate.config import UpstreamConfig
+from nanogate.dialects.gemini import parse_call
+from nanogate.errors import UpstreamError
+from nanogate.simulator import Fault, SimState, start
+from nanogate.types import Call, Method
+from nanogate.upstreams.gemini import GeminiUpstream
+
+KEY = "upstream-key-for-tests"
+CATALOG = load_catalog()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[tuple[SimState, str]]:
+    state = SimState(api_key=KEY)
+    runner, port = await start(state=state)
+    yield state, f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+def adapter(url: str, **overrides: object) -> GeminiUpstream:
+    config = UpstreamConfig.model_validate(
+        {"name": "sim", "kind": "gemini", "base_url": url, "api_key": KEY, **overrides}
+    )
+    return GeminiUpstream(config)
+
+
+def call(model: str = "gemini-2.5-flash", method: Method = "generateContent") -> Call:
+    body = orjson.dumps({"contents": [{"parts": [{"text": "hello"}]}]})
+    return parse_call("t", method, CATALOG.resolve(model), body)
+
+
+async def test_generate_returns_raw_bytes_and_usage(sim: tuple[SimState, str]) -> None:
+    state, url = sim
+    up = adapter(url)
+    try:
+        reply = await up.generate(call("gemini-2.5-flash-image"))
+    finally:
+        await up.close()
+    doc = orjson.loads(reply.body)
+    assert doc["x_simulator"] == {"version": 1}
+    assert reply.usage.output_image == 1290 and reply.usage.images == 1
+    assert state.requests[-1]["body"] == call().body.decode()
+
+
+@pytest.mark.parametrize(
+    "fault, status, retryable",
+    [
+        (Fault(status=503), 503, True),
+        (Fault(status=500), 500, True),
+        (Fault(status=429, retry_after="3"), 429, True),
+        (Fault(status=400), 400, False),
+        (Fault(status=404), 404, False),
+        (Fault(reset=True), 0, True),
+        (Fault(malformed=True), 502, True),
+    ],
+)
+async def test_faults_become_upstream_errors(
+    sim: tuple[SimState, str], fault: Fault, status: int, retryable: bool
+) -> None:
+    state, url = sim
+    state.faults.append(fault)
+    up = adapter(url)
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await up.generate(call())
+    finally:
+        await up.close()
+    assert info.value.status == status and info.value.retryable is retryable
+    assert KEY not in str(info.value)
+    if status == 429:
+        assert info.value.retry_after == 3
+
+
+async def test_deadline(sim: tuple[SimState, str]) -> None:
+    state, url = sim
+    state.faults.append(Fault(delay=2.0))
+    up = adapter(url, timeout_s=0.3)
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await up.generate(call())
+    finally:
+        await up.close()
+    assert info.value.timeout and info.value.retryable
+
+
+async def test_connection_refused(sim: tuple[SimState, str]) -> None:
+    up = adapter("http://127.0.0.1:9", connect_timeout_s=1)
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await up.generate(call())
+    finally:
+        await up.close()
+    assert info.value.status == 0 and info.value.retryable
+
+
+async def test_stream_of_multi_megabyte_events(sim: tuple[SimState, str]) -> None:
+    # One SSE line carries a whole 3 MB base64 image: it must not hit a line-length limit.
+    state, url = sim
+    state.image_bytes = 3 * 1024 * 1024
+    up = adapter(url)
+    try:
+        chunks = [
+            c async for c in up.stream(call("gemini-2.5-flash-image", "streamGenerateContent"))
+        ]
+    finally:
+        await up.close()
+    assert len(chunks) == 3
+    image_chunk = orjson.loads(chunks[1].body)
+    data = image_chunk["candidates"][0]["content"]["parts"][0]["inlineData"]["data"]
+    assert len(base64.b64decode(data)) == 3 * 1024 * 1024
+    assert state.requests[-1]["query"].get("alt") == "sse"
+
+
+async def test_stream_status_error_before_first_chunk(sim: tuple[SimState, str]) -> None:
+    state, url = sim
+    state.faults.append(Fault(status=503))
+    up = adapter(url)
+    try:
+        with pytest.raises(UpstreamError) as info:
+            async for _ in up.stream(call(method="streamGenerateContent")):
+                pass
+    finally:
+        await up.close()
+    assert info.value.status == 503
+
+
+async def test_stream_break_midway(sim: tuple[SimState, str]) -> None:
+    state, url = sim
+    state.faults.append(Fault(stream_break=True))
+    up = adapter(url)
+    got = []
+    try:
+        with pytest.raises(UpstreamError):
+            async for chunk in up.stream(call(method="streamGenerateContent")):
+                got.append(chunk)
+    finally:
+        await up.close()
+    assert len(got) == 1
+
+
+async def test_slow_stream_read_deadline(sim: tuple[SimState, str]) -> None:
+    state, url = sim
+    state.faults.append(Fault(slow_stream=1.0))
+    up = adapter(url, timeout_s=0.3)
+    try:
+        with pytest.raises(UpstreamError) as info:
+            async for _ in up.stream(call(method="streamGenerateContent")):
+                pass
+    finally:
+        await up.close()
+    assert info.value.timeout
+
+
+async def test_bad_upstream_key_is_a_credential_failure(sim: tuple[SimState, str]) -> None:
+    _, url = sim
+    up = adapter(url, api_key="wrong")
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await up.generate(call())
+    finally:
+        await up.close()
+    assert info.value.status == 401 and info.value.retryable
+    assert "credentials" in info.value.to_gateway_error().message
+
+
+async def test_health(sim: tuple[SimState, str]) -> None:
+    _, url = sim
+    up = adapter(url)
+    down = adapter("http://127.0.0.1:9", connect_timeout_s=1)
+    try:
+        assert await up.health() is True
+        assert await down.health() is False
+    finally:
+        await up.close()
+        await down.close()
