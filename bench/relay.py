@@ -1,27 +1,32 @@
 """Relay overhead: the simulator called directly vs. the gateway relaying to that same simulator.
 
-Run `python bench/relay.py [--quick]` (or `make bench`). The script starts its own processes on
-free loopback ports (a simulator, and `nanogate serve` with a temporary data dir and a config
-whose only upstream is that simulator), drives both with an aiohttp load generator running in
-this process, prints tables, and writes everything to bench/results/latest.json.
+Run `python bench/relay.py [--quick] [--no-stream]` (or `make bench`). The script starts its own
+processes on free loopback ports (a simulator, and `nanogate serve` with a temporary data dir and
+a config whose only upstream is that simulator), drives both with an aiohttp load generator in
+this process (uvloop when installed), prints tables, and writes everything, raw numbers included,
+to bench/results/latest.json. Ctrl-C, SIGTERM or an error stop every process it started.
 
-What it measures, each first against the simulator ("direct") and then through the gateway:
+What it measures, against the simulator ("direct") and through the gateway ("gateway"):
 
-A. small text `generateContent`, closed loop at concurrency 1 and 32 for a fixed duration after
-   a warm-up: requests/s, p50/p99 latency, errors.
-B. 16 MiB image responses (about 22 MB of base64 JSON each), 8 in flight, a fixed number of
-   requests: wall time, per-request p50/p99, MB/s, and the RSS of the server under test
-   (the simulator for direct, the gateway for the relay), sampled every 20 ms: baseline before
-   the scenario, sampled peak, and the kernel's high-water mark (VmHWM).
-C. streaming `streamGenerateContent?alt=sse` of small text at concurrency 32: requests/s,
-   time to first byte and total time, p50/p99.
+A. small text `generateContent`, closed loop at concurrency 1 and 32: requests/s, p50/p99
+   latency, errors. Each target gets `duration` seconds in total, split into rounds that
+   alternate which side goes first, each after a 1 s warm-up.
+B. 16 MiB images (about 22 MB of base64 JSON per response), 8 in flight, a fixed number of
+   requests, on a fresh simulator (`--image-bytes`) and a fresh gateway: wall time, per-request
+   p50/p99, MB/s, and the RSS of the server under test (the simulator for direct, the gateway
+   for the relay): the baseline just before, the peak of samples taken every 20 ms, and the
+   kernel's high-water mark VmHWM (since the process started).
+C. `streamGenerateContent?alt=sse` of small text at concurrency 32, like A: requests/s, time to
+   first byte and total time, p50/p99.
 
-How to read it: the "gateway/direct" ratios are the point. For throughput (req/s, MB/s) 1.0x
-means the gateway costs nothing; for latency a ratio above 1 is the relay's overhead. The
-"CPU ms/req" columns split where the CPU time went (gateway process, simulator process, this
-load generator), which is what bounds throughput here: the machine's cores are shared by the
-client, the gateway and the simulator, so a gateway run also has one more process competing
-for them than a direct run. Absolute numbers are only comparable within one run.
+How to read it: the gateway/direct ratios are the point. For throughput (req/s, MB/s) 1.00x
+means the relay costs nothing; for latency and RSS a ratio above 1 is what the relay adds. The
+"cpu ms/req" columns show where CPU time went per answered request: the gateway process, the
+simulator process and this load generator. All three share the machine's cores (2 on the
+reference box), so a gateway run has one more busy process than a direct run, and the gateway
+serves from a single event loop: when its cpu ms/req times req/s nears 1000 ms/s it is
+saturating one core, and that, not the simulator, is the ceiling. Absolute numbers are only
+comparable within one run; the JSON also has cpu_cores (CPU seconds per wall second).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,6 +66,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 RSS_INTERVAL_S = 0.020
 CLIENT_READ_BUFSIZE = 1 << 20
 MiB = 1024 * 1024
+GATEWAY_COMMAND = (sys.executable, "-m", "nanogate", "serve")
 
 
 @dataclass(frozen=True)
@@ -72,17 +78,24 @@ class Knobs:
     image_concurrency: int
     image_requests: int
     image_bytes: int
+    rounds: int
+
+    @property
+    def round_s(self) -> float:
+        """Each target's measured time per round; `duration_s` in total over the rounds."""
+        return self.duration_s / self.rounds
 
 
 def knobs_for(quick: bool) -> Knobs:
     return Knobs(
         duration_s=3.0 if quick else 10.0,
-        warmup_s=1.0 if quick else 2.0,
+        warmup_s=1.0,
         text_concurrency=(1, 32),
         stream_concurrency=32,
         image_concurrency=8,
         image_requests=8 if quick else 24,
         image_bytes=IMAGE_BYTES,
+        rounds=1 if quick else 2,
     )
 
 
@@ -204,7 +217,7 @@ def start_gateway(stack: ExitStack, tmp: Path, sim: Server) -> Server:
     port = free_port()
     log = tmp / "gateway.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nanogate", "serve"],
+        list(GATEWAY_COMMAND),
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
         text=True,
@@ -303,7 +316,9 @@ class CpuMeter:
         self._start = self._now()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is not None:
+            return  # interrupted: the processes may be gone already, and nothing is reported
         end = self._now()
         self.spent = {name: end[name] - self._start[name] for name in end}
 
@@ -448,64 +463,96 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def cpu_per_request(cpu: CpuMeter, requests: int) -> dict[str, float]:
-    return {name: 1000 * spent / max(requests, 1) for name, spent in cpu.spent.items()}
+@dataclass
+class Measurement:
+    """One target's samples, wall time and per-process CPU seconds, summed over rounds."""
+
+    samples: Samples = field(default_factory=Samples)
+    wall_s: float = 0.0
+    cpu_s: Counter[str] = field(default_factory=Counter)
+
+    def add(self, samples: Samples, wall_s: float, cpu: CpuMeter) -> None:
+        self.samples.latencies += samples.latencies
+        self.samples.ttfbs += samples.ttfbs
+        self.samples.errors += samples.errors
+        self.samples.body_bytes += samples.body_bytes
+        self.wall_s += wall_s
+        self.cpu_s.update(cpu.spent)
+
+    def summary(self) -> dict[str, Any]:
+        samples, wall = self.samples, self.wall_s
+        ms = [x * 1000 for x in samples.latencies]
+        row: dict[str, Any] = {
+            "requests": samples.ok,
+            "errors": sum(samples.errors.values()),
+            "error_kinds": dict(samples.errors),
+            "wall_s": wall,
+            "rps": samples.ok / wall if wall else 0.0,
+            "p50_ms": percentile(ms, 50),
+            "p99_ms": percentile(ms, 99),
+            "cpu_ms_per_req": {
+                name: 1000 * spent / max(samples.ok, 1) for name, spent in self.cpu_s.items()
+            },
+            "cpu_cores": {name: spent / wall for name, spent in self.cpu_s.items()} if wall else {},
+        }
+        if samples.ttfbs:
+            ttfb_ms = [x * 1000 for x in samples.ttfbs]
+            row["ttfb_p50_ms"] = percentile(ttfb_ms, 50)
+            row["ttfb_p99_ms"] = percentile(ttfb_ms, 99)
+        return row
 
 
-def summarize(samples: Samples, wall: float, cpu: CpuMeter) -> dict[str, Any]:
-    ms = [x * 1000 for x in samples.latencies]
-    row: dict[str, Any] = {
-        "requests": samples.ok,
-        "errors": sum(samples.errors.values()),
-        "error_kinds": dict(samples.errors),
-        "wall_s": wall,
-        "rps": samples.ok / wall if wall else 0.0,
-        "p50_ms": percentile(ms, 50),
-        "p99_ms": percentile(ms, 99),
-        "cpu_ms_per_req": cpu_per_request(cpu, samples.ok),
-    }
-    if samples.ttfbs:
-        ttfb_ms = [x * 1000 for x in samples.ttfbs]
-        row["ttfb_p50_ms"] = percentile(ttfb_ms, 50)
-        row["ttfb_p99_ms"] = percentile(ttfb_ms, 99)
-    return row
-
-
-async def timed_closed_loop(
-    target: Target, req: Request, concurrency: int, knobs: Knobs
-) -> dict[str, Any]:
+async def closed_loop_round(
+    target: Target, req: Request, concurrency: int, knobs: Knobs, into: Measurement
+) -> None:
+    """Warm up (connections, key cache), then one measured stretch of the closed loop."""
     async with session_for(concurrency) as session:
         await run_for(session, req, concurrency, knobs.warmup_s)
         with CpuMeter(target.pids) as cpu:
-            samples, wall = await run_for(session, req, concurrency, knobs.duration_s)
-    return {"target": target.label, "concurrency": concurrency, **summarize(samples, wall, cpu)}
+            samples, wall = await run_for(session, req, concurrency, knobs.round_s)
+    into.add(samples, wall, cpu)
 
 
-async def scenario_text(target: Target, concurrency: int, knobs: Knobs) -> dict[str, Any]:
-    req = request_to(target, TEXT_MODEL, stream=False, check=text_ok)
-    return await timed_closed_loop(target, req, concurrency, knobs)
+def compare_closed_loop(
+    runner: asyncio.Runner,
+    name: str,
+    pair: tuple[Target, Target],
+    concurrency: int,
+    knobs: Knobs,
+    *,
+    stream: bool,
+) -> list[dict[str, Any]]:
+    """Both targets in alternating rounds (direct first, then gateway first, ...), so a slow
+    patch of the shared machine hits both sides instead of one."""
+    totals = {target.label: Measurement() for target in pair}
+    for index in range(knobs.rounds):
+        order = pair if index % 2 == 0 else pair[::-1]
+        for target in order:
+            print(f"  {name}: {target.label}, round {index + 1}/{knobs.rounds}", flush=True)
+            req = request_to(target, TEXT_MODEL, stream=stream, check=text_ok)
+            runner.run(closed_loop_round(target, req, concurrency, knobs, totals[target.label]))
+    return [
+        {"scenario": name, "target": label, "concurrency": concurrency, **total.summary()}
+        for label, total in totals.items()
+    ]
 
 
-async def scenario_stream(target: Target, knobs: Knobs) -> dict[str, Any]:
-    req = request_to(target, TEXT_MODEL, stream=True, check=text_ok)
-    return await timed_closed_loop(target, req, knobs.stream_concurrency, knobs)
-
-
-async def scenario_images(target: Target, knobs: Knobs) -> dict[str, Any]:
+async def image_burst(target: Target, knobs: Knobs) -> dict[str, Any]:
+    """`image_requests` big responses, `image_concurrency` in flight, RSS sampled throughout."""
     concurrency = knobs.image_concurrency
     req = request_to(target, IMAGE_MODEL, stream=False, check=image_ok)
     warm = request_to(target, TEXT_MODEL, stream=False, check=text_ok)
+    total = Measurement()
     async with session_for(concurrency) as session:
-        # Small requests open the pooled connections and fill the key cache, without leaving
-        # a big body behind in the baseline.
+        # Small requests open the pooled connections and fill the key cache without leaving a
+        # big body behind in the baseline.
         await run_count(session, warm, concurrency, concurrency)
         pid = target.server_pid
         with CpuMeter(target.pids) as cpu, RssSampler(pid) as rss:
             samples, wall = await run_count(session, req, concurrency, knobs.image_requests)
-    row = summarize(samples, wall, cpu)
+    total.add(samples, wall, cpu)
+    row = total.summary()
     row.update(
-        target=target.label,
-        concurrency=concurrency,
         mb_per_s=samples.body_bytes / wall / 1e6 if wall else 0.0,
         body_mb=samples.body_bytes / max(samples.ok, 1) / 1e6,
         rss_baseline_mib=rss.baseline_kib / 1024,
@@ -515,6 +562,18 @@ async def scenario_images(target: Target, knobs: Knobs) -> dict[str, Any]:
         rss_samples=rss.samples,
     )
     return row
+
+
+def compare_images(
+    runner: asyncio.Runner, name: str, pair: tuple[Target, Target], knobs: Knobs
+) -> list[dict[str, Any]]:
+    rows = []
+    for target in pair:
+        print(f"  {name}: {target.label}", flush=True)
+        row = runner.run(image_burst(target, knobs))
+        concurrency = knobs.image_concurrency
+        rows.append({"scenario": name, "target": target.label, "concurrency": concurrency, **row})
+    return rows
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -528,42 +587,30 @@ def targets_for(sim: Server, gateway: Server) -> tuple[Target, Target]:
     return direct, relay
 
 
-Scenario = Callable[[Target], Awaitable[dict[str, Any]]]
-
-
-def run_pair(
-    runner: asyncio.Runner, name: str, pair: tuple[Target, Target], scenario: Scenario
-) -> list[dict[str, Any]]:
-    rows = []
-    for target in pair:
-        print(f"  {name}: {target.label} ...", flush=True)
-        rows.append({"scenario": name, **runner.run(scenario(target))})
-    return rows
-
-
 def run_small_stack(
     runner: asyncio.Runner, tmp: Path, knobs: Knobs, stream: bool
 ) -> list[dict[str, Any]]:
+    """Scenarios A and C: one simulator with its small default reply, one gateway on it."""
     rows: list[dict[str, Any]] = []
     with ExitStack() as stack:
         sim = start_simulator(stack, tmp, None)
         gateway = start_gateway(stack, tmp / "small", sim)
         pair = targets_for(sim, gateway)
         for c in knobs.text_concurrency:
-            rows += run_pair(
-                runner, f"A text c={c}", pair, lambda t, c=c: scenario_text(t, c, knobs)
-            )
+            rows += compare_closed_loop(runner, f"A text c={c}", pair, c, knobs, stream=False)
         if stream:
-            rows += run_pair(runner, "C stream", pair, lambda t: scenario_stream(t, knobs))
+            c = knobs.stream_concurrency
+            rows += compare_closed_loop(runner, f"C stream c={c}", pair, c, knobs, stream=True)
     return rows
 
 
 def run_image_stack(runner: asyncio.Runner, tmp: Path, knobs: Knobs) -> list[dict[str, Any]]:
+    """Scenario B on fresh processes, so each baseline RSS is a clean one."""
     with ExitStack() as stack:
         sim = start_simulator(stack, tmp, knobs.image_bytes)
         gateway = start_gateway(stack, tmp / "image", sim)
         pair = targets_for(sim, gateway)
-        return run_pair(runner, "B 16MiB images", pair, lambda t: scenario_images(t, knobs))
+        return compare_images(runner, "B 16MiB images", pair, knobs)
 
 
 def loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
@@ -571,7 +618,8 @@ def loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]
         import uvloop
     except ImportError:
         return None, "asyncio"
-    return uvloop.new_event_loop, f"uvloop {uvloop.__version__}"
+    version = getattr(uvloop, "__version__", "?")
+    return uvloop.new_event_loop, f"uvloop {version}"
 
 
 def environment(knobs: Knobs, loop_name: str, quick: bool) -> dict[str, Any]:
@@ -583,6 +631,11 @@ def environment(knobs: Knobs, loop_name: str, quick: bool) -> dict[str, Any]:
         "client_loop": loop_name,
         "quick": quick,
         "knobs": asdict(knobs),
+        "gateway_env": {
+            "NANOGATE_LOG_LEVEL": "warning",
+            "NANOGATE_KEY_CACHE_SECONDS": "60",
+            "upstream": {"max_concurrency": 256, "breaker_failures": 1000},
+        },
         "note": "client (this process), gateway and simulator share the same CPUs",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -590,49 +643,96 @@ def environment(knobs: Knobs, loop_name: str, quick: bool) -> dict[str, Any]:
 
 # --- output -------------------------------------------------------------------------------
 
+Column = tuple[str, Callable[[dict[str, Any]], Any], int]  # header, value, decimals
 
-def _fmt(value: Any, digits: int = 1) -> str:
+
+def _fmt(value: Any, digits: int) -> str:
     if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value)
+        return "-" if value != value else f"{value:,.{digits}f}"
+    return "-" if value is None else str(value)
 
 
-def print_table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [headers, *[[_fmt(v) for v in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+def print_table(title: str, columns: list[Column], rows: list[dict[str, Any]]) -> None:
+    cells = [[header for header, _, _ in columns]]
+    cells += [[_fmt(get(row), digits) for _, get, digits in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     print(f"\n{title}")
-    for index, row in enumerate(cells):
-        print(
-            "  "
-            + "  ".join(
-                c.rjust(w) if i else c.ljust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
+    for index, line in enumerate(cells):
+        pairs = enumerate(zip(line, widths, strict=True))
+        padded = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs]
+        print("  " + "  ".join(padded))
         if index == 0:
             print("  " + "  ".join("-" * w for w in widths))
 
 
-def _cpu_cells(row: dict[str, Any]) -> list[Any]:
-    cpu = row["cpu_ms_per_req"]
-    gw = cpu.get("gw")
-    return ["-" if gw is None else gw, cpu["sim"], cpu["client"]]
+def _cpu(name: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda row: row["cpu_ms_per_req"].get(name)
 
 
-def ratio(gw: float, direct: float) -> str:
-    return f"{gw / direct:.2f}x" if direct else "n/a"
+def _get(key: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda row: row.get(key)
 
 
-def ratios(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[str, str]]:
+LEAD: list[Column] = [("scenario", _get("scenario"), 0), ("target", _get("target"), 0)]
+COUNTS: list[Column] = [("requests", _get("requests"), 0), ("errors", _get("errors"), 0)]
+CPU: list[Column] = [
+    ("gw cpu ms/req", _cpu("gw"), 3),
+    ("sim cpu ms/req", _cpu("sim"), 3),
+    ("client cpu ms/req", _cpu("client"), 3),
+]
+TEXT_COLUMNS: list[Column] = [
+    *LEAD,
+    *COUNTS,
+    ("req/s", _get("rps"), 0),
+    ("p50 ms", _get("p50_ms"), 2),
+    ("p99 ms", _get("p99_ms"), 2),
+    *CPU,
+]
+STREAM_COLUMNS: list[Column] = [
+    *LEAD,
+    *COUNTS,
+    ("req/s", _get("rps"), 0),
+    ("ttfb p50", _get("ttfb_p50_ms"), 2),
+    ("ttfb p99", _get("ttfb_p99_ms"), 2),
+    ("total p50", _get("p50_ms"), 2),
+    ("total p99", _get("p99_ms"), 2),
+    *CPU,
+]
+IMAGE_COLUMNS: list[Column] = [
+    *LEAD,
+    *COUNTS,
+    ("wall s", _get("wall_s"), 2),
+    ("MB/s", _get("mb_per_s"), 0),
+    ("p50 ms", _get("p50_ms"), 0),
+    ("p99 ms", _get("p99_ms"), 0),
+    ("RSS base MiB", _get("rss_baseline_mib"), 0),
+    ("RSS peak MiB", _get("rss_peak_mib"), 0),
+    ("growth MiB", _get("rss_growth_mib"), 0),
+    ("VmHWM MiB", _get("rss_hwm_mib"), 0),
+    *CPU,
+]
+# Which gateway/direct ratios to show per scenario family (by the scenario's first letter).
+RATIO_KEYS = {
+    "A": ["rps", "p50_ms", "p99_ms"],
+    "B": ["mb_per_s", "p50_ms", "p99_ms", "rss_peak_mib", "rss_growth_mib"],
+    "C": ["rps", "ttfb_p50_ms", "ttfb_p99_ms", "p50_ms", "p99_ms"],
+}
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """gateway/direct for each scenario and metric."""
-    out: dict[str, dict[str, str]] = {}
     by_scenario: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         by_scenario.setdefault(row["scenario"], {})[row["target"]] = row
+    out: dict[str, dict[str, float | None]] = {}
     for scenario, pair in by_scenario.items():
-        if "direct" in pair and "gateway" in pair:
-            d, g = pair["direct"], pair["gateway"]
-            out[scenario] = {k: ratio(g[k], d[k]) for k in keys if k in d and k in g}
+        direct, gateway = pair.get("direct"), pair.get("gateway")
+        if direct is None or gateway is None:
+            continue
+        out[scenario] = {
+            key: gateway[key] / direct[key] if direct.get(key) else None
+            for key in RATIO_KEYS.get(scenario[0], [])
+        }
     return out
 
 
@@ -642,98 +742,28 @@ def report(env: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
         f"{env['aiohttp']}, client loop {env['client_loop']}; {env['note']}."
     )
     print(f"knobs: {env['knobs']}")
-    cpu_headers = ["gw cpu ms/req", "sim cpu ms/req", "client cpu ms/req"]
-    text = [r for r in rows if r["scenario"].startswith("A")]
-    print_table(
-        "A. small text generateContent (closed loop)",
-        ["scenario", "target", "requests", "errors", "req/s", "p50 ms", "p99 ms", *cpu_headers],
-        [
-            [
-                r["scenario"],
-                r["target"],
-                r["requests"],
-                r["errors"],
-                r["rps"],
-                r["p50_ms"],
-                r["p99_ms"],
-                *_cpu_cells(r),
-            ]
-            for r in text
-        ],
+    print(f"gateway: {env['gateway_env']}")
+    families = [
+        ("A", "A. small text generateContent, closed loop", TEXT_COLUMNS),
+        ("C", "C. streamGenerateContent?alt=sse, small text, closed loop", STREAM_COLUMNS),
+        (
+            "B",
+            "B. 16 MiB images (~22 MB JSON each); RSS of the server under test: "
+            "simulator for direct, gateway for gateway",
+            IMAGE_COLUMNS,
+        ),
+    ]
+    for letter, title, columns in families:
+        chosen = [row for row in rows if row["scenario"].startswith(letter)]
+        if chosen:
+            print_table(title, columns, chosen)
+    table = ratios(rows)
+    print(
+        "\ngateway/direct (req/s, MB/s: 1.00x = no loss; latency, RSS: above 1 = the relay's cost)"
     )
-    images = [r for r in rows if r["scenario"].startswith("B")]
-    print_table(
-        "B. 16 MiB image responses (RSS is the server under test: simulator for direct, "
-        "gateway for gateway)",
-        [
-            "target",
-            "requests",
-            "errors",
-            "wall s",
-            "MB/s",
-            "p50 ms",
-            "p99 ms",
-            "RSS base MiB",
-            "RSS peak MiB",
-            "growth MiB",
-            "VmHWM MiB",
-            *cpu_headers,
-        ],
-        [
-            [
-                r["target"],
-                r["requests"],
-                r["errors"],
-                r["wall_s"],
-                r["mb_per_s"],
-                r["p50_ms"],
-                r["p99_ms"],
-                r["rss_baseline_mib"],
-                r["rss_peak_mib"],
-                r["rss_growth_mib"],
-                r["rss_hwm_mib"],
-                *_cpu_cells(r),
-            ]
-            for r in images
-        ],
-    )
-    streams = [r for r in rows if r["scenario"].startswith("C")]
-    if streams:
-        print_table(
-            "C. streaming streamGenerateContent?alt=sse, small text",
-            [
-                "target",
-                "conc",
-                "requests",
-                "errors",
-                "req/s",
-                "ttfb p50",
-                "ttfb p99",
-                "total p50",
-                "total p99",
-                *cpu_headers,
-            ],
-            [
-                [
-                    r["target"],
-                    r["concurrency"],
-                    r["requests"],
-                    r["errors"],
-                    r["rps"],
-                    r["ttfb_p50_ms"],
-                    r["ttfb_p99_ms"],
-                    r["p50_ms"],
-                    r["p99_ms"],
-                    *_cpu_cells(r),
-                ]
-                for r in streams
-            ],
-        )
-    keys = ["rps", "p50_ms", "p99_ms", "mb_per_s", "rss_growth_mib", "ttfb_p50_ms", "ttfb_p99_ms"]
-    table = ratios(rows, keys)
-    print("\ngateway/direct (throughput: 1.00x = no loss; latency and RSS: higher = costlier)")
     for scenario, values in table.items():
-        print(f"  {scenario:<16} " + "  ".join(f"{k}={v}" for k, v in values.items()))
+        shown = "  ".join(f"{k}={_fmt(v, 2)}x" for k, v in values.items())
+        print(f"  {scenario:<16} {shown}")
     for row in rows:
         if row["errors"]:
             print(f"  ! {row['scenario']} {row['target']}: errors {row['error_kinds']}")
@@ -760,16 +790,25 @@ def write_json(doc: dict[str, Any]) -> None:
 # --- entry point --------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def _as_sigint(signum: int, frame: FrameType | None) -> None:
+    # Whoever handles SIGINT right now (asyncio.Runner while load runs, which cancels the load
+    # task cleanly; Python's default handler otherwise) handles this signal the same way.
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 @contextmanager
-def interrupt_on_sigterm() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so every child process gets stopped."""
-    previous = {
-        sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)
+def interrupt_on_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP unwind like Ctrl-C, so every child process gets stopped.
+
+    SIGINT gets Python's default handler back even where the parent ignored it (a shell's
+    background job), so `kill -INT` works too and asyncio.Runner cancels the load cleanly.
+    """
+    handlers = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGTERM: _as_sigint,
+        signal.SIGHUP: _as_sigint,
     }
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         yield
     finally:
@@ -791,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(knobs, loop_name, args.quick)
     print(f"nanogate relay benchmark ({'quick' if args.quick else 'full'}); {env['note']}")
     with (
-        interrupt_on_sigterm(),
+        interrupt_on_signals(),
         tempfile.TemporaryDirectory(prefix="nanogate-bench-") as tmp_name,
         asyncio.Runner(loop_factory=factory) as runner,
     ):
