@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
@@ -45,6 +47,10 @@ def create_app(settings: Settings) -> FastAPI:
             Limiter(),
         )
         await recorder.start()
+        # Everything allocated so far lives as long as the process: move it out of the
+        # collector's sight, so full collections stay short (they caused ~90 ms p99 stalls).
+        gc.collect()
+        gc.freeze()
         log.info(
             "gateway started",
             extra={"upstreams": [f"{u.name}:{u.kind}" for u in settings.upstreams]},
@@ -64,11 +70,24 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(RequestIdMiddleware)
-    app.include_router(gemini_routes.router)
+    app.router.routes.extend(gemini_routes.routes)
     app.include_router(ops.router)
+    _document(app, gemini_routes.OPENAPI_PATHS)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     return app
+
+
+def _document(app: FastAPI, paths: dict[str, Any]) -> None:
+    """Add the plain Starlette routes' descriptions to the generated OpenAPI schema."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schema.setdefault("paths", {}).update(paths)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _render(request: Request, error: GatewayError) -> Response:

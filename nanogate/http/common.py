@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from starlette.requests import Request
 
@@ -52,4 +52,4 @@ def _too_large(limit: int) -> str:
 def request_id_for(incoming: str | None) -> str:
     if incoming and _REQUEST_ID.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
-from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.routing import Route
 
 from ..dialects import gemini
 from ..errors import GatewayError, NotFound, UpstreamError
@@ -14,14 +15,13 @@ from ..gateway import Context, Gateway
 from ..types import Chunk
 from . import openai_routes
 from .common import extract_key, read_body
+from .streaming import RelayStream
 
 JSON_TYPE = "application/json"
 # /v1beta is Google's; /v1/v1beta is seed 003's URL shape; /v1 is where google-genai 3.x sends
 # requests by default (its api_version is "v1"). GET /v1/models is shared with the OpenAI
 # dialect: see list_models.
 PREFIXES = ("/v1beta", "/v1/v1beta", "/v1")
-
-router = APIRouter(tags=["Gemini native"])
 
 
 def error_response(error: GatewayError) -> Response:
@@ -45,7 +45,7 @@ def _note(request: Request, ctx: Context) -> None:
     request.state.upstream = ctx.upstream
 
 
-async def generate(request: Request) -> Response:
+async def generate(request: Request) -> Response | RelayStream:
     """generateContent, streamGenerateContent and countTokens for `models/{model}:{method}`."""
     gateway = _gateway(request)
     ctx = _context(request)
@@ -61,10 +61,9 @@ async def generate(request: Request) -> Response:
             first, rest = await gateway.stream(ctx, call)
             streaming = True
             sse = request.query_params.get("alt") == "sse"
-            return StreamingResponse(
+            return RelayStream(
                 _frames(ctx, first, rest, sse=sse),
-                media_type="text/event-stream" if sse else JSON_TYPE,
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                "text/event-stream" if sse else JSON_TYPE,
             )
         reply = await gateway.generate(ctx, call)
         return Response(reply.body, media_type=JSON_TYPE)
@@ -144,28 +143,46 @@ async def get_model(request: Request) -> Response:
     return Response(gemini.model_resource_bytes(spec), media_type=JSON_TYPE)
 
 
-for _prefix in PREFIXES:
-    router.add_api_route(
-        f"{_prefix}/models/{{tail:path}}",
-        generate,
-        methods=["POST"],
-        response_class=Response,
-        summary="generateContent / streamGenerateContent / countTokens",
-        include_in_schema=_prefix == "/v1beta",
+# Plain Starlette routes: the relay is the hot path, and FastAPI's per-request machinery
+# (dependency solving, its router) cost more than the rest of the request. OPENAPI_PATHS
+# describes them for /docs instead.
+routes = [
+    route
+    for prefix in PREFIXES
+    for route in (
+        Route(f"{prefix}/models/{{tail:path}}", generate, methods=["POST"]),
+        Route(f"{prefix}/models", list_models, methods=["GET"]),
+        Route(f"{prefix}/models/{{tail:path}}", get_model, methods=["GET"]),
     )
-    router.add_api_route(
-        f"{_prefix}/models",
-        list_models,
-        methods=["GET"],
-        response_class=Response,
-        summary="List models",
-        include_in_schema=_prefix == "/v1beta",
-    )
-    router.add_api_route(
-        f"{_prefix}/models/{{tail:path}}",
-        get_model,
-        methods=["GET"],
-        response_class=Response,
-        summary="Get a model",
-        include_in_schema=_prefix == "/v1beta",
-    )
+]
+
+
+def _operation(summary: str, description: str) -> dict[str, Any]:
+    return {
+        "tags": ["Gemini native"],
+        "summary": summary,
+        "description": description,
+        "parameters": [
+            {"name": "tail", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "responses": {"200": {"description": "Google's response, as the upstream sent it"}},
+    }
+
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1beta/models/{tail}": {
+        "post": _operation(
+            "generateContent / streamGenerateContent / countTokens",
+            "`tail` is `{model}:{method}`. The body is Google's GenerateContentRequest, "
+            "forwarded as it came. Also served under /v1/v1beta and /v1.",
+        ),
+        "get": _operation("Get a model", "Google's Model resource for `tail` = `{model}`."),
+    },
+    "/v1beta/models": {
+        "get": {
+            "tags": ["Gemini native"],
+            "summary": "List models",
+            "responses": {"200": {"description": "Google's ListModelsResponse"}},
+        }
+    },
+}

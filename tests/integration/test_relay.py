@@ -437,3 +437,22 @@ def wait_for_usage(gw: Gateway, request_id: str) -> dict[str, Any]:
             return dict(found)
         time.sleep(0.1)
     raise AssertionError(f"no usage record for {request_id}")
+
+
+def test_client_leaving_mid_stream_is_recorded(sim_gateway: Gateway, sim: Simulator) -> None:
+    sim.faults({"slow_stream": 0.5})
+    request_id = f"gone-{time.time_ns()}"
+    with httpx.stream(
+        "POST",
+        f"{sim_gateway.url}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        json={"contents": [{"parts": [{"text": "hi"}]}]},
+        headers={"x-goog-api-key": sim_gateway.client_key, "x-request-id": request_id},
+    ) as resp:
+        next(resp.iter_raw())  # the first event, then hang up
+    row = wait_for_usage(sim_gateway, request_id)
+    assert (row["status"], row["error"]) == (499, "CLIENT_CLOSED")
+
+
+def test_openapi_lists_the_relay(sim_gateway: Gateway) -> None:
+    paths = httpx.get(f"{sim_gateway.url}/openapi.json").json()["paths"]
+    assert "/v1beta/models/{tail}" in paths and "/healthz" in paths

@@ -1,0 +1,49 @@
+"""A lean streaming response for relayed streams.
+
+Starlette's StreamingResponse watches for client disconnects with an anyio task group per
+response, which cost a fifth of the gateway's CPU on small SSE streams. Here one plain task
+waits on `receive()`; the body loop checks it between chunks and stops when the client left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from starlette.types import Receive, Scope, Send
+
+
+class ClientGone(Exception):
+    """The client disconnected while the body was being sent."""
+
+
+class RelayStream:
+    def __init__(self, body: AsyncIterator[bytes], media_type: str) -> None:
+        self.body = body
+        self.headers = [
+            (b"content-type", media_type.encode()),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            async for piece in self.body:
+                if watcher.done():
+                    raise ClientGone
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except ClientGone:
+            pass
+        finally:
+            watcher.cancel()
+            aclose = getattr(self.body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
