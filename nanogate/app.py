@@ -10,8 +10,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Router as StarletteRouter
 
 from . import __version__
 from .catalog import load_catalog
@@ -20,6 +23,7 @@ from .db.engine import make_engine
 from .errors import GatewayError, Internal, NotFound
 from .gateway import Gateway
 from .http import gemini_routes, openai_routes, ops
+from .http.front import Front
 from .http.middleware import RequestIdMiddleware
 from .keys import KeyStore
 from .limits import Limiter
@@ -30,7 +34,7 @@ from .usage import UsageRecorder
 log = logging.getLogger("nanogate")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> Front:
     catalog = load_catalog(settings.models)
 
     @asynccontextmanager
@@ -70,12 +74,20 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(RequestIdMiddleware)
-    app.router.routes.extend(gemini_routes.routes)
     app.include_router(ops.router)
     _document(app, gemini_routes.OPENAPI_PATHS)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    return app
+    relay = ServerErrorMiddleware(
+        RequestIdMiddleware(
+            ExceptionMiddleware(
+                StarletteRouter(gemini_routes.routes),
+                handlers={HTTPException: _http_error},
+            )
+        ),
+        handler=_unexpected_error,
+    )
+    return Front(relay, app)
 
 
 def _document(app: FastAPI, paths: dict[str, Any]) -> None:

@@ -32,9 +32,22 @@ IMAGES = Counter(
 )
 
 
+_request_counters: dict[tuple[str, str, int], Counter] = {}
+_latencies: dict[str, Histogram] = {}
+
+
 def observe_request(dialect: str, model: str, status: int, seconds: float, usage: Usage) -> None:
-    REQUESTS.labels(dialect, model, str(status)).inc()
-    LATENCY.labels(dialect).observe(seconds)
+    # labels() hashes and locks on every call; the children are looked up once and kept.
+    counter = _request_counters.get((dialect, model, status))
+    if counter is None:
+        counter = _request_counters[dialect, model, status] = REQUESTS.labels(
+            dialect, model, str(status)
+        )
+    counter.inc()
+    latency = _latencies.get(dialect)
+    if latency is None:
+        latency = _latencies[dialect] = LATENCY.labels(dialect)
+    latency.observe(seconds)
     for modality in ("input_text", "input_image", "output_text", "output_image", "thoughts"):
         count = getattr(usage, modality)
         if count:

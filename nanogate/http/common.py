@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 
@@ -10,6 +11,9 @@ from starlette.requests import Request
 from ..errors import PayloadTooLarge
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+# A random per-process prefix and a counter: unique across processes, and no syscall per request.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
 
 
 def extract_key(request: Request) -> str | None:
@@ -52,4 +56,4 @@ def _too_large(limit: int) -> str:
 def request_id_for(incoming: str | None) -> str:
     if incoming and _REQUEST_ID.match(incoming):
         return incoming
-    return os.urandom(16).hex()
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
