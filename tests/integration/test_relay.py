@@ -94,37 +94,61 @@ def test_body_forwarded_byte_for_byte_with_upstream_key(
     assert resp.json()["x_simulator"] == {"version": 1}
 
 
-def test_structured_output_thinking_and_tools_pass_through(
-    sim_gateway: Gateway, sim: Simulator
-) -> None:
-    request = {
-        "contents": [{"parts": [{"text": "List a few popular cookie recipes."}]}],
-        "generationConfig": {
-            "responseMimeType": "application/json",
-            "responseSchema": {
-                "type": "ARRAY",
-                "items": {"type": "OBJECT", "properties": {"recipeName": {"type": "STRING"}}},
-            },
-            "thinkingConfig": {"thinkingBudget": 1024, "includeThoughts": True},
+def seed_001_request() -> dict[str, Any]:
+    """The structured-output request exactly as seed 001 documents it."""
+    text = next((Path(__file__).parents[3] / "shared" / "seeds").glob("001_*.txt")).read_text()
+    start = text.index("{", text.index("Body Params application/json"))
+    request, _ = json.JSONDecoder().raw_decode(text[start:])
+    assert request["generationConfig"]["responseSchema"]["items"]["propertyOrdering"]
+    return dict(request)
+
+
+THINKING = {
+    "contents": [{"role": "user", "parts": [{"text": "How many r's in strawberry?"}]}],
+    "generationConfig": {"thinkingConfig": {"thinkingBudget": 1024, "includeThoughts": True}},
+}
+FUNCTION_CALLING = {
+    "contents": [
+        {"role": "user", "parts": [{"text": "Weather in Paris?"}]},
+        {
+            "role": "model",
+            "parts": [
+                {
+                    "functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                    "thoughtSignature": "c2lnbmF0dXJl",
+                }
+            ],
         },
-        "tools": [
-            {
-                "functionDeclarations": [
-                    {
-                        "name": "get_weather",
-                        "parameters": {
-                            "type": "OBJECT",
-                            "properties": {"city": {"type": "STRING"}},
-                        },
-                    }
-                ]
-            }
-        ],
-        "toolConfig": {"functionCallingConfig": {"mode": "AUTO"}},
-    }
+        {
+            "role": "user",
+            "parts": [{"functionResponse": {"name": "get_weather", "response": {"temp_c": 18}}}],
+        },
+    ],
+    "tools": [
+        {
+            "functionDeclarations": [
+                {
+                    "name": "get_weather",
+                    "parameters": {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}},
+                }
+            ]
+        }
+    ],
+    "toolConfig": {"functionCallingConfig": {"mode": "AUTO"}},
+}
+
+
+@pytest.mark.parametrize("name", ["seed-001-structured-output", "thinking", "function-calling"])
+def test_requests_pass_through_untouched(sim_gateway: Gateway, sim: Simulator, name: str) -> None:
+    request = {
+        "seed-001-structured-output": seed_001_request(),
+        "thinking": THINKING,
+        "function-calling": FUNCTION_CALLING,
+    }[name]
     resp = post(sim_gateway, "/v1beta/models/gemini-2.5-flash:generateContent", request)
     assert resp.status_code == 200, resp.text
     assert last_forwarded(sim)["json"] == request
+    assert resp.json()["x_simulator"] == {"version": 1}
 
 
 def test_sdk_request_reaches_upstream_with_image_config(
