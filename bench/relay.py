@@ -39,7 +39,6 @@ import platform
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,8 @@ from typing import Any
 
 import aiohttp
 import yaml
+
+from nanogate.simulator.processes import free_port, pump_stdout, stop, wait_for_line
 
 SIM_KEY = "bench-simulator-key-0123456789abcdef"
 TEXT_MODEL = "gemini-2.5-flash"
@@ -117,58 +118,13 @@ class Server:
         return self.proc.pid
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _pump_stdout(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
-    """Drain the child's stdout forever (a full pipe would block it); lines go to a queue."""
-    lines: queue.Queue[str | None] = queue.Queue()
-    stdout = proc.stdout
-    assert stdout is not None
-
-    def pump() -> None:
-        for line in stdout:
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
-
-
 def _wait_for_line(
     lines: queue.Queue[str | None], pattern: re.Pattern[str], timeout: float, log: Path
 ) -> list[str]:
-    """Lines up to and including the first matching `pattern`."""
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        seen.append(line)
-        if pattern.search(line):
-            return seen
-    raise RuntimeError(
-        f"no line matching {pattern.pattern!r}; stdout: {seen[-10:]}\n"
-        f"stderr: {log.read_text()[-3000:]}"
-    )
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    try:
+        return wait_for_line(lines, pattern, timeout)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\nstderr: {log.read_text()[-3000:]}") from None
 
 
 def start_simulator(stack: ExitStack, tmp: Path, image_bytes: int | None) -> Server:
@@ -179,7 +135,7 @@ def start_simulator(stack: ExitStack, tmp: Path, image_bytes: int | None) -> Ser
         cmd += ["--image-bytes", str(image_bytes)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
     stack.callback(stop, proc)
-    lines = _pump_stdout(proc)
+    lines = pump_stdout(proc)
     found = _wait_for_line(lines, re.compile(r"SIMULATOR LISTENING (\S+)"), 60, log)
     return Server("simulator", found[-1].split()[-1], SIM_KEY, proc, log)
 
@@ -224,7 +180,7 @@ def start_gateway(stack: ExitStack, tmp: Path, sim: Server) -> Server:
         env=gateway_env(tmp, port, config),
     )
     stack.callback(stop, proc)
-    lines = _pump_stdout(proc)
+    lines = pump_stdout(proc)
     found = _wait_for_line(lines, re.compile(r"^NANOGATE_CLIENT_KEY="), 120, log)
     key = found[-1].split("=", 1)[1].strip()
     url = f"http://127.0.0.1:{port}"

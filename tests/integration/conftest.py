@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import os
-import queue
 import re
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,54 +17,9 @@ import pytest
 import yaml
 from google import genai
 
+from nanogate.simulator.processes import free_port, pump_stdout, stop, wait_for_line
+
 SIM_KEY = "sim-upstream-secret-key-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _read_until(proc: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float) -> list[str]:
-    """Lines of stdout up to and including the first that matches `pattern`.
-
-    A thread reads, because select() cannot see lines already sitting in Python's buffer.
-    """
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        for line in stdout:
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        seen.append(line)
-        if pattern.search(line):
-            return seen
-    raise RuntimeError(f"process did not print {pattern.pattern!r}; got: {seen[-20:]}")
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass
@@ -119,7 +70,7 @@ def start_simulator(*extra: str) -> Simulator:
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    line = _read_until(proc, re.compile(r"SIMULATOR LISTENING (\S+)"), 30)[-1]
+    line = wait_for_line(pump_stdout(proc), re.compile(r"SIMULATOR LISTENING (\S+)"), 30)[-1]
     url = line.split()[-1]
     return Simulator(url, proc)
 
@@ -148,9 +99,9 @@ def start_gateway(tmp: Path, config: dict[str, Any] | None = None, **env: str) -
         env=full_env,
     )
     try:
-        lines = _read_until(proc, re.compile(r"^NANOGATE_ADMIN_KEY="), 60)
+        lines = wait_for_line(pump_stdout(proc), re.compile(r"^NANOGATE_ADMIN_KEY="), 60)
     except RuntimeError:
-        _stop(proc)
+        stop(proc)
         raise RuntimeError(f"gateway failed to start:\n{stderr_path.read_text()[-3000:]}") from None
     values = dict(line.split("=", 1) for line in lines if line.startswith("NANOGATE_"))
     url = f"http://127.0.0.1:{port}"
@@ -162,7 +113,7 @@ def start_gateway(tmp: Path, config: dict[str, Any] | None = None, **env: str) -
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline or proc.poll() is not None:
-            _stop(proc)
+            stop(proc)
             raise RuntimeError(f"gateway not healthy:\n{stderr_path.read_text()[-3000:]}")
         time.sleep(0.1)
     return Gateway(
@@ -180,7 +131,7 @@ def start_gateway(tmp: Path, config: dict[str, Any] | None = None, **env: str) -
 def simulator() -> Iterator[Simulator]:
     sim = start_simulator()
     yield sim
-    _stop(sim.proc)
+    stop(sim.proc)
 
 
 @pytest.fixture(scope="session")
@@ -188,7 +139,7 @@ def demo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The embedded default: SQLite, local storage, the demo upstream, no config file."""
     gw = start_gateway(tmp_path_factory.mktemp("demo"))
     yield gw
-    _stop(gw.proc)
+    stop(gw.proc)
 
 
 def simulator_upstream(sim: Simulator, **overrides: Any) -> dict[str, Any]:
@@ -212,7 +163,7 @@ def sim_gateway(
         {"upstreams": [simulator_upstream(simulator, timeout_s=5, breaker_failures=1000)]},
     )
     yield gw
-    _stop(gw.proc)
+    stop(gw.proc)
 
 
 _CLIENTS: dict[tuple[str, str], genai.Client] = {}

@@ -16,11 +16,12 @@ import pytest
 from google.genai import errors, types
 from PIL import Image
 
+from nanogate.simulator.processes import stop
+
 from .conftest import (
     SIM_KEY,
     Gateway,
     Simulator,
-    _stop,
     sdk_client,
     simulator_upstream,
     start_gateway,
@@ -345,7 +346,7 @@ def test_failover_to_the_next_upstream(tmp_path: Path, simulator: Simulator) -> 
         assert resp.status_code == 400
         assert len([r for r in simulator.requests() if not r["path"].startswith("/_sim")]) == 1
     finally:
-        _stop(gw.proc)
+        stop(gw.proc)
 
 
 @pytest.mark.parametrize(
@@ -379,7 +380,7 @@ def test_upstream_auth_styles_and_prefixes(
         # The gateway's own log never shows the upstream key, even sent as ?key=.
         assert SIM_KEY not in gw.logs()
     finally:
-        _stop(gw.proc)
+        stop(gw.proc)
 
 
 def test_wrong_upstream_key_is_the_operators_problem(tmp_path: Path, simulator: Simulator) -> None:
@@ -393,7 +394,7 @@ def test_wrong_upstream_key_is_the_operators_problem(tmp_path: Path, simulator: 
         assert resp.status_code == 503
         assert "credentials" in resp.json()["error"]["message"]
     finally:
-        _stop(gw.proc)
+        stop(gw.proc)
 
 
 # -- usage records and logs -----------------------------------------------------------------
