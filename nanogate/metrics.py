@@ -27,6 +27,12 @@ TOKENS = Counter(
     ["model", "modality"],
     registry=REGISTRY,
 )
+UPSTREAM_ERRORS = Counter(
+    "nanogate_upstream_errors_total",
+    "Failed upstream calls, by upstream and its HTTP status (or 'transport').",
+    ["upstream", "status"],
+    registry=REGISTRY,
+)
 IMAGES = Counter(
     "nanogate_images_total", "Images returned, by model.", ["model"], registry=REGISTRY
 )

@@ -11,38 +11,48 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from .config import UpstreamConfig
 from .errors import GatewayError, NotFound, Unavailable, UpstreamError
+from .metrics import UPSTREAM_ERRORS
 from .types import Call, Chunk, Reply
 from .upstreams.base import Upstream
 
 
 @dataclass(slots=True)
 class Breaker:
+    """Closed until `threshold` retryable failures in a row; then open for `cooldown_s`.
+
+    When the cooldown ends, one call is let through as a probe and the breaker re-arms at the
+    same moment: a successful probe closes it, a failed (or abandoned) one leaves it open for
+    another cooldown. So no state can get stuck half-open.
+    """
+
     threshold: int = 5
     cooldown_s: float = 30.0
     failures: int = 0
     open_until: float = 0.0
-    probing: bool = False
 
-    def available(self, now: float) -> bool:
+    @property
+    def closed(self) -> bool:
+        return self.open_until == 0.0
+
+    def allow(self, now: float) -> bool:
+        """May a call go to this upstream now? Call only right before making the call."""
         if self.open_until == 0.0:
             return True
-        # Half-open: after the cooldown exactly one call goes through as a probe.
-        if now >= self.open_until and not self.probing:
-            self.probing = True
+        if now >= self.open_until:
+            self.open_until = now + self.cooldown_s
             return True
         return False
 
     def success(self) -> None:
-        self.failures, self.open_until, self.probing = 0, 0.0, False
+        self.failures, self.open_until = 0, 0.0
 
     def failure(self, now: float) -> None:
         self.failures += 1
-        self.probing = False
         if self.failures >= self.threshold:
             self.open_until = now + self.cooldown_s
 
@@ -72,8 +82,7 @@ class Router:
         ]
 
     def candidates(self, model: str) -> list[Target]:
-        """Upstreams for `model` in the order to try them; cooled-down ones left out."""
-        now = time.monotonic()
+        """Upstreams serving `model`, in the order to try them (no state is touched)."""
         serving = [t for t in self.targets if t.config.serves(model)]
         if not serving:
             raise NotFound(f"No upstream is configured for model '{model}'.")
@@ -81,19 +90,34 @@ class Router:
         for priority in sorted({t.config.priority for t in serving}):
             group = [t for t in serving if t.config.priority == priority]
             ordered.extend(_weighted_order(group))
-        available = [t for t in ordered if t.breaker.available(now)]
-        if not available:
+        return ordered
+
+    def _attempts(self, model: str) -> Iterator[Target]:
+        """The upstreams to try, one at a time, as the caller works through them."""
+        ordered = self.candidates(model)
+        tried = False
+        for index, target in enumerate(ordered):
+            # A full upstream spills over to a later one that has room, rather than queueing.
+            if target.gate.locked() and any(
+                t.breaker.closed and not t.gate.locked() for t in ordered[index + 1 :]
+            ):
+                continue
+            if not target.breaker.allow(time.monotonic()):
+                continue
+            tried = True
+            yield target
+        if not tried:
+            now = time.monotonic()
             wait = max(1, round(min(t.breaker.open_until for t in ordered) - now))
             raise Unavailable(
                 f"Every upstream for '{model}' is cooling down after repeated failures; "
                 f"retry in {wait} s.",
                 retry_after=wait,
             )
-        return available
 
     async def generate(self, call: Call) -> Reply:
         last: UpstreamError | None = None
-        for target in self.candidates(call.model.name):
+        for target in self._attempts(call.model.name):
             try:
                 async with target.gate:
                     reply = await target.adapter.generate(call)
@@ -109,7 +133,7 @@ class Router:
     async def open_stream(self, call: Call) -> tuple[str, Chunk, AsyncIterator[Chunk]]:
         """Start a stream, failing over until an upstream yields its first chunk."""
         last: UpstreamError | None = None
-        for target in self.candidates(call.model.name):
+        for target in self._attempts(call.model.name):
             await target.gate.acquire()
             chunks = aiter(target.adapter.stream(call))
             try:
@@ -132,9 +156,17 @@ class Router:
         raise _final(last)
 
     def _failed(self, target: Target, exc: UpstreamError) -> UpstreamError:
+        UPSTREAM_ERRORS.labels(target.name, str(exc.status) if exc.status else "transport").inc()
         if exc.retryable:
             target.breaker.failure(time.monotonic())
+        else:
+            # It answered, about the request: the upstream itself is healthy.
+            target.breaker.success()
         return exc
+
+    def health(self) -> dict[str, str]:
+        """Each upstream's breaker state, for /readyz."""
+        return {t.name: "up" if t.breaker.closed else "cooling down" for t in self.targets}
 
     async def close(self) -> None:
         for target in self.targets:

@@ -25,7 +25,8 @@ async def readyz(request: Request) -> JSONResponse:
             await conn.execute(text("SELECT 1"))
     except Exception:
         return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
-    return JSONResponse({"status": "ready", "database": "up"})
+    upstreams = request.app.state.gateway.router.health()
+    return JSONResponse({"status": "ready", "database": "up", "upstreams": upstreams})
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -41,7 +41,10 @@ class GeminiUpstream:
         async with (
             self._transport_errors(),
             self._http().post(
-                self._url(call, sse=False), data=call.body, headers=self._headers(), timeout=timeout
+                self._url(call, sse=False),
+                data=call.body,
+                headers=self._headers(call.request_id),
+                timeout=timeout,
             ) as resp,
         ):
             body = await resp.read()
@@ -63,7 +66,10 @@ class GeminiUpstream:
         )
         async with self._transport_errors():
             resp = await self._http().post(
-                self._url(call, sse=True), data=call.body, headers=self._headers(), timeout=timeout
+                self._url(call, sse=True),
+                data=call.body,
+                headers=self._headers(call.request_id),
+                timeout=timeout,
             )
         try:
             if resp.status != 200:
@@ -126,12 +132,14 @@ class GeminiUpstream:
             return url
         return f"{url}{'&' if '?' in url else '?'}key={self._key}"
 
-    def _headers(self) -> dict[str, str]:
-        if not self._key or self.config.auth_style == "query":
-            return {}
-        if self.config.auth_style == "bearer":
-            return {"Authorization": f"Bearer {self._key}"}
-        return {"x-goog-api-key": self._key}
+    def _headers(self, request_id: str | None = None) -> dict[str, str]:
+        # The request id lets an operator match our logs with a Gemini-native reseller's.
+        headers = {"x-request-id": request_id} if request_id else {}
+        if self._key and self.config.auth_style == "bearer":
+            headers["Authorization"] = f"Bearer {self._key}"
+        elif self._key and self.config.auth_style == "x-goog-api-key":
+            headers["x-goog-api-key"] = self._key
+        return headers
 
     def _status_error(self, resp: aiohttp.ClientResponse, body: bytes) -> UpstreamError:
         message, reason = _error_message(body, resp.status)

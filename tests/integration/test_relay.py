@@ -88,6 +88,8 @@ def test_body_forwarded_byte_for_byte_with_upstream_key(
     seen = last_forwarded(sim)
     assert seen["body"].encode() == raw  # untouched, whitespace and all
     assert seen["path"] == GEN
+    forwarded = {k.lower(): v for k, v in seen["headers"].items()}
+    assert forwarded["x-request-id"] == resp.headers["x-request-id"]
     assert {k.lower(): v for k, v in seen["headers"].items()}["x-goog-api-key"] == SIM_KEY
     flat = json.dumps(seen["headers"]).lower()
     assert sim_gateway.client_key.lower() not in flat
@@ -478,6 +480,11 @@ def test_client_leaving_mid_stream_is_recorded(sim_gateway: Gateway, sim: Simula
     assert (row["status"], row["error"]) == (499, "CLIENT_CLOSED")
 
 
-def test_openapi_lists_the_relay(sim_gateway: Gateway) -> None:
+def test_openapi_readyz_and_metrics(sim_gateway: Gateway) -> None:
     paths = httpx.get(f"{sim_gateway.url}/openapi.json").json()["paths"]
     assert "/v1beta/models/{tail}" in paths and "/healthz" in paths
+    ready = httpx.get(f"{sim_gateway.url}/readyz").json()
+    assert ready == {"status": "ready", "database": "up", "upstreams": {"sim": "up"}}
+    metrics = httpx.get(f"{sim_gateway.url}/metrics").text
+    assert 'nanogate_requests_total{dialect="gemini"' in metrics
+    assert "nanogate_upstream_errors_total" in metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -160,3 +161,63 @@ async def test_weights_spread_within_a_group() -> None:
     for _ in range(400):
         await r.generate(CALL)
     assert 200 < b.calls < 400 and a.calls > 10
+
+
+async def test_untried_upstreams_keep_their_breaker_state() -> None:
+    a = Scripted("a", [b"ok-a"])
+    b = Scripted("b", [b"ok-b"])
+    r = router(("a", 0, a), ("b", 1, b))
+    backup = r.targets[1].breaker
+    backup.failures, backup.open_until = 5, 1.0  # cooled down long ago: due a probe
+    await r.generate(CALL)
+    assert backup.open_until == 1.0, "listing candidates must not spend b's probe"
+    a.script = [UpstreamError("a", 503, "busy")]
+    assert (await r.generate(CALL)).body == b"ok-b"
+    assert backup.closed
+
+
+async def test_a_client_fault_during_a_probe_closes_the_breaker() -> None:
+    a = Scripted("a", [UpstreamError("a", 400, "bad request")])
+    r = router(("a", 0, a))
+    r.targets[0].breaker.failures, r.targets[0].breaker.open_until = 5, 1.0
+    with pytest.raises(GatewayError):
+        await r.generate(CALL)
+    assert r.targets[0].breaker.closed
+
+
+async def test_an_abandoned_probe_reopens_after_another_cooldown() -> None:
+    class Boom(Exception):
+        pass
+
+    a = Scripted("a", [Boom()])
+    r = Router([(UpstreamConfig(name="a", kind="demo", breaker_cooldown_s=0.05), a)])
+    r.targets[0].breaker.failures, r.targets[0].breaker.open_until = 5, 1.0
+    with pytest.raises(Boom):
+        await r.generate(CALL)
+    with pytest.raises(Unavailable):
+        await r.generate(CALL)  # the probe was spent; the breaker re-armed
+    await asyncio.sleep(0.06)
+    a.script = [b"ok"]
+    assert (await r.generate(CALL)).body == b"ok"
+
+
+async def test_a_full_upstream_spills_over() -> None:
+    release = asyncio.Event()
+
+    class Slow(Scripted):
+        async def generate(self, call: Call) -> Reply:
+            await release.wait()
+            return await super().generate(call)
+
+    a, b = Slow("a", [b"ok-a"]), Scripted("b", [b"ok-b"])
+    r = Router(
+        [
+            (UpstreamConfig(name="a", kind="demo", max_concurrency=1), a),
+            (UpstreamConfig(name="b", kind="demo", priority=1), b),
+        ]
+    )
+    first = asyncio.create_task(r.generate(CALL))
+    await asyncio.sleep(0)
+    assert (await r.generate(CALL)).body == b"ok-b"
+    release.set()
+    assert (await first).body == b"ok-a"
