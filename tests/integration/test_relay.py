@@ -488,3 +488,20 @@ def test_openapi_readyz_and_metrics(sim_gateway: Gateway) -> None:
     metrics = httpx.get(f"{sim_gateway.url}/metrics").text
     assert 'nanogate_requests_total{dialect="gemini"' in metrics
     assert "nanogate_upstream_errors_total" in metrics
+
+
+def test_a_client_timeout_does_not_abort_the_upstream_call(
+    sim_gateway: Gateway, sim: Simulator
+) -> None:
+    sim.faults({"delay": 1.0})
+    request_id = f"impatient-{time.time_ns()}"
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{sim_gateway.url}{GEN}",
+            json={"contents": [{"parts": [{"text": "draw"}]}]},
+            headers={"x-goog-api-key": sim_gateway.client_key, "x-request-id": request_id},
+            timeout=0.3,
+        )
+    # The call runs to completion and is recorded once, with its image.
+    row = wait_for_usage(sim_gateway, request_id)
+    assert row["status"] == 200 and row["images"] == 1
