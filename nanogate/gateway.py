@@ -19,6 +19,7 @@ from .keys import KeyRecord, KeyStore
 from .limits import Limiter
 from .metrics import observe_request
 from .routing import Router
+from .streams import GuardedStream
 from .types import Call, Chunk, Reply, Usage
 from .usage import UsageRecord, UsageRecorder
 
@@ -98,40 +99,33 @@ class Gateway:
         ctx.usage = reply.usage
         return reply
 
-    async def stream(self, ctx: Context, call: Call) -> tuple[Chunk, AsyncIterator[Chunk]]:
+    async def stream(self, ctx: Context, call: Call) -> tuple[Chunk, GuardedStream]:
         """The first chunk (so errors before any byte still get a proper status) and the rest.
 
-        The rest must be consumed or closed: closing it releases the limits and records usage.
+        The rest must be closed (aclose) however it ends: that closes the upstream, releases
+        the limits and records usage, once.
         """
-        assert ctx.key is not None
+        key = ctx.key
+        assert key is not None
         ctx.method = call.method
-        await self.limiter.acquire(ctx.key)
+        await self.limiter.acquire(key)
         try:
             upstream, first, rest = await self.router.open_stream(call)
         except BaseException:
-            self.limiter.release(ctx.key)
+            self.limiter.release(key)
             raise
         ctx.upstream = upstream
         if first.usage is not None:
             ctx.usage.merge_max(first.usage)
-        return first, self._metered(ctx, rest)
 
-    async def _metered(self, ctx: Context, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        assert ctx.key is not None
-        try:
-            async for chunk in rest:
-                if chunk.usage is not None:
-                    ctx.usage.merge_max(chunk.usage)
-                yield chunk
-        except UpstreamError as exc:
-            ctx.fail(exc.to_gateway_error())
-            raise
-        finally:
-            self.limiter.release(ctx.key)
-            aclose = getattr(rest, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            self.finish(ctx)
+        async def cleanup() -> None:
+            try:
+                await rest.aclose()
+            finally:
+                self.limiter.release(key)
+                self.finish(ctx)
+
+        return first, GuardedStream(_metered(ctx, rest), cleanup)
 
     # -- the record --------------------------------------------------------------------------
 
@@ -166,3 +160,15 @@ class Gateway:
                 error=ctx.error,
             )
         )
+
+
+async def _metered(ctx: Context, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """Pass chunks on, keeping the usage they report and the error that ends them."""
+    try:
+        async for chunk in rest:
+            if chunk.usage is not None:
+                ctx.usage.merge_max(chunk.usage)
+            yield chunk
+    except UpstreamError as exc:
+        ctx.fail(exc.to_gateway_error())
+        raise

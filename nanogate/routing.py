@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .config import UpstreamConfig
 from .errors import GatewayError, NotFound, Unavailable, UpstreamError
 from .metrics import UPSTREAM_ERRORS
+from .streams import GuardedStream
 from .types import Call, Chunk, Reply
 from .upstreams.base import Upstream
 
@@ -130,7 +131,7 @@ class Router:
             return reply
         raise _final(last)
 
-    async def open_stream(self, call: Call) -> tuple[str, Chunk, AsyncIterator[Chunk]]:
+    async def open_stream(self, call: Call) -> tuple[str, Chunk, GuardedStream]:
         """Start a stream, failing over until an upstream yields its first chunk."""
         last: UpstreamError | None = None
         for target in self._attempts(call.model.name):
@@ -152,7 +153,7 @@ class Router:
                 target.gate.release()
                 raise
             target.breaker.success()
-            return target.name, first, _release_after(chunks, target)
+            return target.name, first, GuardedStream(chunks, target.gate.release)
         raise _final(last)
 
     def _failed(self, target: Target, exc: UpstreamError) -> UpstreamError:
@@ -171,17 +172,6 @@ class Router:
     async def close(self) -> None:
         for target in self.targets:
             await target.adapter.close()
-
-
-async def _release_after(chunks: AsyncIterator[Chunk], target: Target) -> AsyncIterator[Chunk]:
-    try:
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        target.gate.release()
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            await close()
 
 
 def _weighted_order(group: list[Target]) -> list[Target]:

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from ..dialects import gemini
 from ..errors import GatewayError, NotFound, UpstreamError
 from ..gateway import Context, Gateway
+from ..streams import GuardedStream
 from ..types import Chunk
 from . import openai_routes
 from .common import extract_key, read_body
@@ -60,28 +61,27 @@ async def generate(request: Request) -> Response | RelayStream:
         if method == "streamGenerateContent":
             first, rest = await gateway.stream(ctx, call)
             streaming = True
-            sse = request.query_params.get("alt") == "sse"
-            return RelayStream(
-                _frames(ctx, first, rest, sse=sse),
-                "text/event-stream" if sse else JSON_TYPE,
-            )
+            return _relay(ctx, first, rest, sse=request.query_params.get("alt") == "sse")
         reply = await gateway.generate(ctx, call)
         return Response(reply.body, media_type=JSON_TYPE)
     except GatewayError as error:
         ctx.fail(error)
         return error_response(error)
+    except Exception:
+        ctx.status, ctx.error = 500, "INTERNAL"
+        raise
     finally:
         _note(request, ctx)
         if not streaming:
             gateway.finish(ctx)
 
 
-async def _frames(
-    ctx: Context, first: Chunk, rest: AsyncIterator[Chunk], *, sse: bool
-) -> AsyncIterator[bytes]:
+def _relay(ctx: Context, first: Chunk, rest: GuardedStream, *, sse: bool) -> RelayStream:
     """SSE events, or the JSON array Google sends when `alt` is not `sse`."""
     completed = False
-    try:
+
+    async def frames() -> AsyncIterator[bytes]:
+        nonlocal completed
         yield gemini.sse_event(first.body) if sse else b"[" + first.body
         try:
             async for chunk in rest:
@@ -94,12 +94,15 @@ async def _frames(
         if not sse:
             yield b"]"
         completed = True
-    finally:
+
+    async def cleanup() -> None:
+        # Runs however the response ends, even if not one byte was sent: closing `rest`
+        # releases the upstream and the limits and writes the usage record.
         if not completed and ctx.status == 200:
             ctx.status, ctx.error = 499, "CLIENT_CLOSED"
-        aclose = getattr(rest, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await rest.aclose()
+
+    return RelayStream(frames(), "text/event-stream" if sse else JSON_TYPE, cleanup)
 
 
 def wants_gemini(request: Request) -> bool:

@@ -8,7 +8,7 @@ waits on `receive()`; the body loop checks it between chunks and stops when the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.types import Receive, Scope, Send
 
@@ -18,8 +18,14 @@ class ClientGone(Exception):
 
 
 class RelayStream:
-    def __init__(self, body: AsyncIterator[bytes], media_type: str) -> None:
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        media_type: str,
+        cleanup: Callable[[], Awaitable[None]],
+    ) -> None:
         self.body = body
+        self.cleanup = cleanup
         self.headers = [
             (b"content-type", media_type.encode()),
             (b"cache-control", b"no-cache"),
@@ -42,6 +48,7 @@ class RelayStream:
             aclose = getattr(self.body, "aclose", None)
             if aclose is not None:
                 await aclose()
+            await self.cleanup()
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -221,3 +221,16 @@ async def test_a_full_upstream_spills_over() -> None:
     assert (await r.generate(CALL)).body == b"ok-b"
     release.set()
     assert (await first).body == b"ok-a"
+
+
+async def test_an_abandoned_stream_gives_its_slot_back() -> None:
+    a = Scripted("a", [b"first"])
+    r = Router([(UpstreamConfig(name="a", kind="demo", max_concurrency=1), a)])
+    _, _, rest = await r.open_stream(CALL)
+    assert r.targets[0].gate.locked()
+    await rest.aclose()  # closed before it was ever iterated
+    assert not r.targets[0].gate.locked()
+    await rest.aclose()  # and closing twice releases once
+    _, _, again = await r.open_stream(CALL)
+    assert [c.body async for c in again] == [b"second"]
+    assert not r.targets[0].gate.locked()  # read to the end: released without aclose
