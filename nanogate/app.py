@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.middleware.exceptions import ExceptionMiddleware
@@ -20,9 +21,9 @@ from . import __version__
 from .catalog import load_catalog
 from .config import Settings
 from .db.engine import make_engine
-from .errors import GatewayError, Internal, NotFound
+from .errors import GatewayError, Internal, InvalidArgument, NotFound
 from .gateway import Gateway
-from .http import gemini_routes, openai_routes, ops
+from .http import admin_routes, gemini_routes, openai_routes, ops
 from .http.front import Front
 from .http.middleware import RequestIdMiddleware
 from .keys import KeyStore
@@ -75,8 +76,11 @@ def create_app(settings: Settings) -> Front:
     app.state.settings = settings
     app.add_middleware(RequestIdMiddleware)
     app.include_router(ops.router)
+    app.include_router(admin_routes.router)
     _document(app, gemini_routes.OPENAPI_PATHS)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
     relay = ServerErrorMiddleware(
         RequestIdMiddleware(
@@ -121,6 +125,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         error.status = exc.status_code
         error.reason = "INVALID_ARGUMENT" if exc.status_code == 405 else "FAILED_PRECONDITION"
     return _render(request, error)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return _render(request, exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'body'}: {err.get('msg')}"
+        for err in exc.errors()[:5]
+    )
+    return _render(request, InvalidArgument(f"Invalid request: {problems}."))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -15,8 +15,10 @@ from rich.panel import Panel
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .catalog import load_catalog
 from .config import Settings, load_settings
 from .db.engine import make_engine, run_migrations
+from .errors import NotFound
 from .keys import KeyStore, bootstrap
 from .logs import setup_logging
 from .usage import UsageRecorder
@@ -127,7 +129,13 @@ def keys_create(
     settings = _settings(config)
     run_migrations(settings.resolved_database_url)
     expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
-    allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    allowed = None
+    if models:
+        catalog = load_catalog(settings.models)
+        try:
+            allowed = [catalog.resolve(m.strip()).name for m in models.split(",") if m.strip()]
+        except NotFound as exc:
+            raise typer.BadParameter(exc.message, param_hint="--models") from None
 
     async def work(engine: AsyncEngine) -> str:
         plain, _ = await KeyStore(engine, 0).create(

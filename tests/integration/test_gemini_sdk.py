@@ -283,6 +283,8 @@ def test_rate_limited_key_is_429(demo_gateway: Gateway) -> None:
 def test_model_not_allowed_for_key_is_403(demo_gateway: Gateway) -> None:
     created = demo_gateway.cli("keys", "create", "--models", "gemini-2.5-flash")
     key = created.stdout.strip().splitlines()[-1]
+    unknown = demo_gateway.cli("keys", "create", "--models", "gemini-9")
+    assert unknown.returncode != 0 and "gemini-9" in unknown.stderr
     err = api_error(
         lambda: client(demo_gateway, key=key).models.generate_content(
             model="gemini-2.5-flash-image", contents="x"

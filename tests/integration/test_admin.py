@@ -1,0 +1,87 @@
+"""The admin API over real HTTP: admin key only, keys created and revoked, usage listed."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from .conftest import Gateway, sdk_client
+
+
+def admin(gw: Gateway) -> dict[str, str]:
+    return {"Authorization": f"Bearer {gw.admin_key}"}
+
+
+def test_admin_routes_need_the_admin_key(demo_gateway: Gateway) -> None:
+    assert httpx.get(f"{demo_gateway.url}/admin/keys").status_code == 401
+    client = httpx.get(
+        f"{demo_gateway.url}/admin/keys", headers={"x-api-key": demo_gateway.client_key}
+    )
+    assert client.status_code == 403
+    assert client.json()["error"]["status"] == "PERMISSION_DENIED"
+
+
+def test_create_use_list_revoke(demo_gateway: Gateway) -> None:
+    created = httpx.post(
+        f"{demo_gateway.url}/admin/keys",
+        headers=admin(demo_gateway),
+        json={
+            "name": "app-1",
+            "credits": 5000,
+            "allowed_models": ["nano-banana-pro"],
+            "rpm_limit": 60,
+        },
+    )
+    assert created.status_code == 201, created.text
+    body = created.json()
+    key, prefix = body["key"], body["prefix"]
+    assert key.startswith(prefix + "_") and body["status"] == "active" and body["balance"] == 5000
+    assert body["allowed_models"] == ["gemini-3-pro-image-preview"]  # the alias, resolved
+
+    listed = httpx.get(f"{demo_gateway.url}/admin/keys", headers=admin(demo_gateway)).json()
+    assert prefix in {k["prefix"] for k in listed}
+    assert key not in created.request.content.decode() + str(listed)
+
+    assert (
+        sdk_client(demo_gateway, key)
+        .models.count_tokens(model="gemini-3-pro-image-preview", contents="hi")
+        .total_tokens
+    )
+    revoked = httpx.post(
+        f"{demo_gateway.url}/admin/keys/{prefix}/revoke", headers=admin(demo_gateway)
+    )
+    assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+    again = httpx.post(
+        f"{demo_gateway.url}/admin/keys/{prefix}/revoke", headers=admin(demo_gateway)
+    )
+    assert again.status_code == 404
+
+
+def test_validation_errors_are_clear(demo_gateway: Gateway) -> None:
+    bad = httpx.post(
+        f"{demo_gateway.url}/admin/keys", headers=admin(demo_gateway), json={"credits": -5}
+    )
+    assert bad.status_code == 400
+    assert "credits" in bad.json()["error"]["message"]
+    unknown = httpx.post(
+        f"{demo_gateway.url}/admin/keys",
+        headers=admin(demo_gateway),
+        json={"allowed_models": ["gemini-9"]},
+    )
+    assert unknown.status_code == 404
+
+
+def test_usage_listing(demo_gateway: Gateway) -> None:
+    sdk_client(demo_gateway).models.count_tokens(model="gemini-2.5-flash", contents="hello")
+    prefix = "_".join(demo_gateway.client_key.split("_")[:2])
+    deadline = time.monotonic() + 5
+    rows: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not rows:
+        rows = httpx.get(
+            f"{demo_gateway.url}/admin/usage",
+            params={"key": prefix, "limit": 5},
+            headers=admin(demo_gateway),
+        ).json()
+        time.sleep(0.1)
+    assert rows and rows[0]["key_prefix"] == prefix and rows[0]["dialect"] == "gemini"
