@@ -139,27 +139,20 @@ class Gateway:
         # Metrics only label catalog names: a client's typo must not mint a new time series.
         known = ctx.model if self.catalog.get(ctx.model) else "unknown"
         observe_request(ctx.dialect, known, ctx.status, latency, usage)
-        self.recorder.record(
-            UsageRecord(
-                request_id=ctx.request_id,
-                key_id=ctx.key.id if ctx.key else None,
-                key_prefix=ctx.key.prefix if ctx.key else "",
-                dialect=ctx.dialect,
-                method=ctx.method,
-                model=ctx.model,
-                upstream=ctx.upstream,
-                status=ctx.status,
-                latency_ms=int(latency * 1000),
-                input_text_tokens=usage.input_text,
-                input_image_tokens=usage.input_image,
-                output_text_tokens=usage.output_text,
-                output_image_tokens=usage.output_image,
-                thoughts_tokens=usage.thoughts,
-                total_tokens=usage.total,
-                images=usage.images,
-                error=ctx.error,
-            )
+        record = UsageRecord(
+            request_id=ctx.request_id,
+            key_id=ctx.key.id if ctx.key else None,
+            key_prefix=ctx.key.prefix if ctx.key else "",
+            dialect=ctx.dialect,
+            method=ctx.method,
+            model=ctx.model,
+            upstream=ctx.upstream,
+            status=ctx.status,
+            latency_ms=int(latency * 1000),
+            error=ctx.error,
         )
+        record.add_usage(usage)
+        self.recorder.record(record)
 
 
 async def _metered(ctx: Context, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
