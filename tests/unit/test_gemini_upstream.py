@@ -28,11 +28,23 @@ async def sim() -> AsyncIterator[tuple[SimState, str]]:
     await runner.cleanup()
 
 
+_OPEN: list[GeminiUpstream] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_adapters() -> AsyncIterator[None]:
+    yield
+    while _OPEN:
+        await _OPEN.pop().close()
+
+
 def adapter(url: str, **overrides: object) -> GeminiUpstream:
+    """An adapter on the simulator; its session is closed when the test ends."""
     config = UpstreamConfig.model_validate(
         {"name": "sim", "kind": "gemini", "base_url": url, "api_key": KEY, **overrides}
     )
-    return GeminiUpstream(config)
+    _OPEN.append(GeminiUpstream(config))
+    return _OPEN[-1]
 
 
 def call(model: str = "gemini-2.5-flash", method: Method = "generateContent") -> Call:
@@ -43,10 +55,7 @@ def call(model: str = "gemini-2.5-flash", method: Method = "generateContent") ->
 async def test_generate_returns_raw_bytes_and_usage(sim: tuple[SimState, str]) -> None:
     state, url = sim
     up = adapter(url)
-    try:
-        reply = await up.generate(call("gemini-2.5-flash-image"))
-    finally:
-        await up.close()
+    reply = await up.generate(call("gemini-2.5-flash-image"))
     doc = orjson.loads(reply.body)
     assert doc["x_simulator"] == {"version": 1}
     assert reply.usage.output_image == 1290 and reply.usage.images == 1
@@ -71,11 +80,8 @@ async def test_faults_become_upstream_errors(
     state, url = sim
     state.faults.append(fault)
     up = adapter(url)
-    try:
-        with pytest.raises(UpstreamError) as info:
-            await up.generate(call())
-    finally:
-        await up.close()
+    with pytest.raises(UpstreamError) as info:
+        await up.generate(call())
     assert info.value.status == status and info.value.retryable is retryable
     assert KEY not in str(info.value)
     if status == 429:
@@ -86,21 +92,15 @@ async def test_deadline(sim: tuple[SimState, str]) -> None:
     state, url = sim
     state.faults.append(Fault(delay=2.0))
     up = adapter(url, timeout_s=0.3)
-    try:
-        with pytest.raises(UpstreamError) as info:
-            await up.generate(call())
-    finally:
-        await up.close()
+    with pytest.raises(UpstreamError) as info:
+        await up.generate(call())
     assert info.value.timeout and info.value.retryable
 
 
 async def test_connection_refused(sim: tuple[SimState, str]) -> None:
     up = adapter("http://127.0.0.1:9", connect_timeout_s=1)
-    try:
-        with pytest.raises(UpstreamError) as info:
-            await up.generate(call())
-    finally:
-        await up.close()
+    with pytest.raises(UpstreamError) as info:
+        await up.generate(call())
     assert info.value.status == 0 and info.value.retryable
 
 
@@ -109,12 +109,7 @@ async def test_stream_of_multi_megabyte_events(sim: tuple[SimState, str]) -> Non
     state, url = sim
     state.image_bytes = 3 * 1024 * 1024
     up = adapter(url)
-    try:
-        chunks = [
-            c async for c in up.stream(call("gemini-2.5-flash-image", "streamGenerateContent"))
-        ]
-    finally:
-        await up.close()
+    chunks = [c async for c in up.stream(call("gemini-2.5-flash-image", "streamGenerateContent"))]
     assert len(chunks) == 3
     image_chunk = orjson.loads(chunks[1].body)
     data = image_chunk["candidates"][0]["content"]["parts"][0]["inlineData"]["data"]
@@ -126,12 +121,9 @@ async def test_stream_status_error_before_first_chunk(sim: tuple[SimState, str])
     state, url = sim
     state.faults.append(Fault(status=503))
     up = adapter(url)
-    try:
-        with pytest.raises(UpstreamError) as info:
-            async for _ in up.stream(call(method="streamGenerateContent")):
-                pass
-    finally:
-        await up.close()
+    with pytest.raises(UpstreamError) as info:
+        async for _ in up.stream(call(method="streamGenerateContent")):
+            pass
     assert info.value.status == 503
 
 
@@ -140,12 +132,9 @@ async def test_stream_break_midway(sim: tuple[SimState, str]) -> None:
     state.faults.append(Fault(stream_break=True))
     up = adapter(url)
     got = []
-    try:
-        with pytest.raises(UpstreamError):
-            async for chunk in up.stream(call(method="streamGenerateContent")):
-                got.append(chunk)
-    finally:
-        await up.close()
+    with pytest.raises(UpstreamError):
+        async for chunk in up.stream(call(method="streamGenerateContent")):
+            got.append(chunk)
     assert len(got) == 1
 
 
@@ -153,23 +142,17 @@ async def test_slow_stream_read_deadline(sim: tuple[SimState, str]) -> None:
     state, url = sim
     state.faults.append(Fault(slow_stream=1.0))
     up = adapter(url, timeout_s=0.3)
-    try:
-        with pytest.raises(UpstreamError) as info:
-            async for _ in up.stream(call(method="streamGenerateContent")):
-                pass
-    finally:
-        await up.close()
+    with pytest.raises(UpstreamError) as info:
+        async for _ in up.stream(call(method="streamGenerateContent")):
+            pass
     assert info.value.timeout
 
 
 async def test_bad_upstream_key_is_a_credential_failure(sim: tuple[SimState, str]) -> None:
     _, url = sim
     up = adapter(url, api_key="wrong")
-    try:
-        with pytest.raises(UpstreamError) as info:
-            await up.generate(call())
-    finally:
-        await up.close()
+    with pytest.raises(UpstreamError) as info:
+        await up.generate(call())
     assert info.value.status == 401 and info.value.retryable
     assert "credentials" in info.value.to_gateway_error().message
 
@@ -178,9 +161,5 @@ async def test_health(sim: tuple[SimState, str]) -> None:
     _, url = sim
     up = adapter(url)
     down = adapter("http://127.0.0.1:9", connect_timeout_s=1)
-    try:
-        assert await up.health() is True
-        assert await down.health() is False
-    finally:
-        await up.close()
-        await down.close()
+    assert await up.health() is True
+    assert await down.health() is False
