@@ -35,7 +35,10 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-LEDGER_KINDS = ("topup", "reserve", "settle", "refund")
+# Money moves only as ledger rows. A reserve debits the whole estimate; its settle gives back
+# what the call did not use (or takes an overrun), its refund gives back all of it.
+LEDGER_KINDS = ("topup", "adjustment", "reserve", "settle", "refund")
+HOLD_STATES = ("pending", "settled", "refunded")
 
 
 def utcnow() -> datetime:
@@ -73,6 +76,18 @@ class UTCDateTime(TypeDecorator[datetime]):
 # (its rowid alias), which is already 64-bit there.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True, index=True),
+    # Available credits: reservations are already taken out (see LEDGER_KINDS).
+    Column("balance", BigInteger, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    # The last line of defence for "the balance never goes negative" under concurrency.
+    CheckConstraint("balance >= 0", name="balance_nonnegative"),
+)
+
 api_keys = Table(
     "api_keys",
     metadata,
@@ -83,7 +98,7 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False),
     Column("name", String(200), nullable=False),
     Column("is_admin", Boolean, nullable=False, default=False),
-    Column("balance", BigInteger, nullable=False, default=0),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False, index=True),
     Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     Column("expires_at", UTCDateTime, nullable=True),
     Column("revoked_at", UTCDateTime, nullable=True),
@@ -91,23 +106,51 @@ api_keys = Table(
     Column("allowed_models", JSON(none_as_null=True), nullable=True),
     Column("rpm_limit", Integer, nullable=True),
     Column("concurrency_limit", Integer, nullable=True),
-    Column("budget", BigInteger, nullable=True),
-    # The last line of defence for "the balance never goes negative" under concurrency.
-    CheckConstraint("balance >= 0", name="balance_nonnegative"),
+    # Optional spend caps (credits per UTC day / month) on top of the account's balance. The
+    # spend counters move with reserve/settle/refund in the same transaction as the balance;
+    # `day_start`/`month_start` name the period they count ("2026-11-21", "2026-11").
+    Column("daily_cap", BigInteger, nullable=True),
+    Column("monthly_cap", BigInteger, nullable=True),
+    Column("day_spend", BigInteger, nullable=False, default=0),
+    Column("day_start", String(10), nullable=True),
+    Column("month_spend", BigInteger, nullable=False, default=0),
+    Column("month_start", String(7), nullable=True),
 )
 
 ledger = Table(
     "ledger",
     metadata,
     Column("id", BigId, primary_key=True),
-    Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=False, index=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=True, index=True),
     Column("kind", String(16), nullable=False),
     Column("amount", BigInteger, nullable=False),  # signed: credits in (+) or out (-)
     Column("balance_after", BigInteger, nullable=False),
-    Column("request_id", String(64), nullable=True),
-    Column("note", String(500), nullable=True),
+    Column("request_id", String(64), nullable=True, index=True),
+    Column("hold_id", String(40), nullable=True),
+    Column("note", String(500), nullable=True),  # the reason, for top-ups and adjustments
     Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     CheckConstraint(f"kind IN ({', '.join(map(repr, LEDGER_KINDS))})", name="kind"),
+)
+
+# One row per reservation: TigerBeetle's pending transfer. It is posted (settled) or voided
+# (refunded) once, by a conditional UPDATE on `state`, so a second settle or refund is a no-op.
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("request_id", String(64), nullable=False, index=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("capped", Boolean, nullable=False, default=False),  # counted in the key's spend
+    Column("state", String(16), nullable=False, index=True),
+    Column("cost", BigInteger, nullable=True),
+    Column("node", String(200), nullable=False),  # the process that holds it (crash recovery)
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("resolved_at", UTCDateTime, nullable=True),
+    CheckConstraint(f"state IN ({', '.join(map(repr, HOLD_STATES))})", name="state"),
 )
 
 usage_records = Table(
@@ -117,6 +160,7 @@ usage_records = Table(
     Column("request_id", String(64), nullable=False, index=True),
     Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=True, index=True),
     Column("key_prefix", String(32), nullable=False),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=True, index=True),
     Column("dialect", String(32), nullable=False),
     Column("method", String(64), nullable=False),
     Column("model", String(128), nullable=False),
