@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -18,6 +19,8 @@ from starlette.responses import Response
 from starlette.routing import Router as StarletteRouter
 
 from . import __version__
+from .billing.meter import Meter
+from .billing.runners import Journal, open_runner
 from .catalog import load_catalog
 from .config import Settings
 from .db.engine import make_engine
@@ -43,6 +46,14 @@ def create_app(settings: Settings) -> Front:
         engine = make_engine(settings.resolved_database_url)
         recorder = UsageRecorder(engine, flush_seconds=settings.usage_flush_seconds)
         router = Router([(cfg, build_upstream(cfg)) for cfg in settings.upstreams])
+        journal = Journal(open_runner(settings.resolved_database_url, engine))
+        journal.start()
+        meter = Meter(
+            journal,
+            enabled=settings.metering,
+            node=settings.resolved_node_id,
+            hold_ttl_s=settings.reservation_ttl_seconds,
+        )
         app.state.engine = engine
         app.state.gateway = Gateway(
             catalog,
@@ -50,8 +61,13 @@ def create_app(settings: Settings) -> Front:
             router,
             recorder,
             Limiter(),
+            meter,
+            charge_blocked_prompts=settings.charge_blocked_prompts,
         )
         await recorder.start()
+        # Reservations a crash left open are closed before the first request is taken.
+        await meter.recover(starting=True)
+        sweeper = asyncio.create_task(_sweep(meter), name="hold-sweeper")
         # Everything allocated so far lives as long as the process: move it out of the
         # collector's sight, so full collections stay short (they caused ~90 ms p99 stalls).
         gc.collect()
@@ -63,6 +79,9 @@ def create_app(settings: Settings) -> Front:
         try:
             yield
         finally:
+            sweeper.cancel()
+            await journal.stop()
+            await journal.runner.close()
             await recorder.stop()
             await router.close()
             await engine.dispose()
@@ -92,6 +111,16 @@ def create_app(settings: Settings) -> Front:
         handler=_unexpected_error,
     )
     return Front(relay, app)
+
+
+async def _sweep(meter: Meter, every_s: float = 60.0) -> None:
+    """Close expired reservations (those of a node that died and never came back)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await meter.recover(starting=False)
+        except Exception as exc:
+            log.warning("reservation sweep failed (%s)", type(exc).__name__)
 
 
 def _document(app: FastAPI, paths: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ from .types import Usage
 
 FULL_PARSE_LIMIT = 1024 * 1024
 _USAGE_KEY = b'"usageMetadata"'
+# The chunk of a stream that carries a finish reason is its last.
+FINISH_KEY = b'"finishReason"'
 _IMAGE_KEYS = (b'"inlineData"', b'"inline_data"')
 
 
@@ -117,3 +119,23 @@ def _detail(detail: Any) -> tuple[str, int]:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
+
+
+def no_image_reason(body: bytes) -> str:
+    """Why an answer holds no image, as Google put it: the prompt's blockReason or the first
+    candidate's finishReason (IMAGE_SAFETY, PROHIBITED_CONTENT, NO_IMAGE, ...)."""
+    if len(body) > FULL_PARSE_LIMIT:
+        return "UNKNOWN"
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "UNKNOWN"
+    if not isinstance(doc, dict):
+        return "UNKNOWN"
+    feedback = doc.get("promptFeedback")
+    if isinstance(feedback, dict) and isinstance(feedback.get("blockReason"), str):
+        return f"prompt blocked ({feedback['blockReason']})"
+    for candidate in doc.get("candidates") or ():
+        if isinstance(candidate, dict) and isinstance(candidate.get("finishReason"), str):
+            return str(candidate["finishReason"])
+    return "no image in the answer"

@@ -28,6 +28,8 @@ class ModelSpec:
     default_image_size: str = "1K"
     output_image_tokens: dict[str, int] = field(default_factory=dict)
     prices: dict[str, int] = field(default_factory=dict)
+    # Optional flat credits per output image, by size tier, instead of its tokens.
+    image_prices: dict[str, int] = field(default_factory=dict)
     # imageSize -> aspectRatio -> (width, height)
     pixels: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
 
@@ -89,7 +91,10 @@ def _parse_pixels(raw: dict[str, dict[str, str]]) -> dict[str, dict[str, tuple[i
 
 def _build_spec(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> ModelSpec:
     merged = {**defaults, **raw}
-    prices = {m: int(merged.get("prices", {}).get(m, 0)) for m in MODALITIES}
+    raw_prices = merged.get("prices") or {}
+    prices = {m: int(raw_prices.get(m, 0)) for m in MODALITIES}
+    if "thoughts" not in raw_prices:
+        prices["thoughts"] = prices["output_text"]  # thinking is billed as output text
     return ModelSpec(
         name=name,
         display_name=str(merged.get("display_name", name)),
@@ -106,6 +111,7 @@ def _build_spec(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> Mod
             str(k): int(v) for k, v in merged.get("output_image_tokens", {}).items()
         },
         prices=prices,
+        image_prices={str(k): int(v) for k, v in (merged.get("image_prices") or {}).items()},
         pixels=_parse_pixels(merged.get("pixels", {})),
     )
 

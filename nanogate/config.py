@@ -6,6 +6,7 @@ Every field here is documented in the README's settings table; keep the two in s
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +70,10 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(default=10.0, ge=0)
     starter_credits: int = Field(default=10_000_000, ge=0)
     usage_flush_seconds: float = Field(default=1.0, gt=0)
+    metering: bool = True
+    charge_blocked_prompts: bool = False
+    reservation_ttl_seconds: float = Field(default=3600.0, ge=60)
+    node_id: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 
@@ -77,6 +82,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'nanogate.db').resolve()}"
+
+    @property
+    def resolved_node_id(self) -> str:
+        """Names this process's reservations, so a restart can close the ones it left."""
+        return self.node_id or f"{socket.gethostname()}:{self.port}"
 
     @property
     def resolved_storage_dir(self) -> Path:

@@ -3,6 +3,7 @@
     GatewayError(status, reason, message)
     ├── InvalidArgument      400  bad request shape or value
     ├── Unauthenticated      401  no key, or a key we do not know
+    ├── InsufficientCredits  402  the account's balance or a key's spend cap cannot cover it
     ├── PermissionDenied     403  revoked or expired key, model not allowed for the key
     ├── NotFound             404  unknown model or route
     ├── PayloadTooLarge      413  body over the configured limit
@@ -35,6 +36,11 @@ class InvalidArgument(GatewayError):
 
 class Unauthenticated(GatewayError):
     status, reason = 401, "UNAUTHENTICATED"
+
+
+class InsufficientCredits(GatewayError):
+    # Google has no 402; RESOURCE_EXHAUSTED is its name for running out. 429 stays for rates.
+    status, reason = 402, "RESOURCE_EXHAUSTED"
 
 
 class PermissionDenied(GatewayError):
@@ -136,6 +142,7 @@ class _ClientFault(GatewayError):
 STATUS_NAMES: dict[int, str] = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
+    402: "RESOURCE_EXHAUSTED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     409: "ABORTED",

@@ -1,9 +1,9 @@
 """The layers a request walks through, once and in one direction:
 
-    dialect (parse) -> auth and limits -> router -> upstream adapter -> usage record -> dialect
+    dialect (parse) -> auth and limits -> credits (reserve) -> router -> upstream adapter
+        -> credits (settle or refund) -> usage record -> dialect (render)
 
-Dialects call `Gateway` and never touch keys, routing or the database themselves. Credits will
-slot in between limits and the router (reserve) and after the upstream (settle).
+Dialects call `Gateway` and never touch keys, credits, routing or the database themselves.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from . import canonical
+from .billing import prices
+from .billing.ledger import Hold
+from .billing.meter import Meter
 from .catalog import Catalog, ModelSpec
 from .errors import GatewayError, PermissionDenied, Unauthenticated, UpstreamError
 from .keys import KeyRecord, KeyStore
@@ -38,6 +42,7 @@ class Context:
     status: int = 200
     error: str | None = None
     usage: Usage = field(default_factory=Usage)
+    cost: int = 0  # credits charged (or, with metering off, what would have been)
     finished: bool = False
 
     def fail(self, error: GatewayError) -> None:
@@ -53,12 +58,17 @@ class Gateway:
         router: Router,
         recorder: UsageRecorder,
         limiter: Limiter,
+        meter: Meter,
+        *,
+        charge_blocked_prompts: bool = False,
     ) -> None:
         self.catalog = catalog
         self.keys = keys
         self.router = router
         self.recorder = recorder
         self.limiter = limiter
+        self.meter = meter
+        self.charge_blocked_prompts = charge_blocked_prompts
 
     # -- auth --------------------------------------------------------------------------------
 
@@ -88,44 +98,77 @@ class Gateway:
     # -- the call ----------------------------------------------------------------------------
 
     async def generate(self, ctx: Context, call: Call) -> Reply:
-        assert ctx.key is not None
+        key = ctx.key
+        assert key is not None
         ctx.method = call.method
-        await self.limiter.acquire(ctx.key)
+        await self.limiter.acquire(key)
         try:
-            reply = await self.router.generate(call)
+            hold = await self.meter.reserve(ctx.request_id, key, call)
+            try:
+                reply = await self.router.generate(call)
+            except BaseException:
+                await self.meter.refund(hold)
+                raise
+            ctx.upstream = reply.upstream
+            ctx.usage = reply.usage
+            # Durable before the caller sends a byte of the answer.
+            ctx.cost = await self.meter.settle(hold, self.charge(ctx, call, reply.body))
         finally:
-            self.limiter.release(ctx.key)
-        ctx.upstream = reply.upstream
-        ctx.usage = reply.usage
+            self.limiter.release(key)
         return reply
 
     async def stream(self, ctx: Context, call: Call) -> tuple[Chunk, GuardedStream]:
         """The first chunk (so errors before any byte still get a proper status) and the rest.
 
         The rest must be closed (aclose) however it ends: that closes the upstream, releases
-        the limits and records usage, once.
+        the limits, settles or refunds the credits and records usage, once.
         """
         key = ctx.key
         assert key is not None
         ctx.method = call.method
         await self.limiter.acquire(key)
         try:
-            upstream, first, rest = await self.router.open_stream(call)
+            hold = await self.meter.reserve(ctx.request_id, key, call)
+            try:
+                upstream, first, rest = await self.router.open_stream(call)
+            except BaseException:
+                await self.meter.refund(hold)
+                raise
         except BaseException:
             self.limiter.release(key)
             raise
         ctx.upstream = upstream
-        if first.usage is not None:
-            ctx.usage.merge_max(first.usage)
+        bill = _StreamBill(self, ctx, call, hold)
+        bill.seen(first)
 
         async def cleanup() -> None:
             try:
                 await rest.aclose()
             finally:
                 self.limiter.release(key)
-                self.finish(ctx)
+                try:
+                    # A client that hung up (499) pays for what the upstream produced; an
+                    # upstream that failed mid-way costs nothing.
+                    if ctx.status in (200, 499):
+                        await bill.settle()
+                    else:
+                        await bill.refund()
+                finally:
+                    self.finish(ctx)
 
-        return first, GuardedStream(_metered(ctx, rest), cleanup)
+        return first, GuardedStream(bill.metered(rest), cleanup)
+
+    def charge(self, ctx: Context, call: Call, body: bytes, *, complete: bool = True) -> int:
+        """What an answer costs: its usage at the model's rates, or nothing (by default) when
+        it is complete, an image was asked for and none came back. An answer cut short (the
+        client left mid-stream) costs what the upstream produced up to then."""
+        if call.method == "countTokens":
+            return 0
+        usage = ctx.usage
+        if complete and usage.images == 0 and prices.expects_image(call):
+            ctx.error = f"NO_IMAGE: {canonical.no_image_reason(body)}"
+            return prices.input_price(call.model, usage) if self.charge_blocked_prompts else 0
+        return prices.price(call.model, usage, prices.image_size(call))
 
     # -- the record --------------------------------------------------------------------------
 
@@ -143,25 +186,61 @@ class Gateway:
             request_id=ctx.request_id,
             key_id=ctx.key.id if ctx.key else None,
             key_prefix=ctx.key.prefix if ctx.key else "",
+            account_id=ctx.key.account_id if ctx.key else None,
             dialect=ctx.dialect,
             method=ctx.method,
             model=ctx.model,
             upstream=ctx.upstream,
             status=ctx.status,
             latency_ms=int(latency * 1000),
+            cost=ctx.cost,
             error=ctx.error,
         )
         record.add_usage(usage)
         self.recorder.record(record)
 
 
-async def _metered(ctx: Context, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    """Pass chunks on, keeping the usage they report and the error that ends them."""
-    try:
-        async for chunk in rest:
-            if chunk.usage is not None:
-                ctx.usage.merge_max(chunk.usage)
-            yield chunk
-    except UpstreamError as exc:
-        ctx.fail(exc.to_gateway_error())
-        raise
+class _StreamBill:
+    """The credits of one stream: usage gathered chunk by chunk, settled once.
+
+    The chunk that carries `finishReason` is the last one that counts: the charge is settled
+    (and durable) before that chunk goes to the client, so the client's last byte comes after
+    it. A stream that ends without one settles when it closes.
+    """
+
+    def __init__(self, gateway: Gateway, ctx: Context, call: Call, hold: Hold | None) -> None:
+        self.gateway = gateway
+        self.ctx = ctx
+        self.call = call
+        self.hold = hold
+        self.last = b""
+        self.done = False
+
+    def seen(self, chunk: Chunk) -> None:
+        if chunk.usage is not None:
+            self.ctx.usage.merge_max(chunk.usage)
+        self.last = chunk.body
+
+    async def metered(self, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        """Pass chunks on, keeping their usage and the error that ends them."""
+        try:
+            async for chunk in rest:
+                self.seen(chunk)
+                if canonical.FINISH_KEY in chunk.body:
+                    await self.settle()
+                yield chunk
+        except UpstreamError as exc:
+            self.ctx.fail(exc.to_gateway_error())
+            raise
+
+    async def settle(self) -> None:
+        if not self.done:
+            self.done = True
+            complete = self.ctx.status != 499
+            charge = self.gateway.charge(self.ctx, self.call, self.last, complete=complete)
+            self.ctx.cost = await self.gateway.meter.settle(self.hold, charge)
+
+    async def refund(self) -> None:
+        if not self.done:
+            self.done = True
+            await self.gateway.meter.refund(self.hold)

@@ -23,7 +23,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import ReturningInsert
 
-from .db.tables import api_keys, ledger, utcnow
+from .billing import ledger
+from .billing.runners import EngineTx
+from .db.tables import accounts, api_keys, utcnow
+from .db.tables import ledger as ledger_table
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +57,15 @@ def parse_prefix(presented: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
-    """One key as the gateway sees it. `balance` may lag by the cache window: billing reads
-    and changes the balance in the database, never from here."""
+    """One key as the gateway sees it. `balance` is its account's, for display: it may lag by
+    the cache window, and billing reads and changes the balance in the database, never here."""
 
     id: int
     prefix: str
     name: str
     is_admin: bool
+    account_id: int
+    account_name: str
     balance: int
     created_at: datetime
     expires_at: datetime | None
@@ -68,7 +73,12 @@ class KeyRecord:
     allowed_models: tuple[str, ...] | None
     rpm_limit: int | None
     concurrency_limit: int | None
-    budget: int | None
+    daily_cap: int | None = None
+    monthly_cap: int | None = None
+
+    @property
+    def capped(self) -> bool:
+        return self.daily_cap is not None or self.monthly_cap is not None
 
     def status(self, now: datetime) -> KeyStatus:
         if self.revoked_at is not None:
@@ -88,6 +98,8 @@ class KeyRecord:
             prefix=row.prefix,
             name=row.name,
             is_admin=row.is_admin,
+            account_id=row.account_id,
+            account_name=row.account_name,
             balance=row.balance,
             created_at=row.created_at,
             expires_at=row.expires_at,
@@ -95,7 +107,8 @@ class KeyRecord:
             allowed_models=tuple(models) if models is not None else None,
             rpm_limit=row.rpm_limit,
             concurrency_limit=row.concurrency_limit,
-            budget=row.budget,
+            daily_cap=row.daily_cap,
+            monthly_cap=row.monthly_cap,
         )
 
 
@@ -103,11 +116,25 @@ class KeyRecord:
 class _NewKey:
     name: str
     is_admin: bool = False
+    account_id: int | None = None  # None: a new account of its own
+    account_name: str | None = None  # the new account's name (default: the key's prefix)
     credits: int = 0
     expires_at: datetime | None = None
     allowed_models: tuple[str, ...] | None = None
     rpm_limit: int | None = None
     concurrency_limit: int | None = None
+    daily_cap: int | None = None
+    monthly_cap: int | None = None
+
+
+class _Taken(Exception):
+    """A bootstrap found keys already there: roll its transaction back."""
+
+
+# Keys joined with their account: what every lookup returns.
+_KEYS = select(api_keys, accounts.c.name.label("account_name"), accounts.c.balance).join(
+    accounts, accounts.c.id == api_keys.c.account_id
+)
 
 
 # A cached lookup: the record and its stored hash, or None for "no such prefix".
@@ -138,21 +165,29 @@ class KeyStore:
         name: str,
         *,
         is_admin: bool = False,
+        account_id: int | None = None,
         credits: int = 0,
         expires_at: datetime | None = None,
         allowed_models: Sequence[str] | None = None,
         rpm_limit: int | None = None,
         concurrency_limit: int | None = None,
+        daily_cap: int | None = None,
+        monthly_cap: int | None = None,
     ) -> tuple[str, KeyRecord]:
-        """Issue a key. The plain key is returned here and never again."""
+        """Issue a key on account `account_id`, or on a new account of its own (named after
+        its prefix). `credits` top that account up. The plain key is returned here and never
+        again."""
         spec = _NewKey(
             name=name,
             is_admin=is_admin,
+            account_id=account_id,
             credits=credits,
             expires_at=expires_at,
             allowed_models=tuple(allowed_models) if allowed_models is not None else None,
             rpm_limit=rpm_limit,
             concurrency_limit=concurrency_limit,
+            daily_cap=daily_cap,
+            monthly_cap=monthly_cap,
         )
         issued = await self._create([spec], only_if_empty=False)
         assert issued is not None  # only an only_if_empty create can come back empty
@@ -160,7 +195,7 @@ class KeyStore:
 
     async def list(self) -> builtins.list[KeyRecord]:
         async with self._engine.connect() as conn:
-            rows = await conn.execute(select(api_keys).order_by(api_keys.c.id))
+            rows = await conn.execute(_KEYS.order_by(api_keys.c.id))
             return [KeyRecord.from_row(row) for row in rows]
 
     async def get(self, prefix: str) -> KeyRecord | None:
@@ -184,24 +219,40 @@ class KeyStore:
         self._cache.pop(prefix, None)
         return result.rowcount > 0
 
-    async def topup(self, prefix: str, credits: int) -> int | None:
-        """Add credits, with a ledger row, in one transaction. The new balance, or None for an
-        unknown key."""
-        if credits <= 0:
-            raise ValueError("credits must be positive")
-        stmt = (
-            update(api_keys)
-            .where(api_keys.c.prefix == prefix)
-            .values(balance=api_keys.c.balance + credits)
-            .returning(api_keys.c.id, api_keys.c.balance)
-        )
+    async def update(self, prefix: str, **changes: Any) -> KeyRecord | None:
+        """Change a key's limits, caps, expiry or allowed models; None for an unknown key.
+
+        A cap set where there was none starts counting from the key's spend so far this
+        period, read from the ledger, so it cannot be dodged by setting it late.
+        """
+        allowed = {
+            "expires_at",
+            "allowed_models",
+            "rpm_limit",
+            "concurrency_limit",
+            "daily_cap",
+            "monthly_cap",
+            "name",
+        }
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"cannot change {sorted(unknown)}")
         async with self._engine.begin() as conn:
-            row = (await conn.execute(stmt)).first()
-            if row is None:
+            key_id = await conn.scalar(select(api_keys.c.id).where(api_keys.c.prefix == prefix))
+            if key_id is None:
                 return None
-            await _write_topup(conn, row.id, credits, row.balance)
+            values = dict(changes)
+            if "daily_cap" in changes or "monthly_cap" in changes:
+                day, month = ledger.period(utcnow())
+                values.update(
+                    day_start=day,
+                    month_start=month,
+                    day_spend=await _spent_since(conn, key_id, f"{day} 00:00:00"),
+                    month_spend=await _spent_since(conn, key_id, f"{month}-01 00:00:00"),
+                )
+            await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
         self._cache.pop(prefix, None)
-        return int(row.balance)
+        return await self.get(prefix)
 
     async def authenticate(self, presented: str) -> KeyRecord | None:
         """The record for a presented key, or None when it is malformed, unknown or wrong.
@@ -237,7 +288,7 @@ class KeyStore:
 
     async def _fetch(self, prefix: str) -> _Found:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(api_keys).where(api_keys.c.prefix == prefix))).first()
+            row = (await conn.execute(_KEYS.where(api_keys.c.prefix == prefix))).first()
         return (KeyRecord.from_row(row), row.key_hash) if row is not None else None
 
     async def _create(
@@ -258,10 +309,9 @@ class KeyStore:
                         await _lock_keys(conn)
                     issued: builtins.list[tuple[str, KeyRecord]] = []
                     for index, spec in enumerate(specs):
-                        key = await _insert_key(conn, spec, only_if_empty and index == 0)
-                        if key is None:
-                            return None
-                        issued.append(key)
+                        issued.append(await _insert_key(conn, spec, only_if_empty and index == 0))
+            except _Taken:
+                return None
             except IntegrityError:
                 # Only a prefix clash can get here (everything else was validated above).
                 if attempt == _PREFIX_ATTEMPTS:
@@ -285,75 +335,113 @@ async def _lock_keys(conn: AsyncConnection) -> None:
 
 async def _insert_key(
     conn: AsyncConnection, spec: _NewKey, only_if_empty: bool
-) -> tuple[str, KeyRecord] | None:
+) -> tuple[str, KeyRecord]:
     plain, prefix = new_key(spec.is_admin)
+    now = utcnow()
+    account_id = spec.account_id
+    account_name = spec.account_name or prefix
+    if account_id is None:
+        account = {"name": account_name, "balance": 0, "created_at": now}
+        if only_if_empty:
+            # The guard rides on the transaction's first write, so two processes
+            # bootstrapping at once cannot both get past it.
+            account_id = await conn.scalar(_insert_if_no_keys(account))
+            if account_id is None:
+                raise _Taken
+        else:
+            account_id = await conn.scalar(
+                insert(accounts).values(account).returning(accounts.c.id)
+            )
+    else:
+        found = await conn.scalar(select(accounts.c.name).where(accounts.c.id == account_id))
+        if found is None:
+            raise LookupError(f"no account with id {account_id}")
+        account_name = found
     values: dict[str, Any] = {
         "prefix": prefix,
         "key_hash": hash_key(plain),
         "name": spec.name,
         "is_admin": spec.is_admin,
-        "balance": spec.credits,
-        "created_at": utcnow(),
+        "account_id": account_id,
+        "created_at": now,
         "expires_at": spec.expires_at,
         "allowed_models": list(spec.allowed_models) if spec.allowed_models is not None else None,
         "rpm_limit": spec.rpm_limit,
         "concurrency_limit": spec.concurrency_limit,
+        "daily_cap": spec.daily_cap,
+        "monthly_cap": spec.monthly_cap,
+        "day_spend": 0,
+        "month_spend": 0,
     }
-    if only_if_empty:
-        stmt = _insert_if_empty(values)
-    else:
-        stmt = insert(api_keys).values(values).returning(api_keys.c.id)
-    key_id = await conn.scalar(stmt)
-    if key_id is None:
-        return None
+    key_id = await conn.scalar(insert(api_keys).values(values).returning(api_keys.c.id))
+    assert key_id is not None
+    balance = int(
+        await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account_id)) or 0
+    )
     if spec.credits > 0:
-        await _write_topup(conn, key_id, spec.credits, spec.credits)
+        moved = await ledger.move(
+            EngineTx(conn),
+            account_id,
+            spec.credits,
+            f"credits for new key {prefix}",
+            now,
+            key_id=key_id,
+        )
+        assert moved is not None
+        balance = moved
     record = KeyRecord(
         id=key_id,
         prefix=prefix,
         name=spec.name,
         is_admin=spec.is_admin,
-        balance=spec.credits,
-        created_at=values["created_at"],
+        account_id=account_id,
+        account_name=account_name,
+        balance=balance,
+        created_at=now,
         expires_at=spec.expires_at,
         revoked_at=None,
         allowed_models=spec.allowed_models,
         rpm_limit=spec.rpm_limit,
         concurrency_limit=spec.concurrency_limit,
-        budget=None,
+        daily_cap=spec.daily_cap,
+        monthly_cap=spec.monthly_cap,
     )
     return plain, record
 
 
-def _insert_if_empty(values: dict[str, Any]) -> ReturningInsert[int]:
-    """INSERT ... SELECT <values> WHERE NOT EXISTS (SELECT id FROM api_keys): one statement,
-    so the emptiness check and the write cannot be split by another writer."""
+def _insert_if_no_keys(values: dict[str, Any]) -> ReturningInsert[int]:
+    """INSERT INTO accounts ... SELECT <values> WHERE NOT EXISTS (SELECT id FROM api_keys): one
+    statement, so the emptiness check and the write cannot be split by another writer."""
     source = select(
-        *(literal(value, api_keys.c[name].type) for name, value in values.items())
+        *(literal(value, accounts.c[name].type) for name, value in values.items())
     ).where(~exists(select(api_keys.c.id)))
-    return insert(api_keys).from_select(list(values), source).returning(api_keys.c.id)
+    return insert(accounts).from_select(list(values), source).returning(accounts.c.id)
 
 
-async def _write_topup(conn: AsyncConnection, key_id: int, credits: int, balance: int) -> None:
-    await conn.execute(
-        insert(ledger).values(
-            key_id=key_id,
-            kind="topup",
-            amount=credits,
-            balance_after=balance,
-            created_at=utcnow(),
+async def _spent_since(conn: AsyncConnection, key_id: int, since: str) -> int:
+    """What a key has spent (charged and still held) since a UTC moment, from the ledger."""
+    total = await conn.scalar(
+        select(func.coalesce(func.sum(ledger_table.c.amount), 0)).where(
+            ledger_table.c.key_id == key_id,
+            ledger_table.c.kind.in_(("reserve", "settle", "refund")),
+            ledger_table.c.created_at >= datetime.fromisoformat(since + "+00:00"),
         )
     )
+    return max(0, -int(total or 0))
 
 
 async def bootstrap(store: KeyStore, starter_credits: int) -> tuple[str, str] | None:
-    """On an empty database, issue a client key "default" holding `starter_credits` and an
-    admin key "admin". Returns (client_key, admin_key), or None when keys already exist
-    (including when another process won the race to create them)."""
+    """On an empty database, issue a client key "default" on an account "default" holding
+    `starter_credits`, and an admin key "admin" on an account "admin". Returns (client_key,
+    admin_key), or None when keys already exist (including when another process won the race
+    to create them)."""
     if await store.count() > 0:
         return None
     issued = await store._create(
-        [_NewKey(name="default", credits=starter_credits), _NewKey(name="admin", is_admin=True)],
+        [
+            _NewKey(name="default", account_name="default", credits=starter_credits),
+            _NewKey(name="admin", is_admin=True, account_name="admin"),
+        ],
         only_if_empty=True,
     )
     if issued is None:

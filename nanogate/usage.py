@@ -49,6 +49,7 @@ class UsageRecord:
     total_tokens: int = 0
     images: int = 0
     cost: int = 0
+    account_id: int | None = None
     error: str | None = None
     created_at: datetime = field(default_factory=utcnow)
 

@@ -19,6 +19,8 @@ from .common import extract_key, read_body
 from .streaming import RelayStream
 
 JSON_TYPE = "application/json"
+# What a generateContent call cost, in credits (what it would have cost, with metering off).
+COST_HEADER = "x-nanogate-cost"
 # /v1beta is Google's; /v1/v1beta is seed 003's URL shape; /v1 is where google-genai 3.x sends
 # requests by default (its api_version is "v1"). GET /v1/models is shared with the OpenAI
 # dialect: see list_models.
@@ -63,7 +65,8 @@ async def generate(request: Request) -> Response | RelayStream:
             streaming = True
             return _relay(ctx, first, rest, sse=request.query_params.get("alt") == "sse")
         reply = await gateway.generate(ctx, call)
-        return Response(reply.body, media_type=JSON_TYPE)
+        headers = {COST_HEADER: str(ctx.cost)} if method == "generateContent" else None
+        return Response(reply.body, headers=headers, media_type=JSON_TYPE)
     except GatewayError as error:
         ctx.fail(error)
         return error_response(error)
