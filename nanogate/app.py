@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Router as StarletteRouter
 
 from . import __version__
+from .billing.accounts import AccountStore
 from .billing.meter import Meter
 from .billing.runners import Journal, open_runner
 from .catalog import load_catalog
@@ -26,7 +27,7 @@ from .config import Settings
 from .db.engine import make_engine
 from .errors import GatewayError, Internal, InvalidArgument, NotFound
 from .gateway import Gateway
-from .http import admin_routes, gemini_routes, openai_routes, ops
+from .http import admin_routes, gemini_routes, openai_routes, ops, task_routes
 from .http.front import Front
 from .http.middleware import RequestIdMiddleware
 from .keys import KeyStore
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> Front:
             hold_ttl_s=settings.reservation_ttl_seconds,
         )
         app.state.engine = engine
+        app.state.accounts = AccountStore(engine, journal.runner)
         app.state.gateway = Gateway(
             catalog,
             KeyStore(engine, cache_seconds=settings.key_cache_seconds),
@@ -96,6 +98,7 @@ def create_app(settings: Settings) -> Front:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(ops.router)
     app.include_router(admin_routes.router)
+    app.include_router(task_routes.router)
     _document(app, gemini_routes.OPENAPI_PATHS)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(GatewayError, _gateway_error)
@@ -138,6 +141,8 @@ def _document(app: FastAPI, paths: dict[str, Any]) -> None:
 def _render(request: Request, error: GatewayError) -> Response:
     # Every route family renders its own envelope; Google's is the default for the rest.
     path = request.url.path
+    if path.startswith("/api/v1/"):
+        return task_routes.error_response(request, error)
     openai_family = path.startswith("/v1/") and not path.startswith(("/v1/v1beta/", "/v1/models"))
     shared_listing = path.startswith("/v1/models") and request.method == "GET"
     if openai_family or (shared_listing and not gemini_routes.wants_gemini(request)):

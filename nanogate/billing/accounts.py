@@ -6,6 +6,7 @@ settle on the request path take the same locks and write the same kind of rows.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -145,7 +146,7 @@ class AccountStore:
         key_id: int | None = None,
         request_id: str | None = None,
         limit: int = 50,
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """Ledger rows, newest first."""
         stmt = select(ledger_table).order_by(ledger_table.c.id.desc()).limit(limit)
         if account_id is not None:

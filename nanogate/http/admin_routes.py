@@ -1,4 +1,4 @@
-"""The admin API: keys and usage, for operators' scripts (and later the console).
+"""The admin API: accounts, keys, the ledger and usage, for operators' scripts (and the console).
 
 Every route takes the admin key (any carrier the relay accepts). Errors use the same envelope as
 the rest of the gateway, `{"error": {"code", "message", "status"}}`.
@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 
-from ..errors import InvalidArgument, NotFound, PermissionDenied
+from ..billing.accounts import Account, AccountError, AccountStore
+from ..errors import GatewayError, InvalidArgument, NotFound, PermissionDenied
 from ..gateway import Context, Gateway
 from ..keys import KeyRecord
 from .common import extract_key
@@ -35,14 +36,52 @@ async def admin_gateway(request: Request) -> Gateway:
 AdminGateway = Annotated[Gateway, Depends(admin_gateway)]
 
 
+async def admin_accounts(request: Request, gateway: AdminGateway) -> AccountStore:
+    """Dependency: the account store, once the caller has shown an admin key."""
+    store: AccountStore = request.app.state.accounts
+    return store
+
+
+AdminAccounts = Annotated[AccountStore, Depends(admin_accounts)]
+
+
+class Conflict(GatewayError):
+    status, reason = 409, "FAILED_PRECONDITION"
+
+
+async def _account(store: AccountStore, ref: str) -> Account:
+    found = await store.get(ref)
+    if found is None:
+        raise NotFound(f"No account '{ref}' (give its id or its name).")
+    return found
+
+
 class KeyCreate(BaseModel):
     name: str = Field(default="client", min_length=1, max_length=100)
-    credits: int = Field(default=0, ge=0)
+    account: str | None = Field(
+        default=None,
+        description="Id or name of the account the key draws on; none: a new account of its own.",
+    )
+    credits: int = Field(default=0, ge=0, description="Credits added to the key's account.")
     expires_at: datetime | None = None
     allowed_models: list[str] | None = None
     rpm_limit: int | None = Field(default=None, ge=1)
     concurrency_limit: int | None = Field(default=None, ge=1)
+    daily_cap: int | None = Field(default=None, ge=0, description="Credits per UTC day.")
+    monthly_cap: int | None = Field(default=None, ge=0, description="Credits per UTC month.")
     is_admin: bool = False
+
+
+class KeyUpdate(BaseModel):
+    """Only the fields sent change; send null to clear a limit or cap."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    expires_at: datetime | None = None
+    allowed_models: list[str] | None = None
+    rpm_limit: int | None = Field(default=None, ge=1)
+    concurrency_limit: int | None = Field(default=None, ge=1)
+    daily_cap: int | None = Field(default=None, ge=0)
+    monthly_cap: int | None = Field(default=None, ge=0)
 
 
 class KeyOut(BaseModel):
@@ -50,12 +89,16 @@ class KeyOut(BaseModel):
     name: str
     is_admin: bool
     status: str
-    balance: int
+    account_id: int
+    account: str
+    balance: int = Field(description="The account's balance (keys on one account share it).")
     created_at: datetime
     expires_at: datetime | None
     allowed_models: list[str] | None
     rpm_limit: int | None
     concurrency_limit: int | None
+    daily_cap: int | None
+    monthly_cap: int | None
 
 
 class KeyCreated(KeyOut):
@@ -68,34 +111,46 @@ def _out(record: KeyRecord) -> dict[str, Any]:
         "name": record.name,
         "is_admin": record.is_admin,
         "status": record.status(datetime.now(UTC)),
+        "account_id": record.account_id,
+        "account": record.account_name,
         "balance": record.balance,
         "created_at": record.created_at,
         "expires_at": record.expires_at,
         "allowed_models": list(record.allowed_models) if record.allowed_models else None,
         "rpm_limit": record.rpm_limit,
         "concurrency_limit": record.concurrency_limit,
+        "daily_cap": record.daily_cap,
+        "monthly_cap": record.monthly_cap,
     }
 
 
-@router.post("/keys", status_code=201, summary="Create a key")
-async def create_key(body: KeyCreate, gateway: AdminGateway) -> KeyCreated:
-    if body.expires_at is not None and body.expires_at.tzinfo is None:
-        raise InvalidArgument("expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z.")
+def _allowed(gateway: Gateway, models: list[str] | None) -> list[str] | None:
     # Aliases become catalog names (what requests are checked against); an unknown name is a
     # 404 here rather than a key that can never call anything.
-    allowed = (
-        [gateway.catalog.resolve(m).name for m in body.allowed_models]
-        if body.allowed_models is not None
-        else None
-    )
+    return [gateway.catalog.resolve(m).name for m in models] if models is not None else None
+
+
+def _aware(moment: datetime | None) -> None:
+    if moment is not None and moment.tzinfo is None:
+        raise InvalidArgument("expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z.")
+
+
+@router.post("/keys", status_code=201, summary="Create a key")
+async def create_key(body: KeyCreate, gateway: AdminGateway, store: AdminAccounts) -> KeyCreated:
+    _aware(body.expires_at)
+    allowed = _allowed(gateway, body.allowed_models)
+    account_id = (await _account(store, body.account)).id if body.account is not None else None
     plain, record = await gateway.keys.create(
         body.name,
         is_admin=body.is_admin,
+        account_id=account_id,
         credits=body.credits,
         expires_at=body.expires_at,
         allowed_models=allowed,
         rpm_limit=body.rpm_limit,
         concurrency_limit=body.concurrency_limit,
+        daily_cap=body.daily_cap,
+        monthly_cap=body.monthly_cap,
     )
     return KeyCreated(key=plain, **_out(record))
 
@@ -114,7 +169,128 @@ async def revoke_key(prefix: str, gateway: AdminGateway) -> KeyOut:
     return KeyOut(**_out(record))
 
 
-@router.get("/usage", summary="Recent usage records, newest first")
+@router.patch("/keys/{prefix}", summary="Change a key's limits, caps, expiry or models")
+async def update_key(prefix: str, body: KeyUpdate, gateway: AdminGateway) -> KeyOut:
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        raise InvalidArgument("Send at least one field to change.")
+    _aware(changes.get("expires_at"))
+    if "allowed_models" in changes:
+        changes["allowed_models"] = _allowed(gateway, changes["allowed_models"])
+    if changes.get("name", "") is None:
+        raise InvalidArgument("name cannot be null.")
+    record = await gateway.keys.update(prefix, **changes)
+    if record is None:
+        raise NotFound(f"No key with prefix {prefix}.")
+    return KeyOut(**_out(record))
+
+
+class Topup(BaseModel):
+    amount: int = Field(
+        description="Credits to add; negative for an adjustment (never below a zero balance)."
+    )
+    reason: str = Field(min_length=1, max_length=500, description="Why, kept in the ledger.")
+
+
+class BalanceOut(BaseModel):
+    account_id: int
+    account: str
+    balance: int
+
+
+async def _topup(store: AccountStore, account: Account, body: Topup, key_id: int | None) -> int:
+    try:
+        return await store.topup(account.id, body.amount, body.reason, key_id=key_id)
+    except AccountError as exc:
+        raise Conflict(str(exc)) if body.amount < 0 else InvalidArgument(str(exc)) from None
+
+
+@router.post("/keys/{prefix}/topup", summary="Top up (or adjust) the account of a key")
+async def topup_key(
+    prefix: str, body: Topup, gateway: AdminGateway, store: AdminAccounts
+) -> BalanceOut:
+    record = await gateway.keys.get(prefix)
+    if record is None:
+        raise NotFound(f"No key with prefix {prefix}.")
+    account = await _account(store, str(record.account_id))
+    balance = await _topup(store, account, body, record.id)
+    return BalanceOut(account_id=account.id, account=account.name, balance=balance)
+
+
+class AccountCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    credits: int = Field(default=0, ge=0)
+    reason: str = Field(default="starting credits", min_length=1, max_length=500)
+
+
+class AccountOut(BaseModel):
+    id: int
+    name: str
+    balance: int = Field(description="Credits available now (holds already taken out).")
+    held: int = Field(description="Credits reserved by calls in flight.")
+    keys: int
+    created_at: datetime
+
+
+class AccountDetail(AccountOut):
+    api_keys: list[KeyOut]
+    ledger: list[dict[str, Any]]
+
+
+@router.post("/accounts", status_code=201, summary="Create an account")
+async def create_account(body: AccountCreate, store: AdminAccounts) -> AccountOut:
+    try:
+        account = await store.create(body.name, body.credits, body.reason)
+    except AccountError as exc:
+        raise Conflict(str(exc)) from None
+    return AccountOut(**account.as_dict())
+
+
+@router.get("/accounts", summary="List accounts with their balances")
+async def list_accounts(store: AdminAccounts) -> list[AccountOut]:
+    return [AccountOut(**account.as_dict()) for account in await store.list()]
+
+
+@router.get("/accounts/{account}", summary="An account (by id or name), its keys and ledger")
+async def show_account(
+    account: str,
+    gateway: AdminGateway,
+    store: AdminAccounts,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> AccountDetail:
+    found = await _account(store, account)
+    keys = [KeyOut(**_out(k)) for k in await gateway.keys.list() if k.account_id == found.id]
+    entries = await store.entries(found.id, limit=limit)
+    return AccountDetail(**found.as_dict(), api_keys=keys, ledger=entries)
+
+
+@router.post("/accounts/{account}/topup", summary="Top up (or adjust) an account")
+async def topup_account(account: str, body: Topup, store: AdminAccounts) -> BalanceOut:
+    found = await _account(store, account)
+    balance = await _topup(store, found, body, None)
+    return BalanceOut(account_id=found.id, account=found.name, balance=balance)
+
+
+@router.get("/ledger", summary="Ledger rows, newest first")
+async def list_ledger(
+    store: AdminAccounts,
+    gateway: AdminGateway,
+    account: str | None = None,
+    key: Annotated[str | None, Query(description="Only this key prefix")] = None,
+    request_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    account_id = (await _account(store, account)).id if account is not None else None
+    key_id = None
+    if key is not None:
+        record = await gateway.keys.get(key)
+        if record is None:
+            raise NotFound(f"No key with prefix {key}.")
+        key_id = record.id
+    return await store.entries(account_id, key_id=key_id, request_id=request_id, limit=limit)
+
+
+@router.get("/usage", summary="Recent usage records with their cost, newest first")
 async def recent_usage(
     gateway: AdminGateway,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
