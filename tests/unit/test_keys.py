@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from nanogate.db import api_keys, ledger, make_engine
+from nanogate.db import accounts, api_keys, ledger, make_engine
 from nanogate.keys import KeyRecord, KeyStore, _NewKey, bootstrap, new_key
 
 # --- tests ---
@@ -134,13 +134,14 @@ def test_allows() -> None:
         "prefix": "ng_00000000",
         "name": "k",
         "is_admin": False,
+        "account_id": 1,
+        "account_name": "acme",
         "balance": 0,
         "created_at": now,
         "expires_at": None,
         "revoked_at": None,
         "rpm_limit": None,
         "concurrency_limit": None,
-        "budget": None,
     }
     assert KeyRecord(allowed_models=None, **fields).allows("anything")
     limited = KeyRecord(allowed_models=("a", "b"), **fields)
@@ -198,27 +199,33 @@ async def test_revoke_through_the_store_bypasses_its_cache(engine: AsyncEngine) 
 async def test_credits_write_a_topup_ledger_row(engine: AsyncEngine, store: KeyStore) -> None:
     _, funded = await store.create("alice", credits=500)
     await store.create("bob")  # no credits, no ledger row
-    assert await store.topup(funded.prefix, 250) == 750
-    assert await store.topup("ng_00000000", 1) is None
     async with engine.connect() as conn:
         rows = (await conn.execute(select(ledger).order_by(ledger.c.id))).all()
         balance = await conn.scalar(
-            select(api_keys.c.balance).where(api_keys.c.prefix == funded.prefix)
+            select(accounts.c.balance).where(accounts.c.id == funded.account_id)
         )
-    assert [(r.key_id, r.kind, r.amount, r.balance_after) for r in rows] == [
-        (funded.id, "topup", 500, 500),
-        (funded.id, "topup", 250, 750),
+    assert [(r.account_id, r.key_id, r.kind, r.amount, r.balance_after) for r in rows] == [
+        (funded.account_id, funded.id, "topup", 500, 500)
     ]
-    assert balance == 750
+    assert balance == 500
+
+
+async def test_each_key_gets_its_own_account_unless_given_one(store: KeyStore) -> None:
+    _, first = await store.create("alice", credits=100)
+    _, second = await store.create("alice-ci", account_id=first.account_id, credits=50)
+    _, third = await store.create("bob")
+    assert second.account_id == first.account_id and second.balance == 150
+    assert third.account_id != first.account_id and third.account_name == third.prefix
+    found = await store.get(first.prefix)
+    assert found is not None and found.balance == 150 and found.account_name == first.prefix
+    with pytest.raises(LookupError):
+        await store.create("nobody", account_id=9999)
 
 
 async def test_bad_credit_amounts_are_refused(store: KeyStore) -> None:
     with pytest.raises(ValueError):
         await store.create("alice", credits=-1)
-    _, record = await store.create("bob")
-    with pytest.raises(ValueError):
-        await store.topup(record.prefix, 0)
-    assert await store.count() == 1
+    assert await store.count() == 0
 
 
 async def test_list_and_count(store: KeyStore) -> None:

@@ -14,12 +14,20 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Connection, MetaData, Text, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from nanogate.db import api_keys, make_engine, metadata, run_migrations
+from nanogate.db import accounts, api_keys, make_engine, metadata, run_migrations
 from nanogate.db.engine import alembic_config
 
 # --- tests ---
+
+
+async def _account(conn: AsyncConnection) -> int:
+    account_id = await conn.scalar(
+        insert(accounts).values(name="acme", balance=0).returning(accounts.c.id)
+    )
+    assert account_id is not None
+    return int(account_id)
 
 
 def _schema_diff(conn: Connection, target: MetaData = metadata) -> list[Any]:
@@ -51,7 +59,7 @@ async def test_upgrade_is_idempotent_and_reaches_head(db_url: str) -> None:
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
     finally:
         await engine.dispose()
-    assert version == "0001"
+    assert version == "0002"
 
 
 async def test_downgrade_to_base_drops_tables(db_url: str) -> None:
@@ -67,18 +75,11 @@ async def test_downgrade_to_base_drops_tables(db_url: str) -> None:
 
 
 async def test_balance_cannot_go_negative(engine: AsyncEngine) -> None:
-    row = {
-        "prefix": "ng_00000000",
-        "key_hash": "0" * 64,
-        "name": "k",
-        "is_admin": False,
-        "balance": 5,
-    }
     async with engine.begin() as conn:
-        await conn.execute(insert(api_keys).values(row))
+        await conn.execute(insert(accounts).values(name="acme", balance=5))
     with pytest.raises(IntegrityError):
         async with engine.begin() as conn:
-            await conn.execute(api_keys.update().values(balance=api_keys.c.balance - 6))
+            await conn.execute(accounts.update().values(balance=accounts.c.balance - 6))
 
 
 async def test_datetimes_come_back_aware_utc(engine: AsyncEngine) -> None:
@@ -86,7 +87,11 @@ async def test_datetimes_come_back_aware_utc(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(
             insert(api_keys).values(
-                prefix="ng_11111111", key_hash="1" * 64, name="k", expires_at=local
+                prefix="ng_11111111",
+                key_hash="1" * 64,
+                name="k",
+                account_id=await _account(conn),
+                expires_at=local,
             )
         )
         stored = await conn.scalar(select(api_keys.c.expires_at))
@@ -103,6 +108,7 @@ async def test_naive_datetimes_are_refused(engine: AsyncEngine) -> None:
                     prefix="ng_22222222",
                     key_hash="2" * 64,
                     name="k",
+                    account_id=await _account(conn),
                     expires_at=datetime(2025, 1, 1),
                 )
             )
