@@ -1,0 +1,250 @@
+"""The ledger on SQLite and PostgreSQL: reserve, settle, refund, top-ups, caps, recovery.
+
+Every test ends by checking the invariant: each account's ledger rows sum to its balance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from nanogate.billing import ledger
+from nanogate.billing.accounts import AccountError, AccountStore
+from nanogate.billing.ledger import Hold, Refusal
+from nanogate.billing.runners import Journal, SqliteRunner, open_runner
+from nanogate.db import accounts, api_keys, holds
+from nanogate.db import ledger as ledger_table
+from nanogate.keys import KeyRecord, KeyStore
+from nanogate.usage import UsageRecord, UsageRecorder
+
+
+@pytest.fixture
+async def journal(db_url: str, engine: AsyncEngine) -> AsyncIterator[Journal]:
+    journal = Journal(open_runner(db_url, engine))
+    journal.start()
+    yield journal
+    await journal.stop()
+    await journal.runner.close()
+
+
+async def _key(engine: AsyncEngine, credits: int, **caps: int) -> KeyRecord:
+    _, record = await KeyStore(engine, 0).create("k", credits=credits, **caps)  # type: ignore[arg-type]
+    return record
+
+
+def _hold(key: KeyRecord, amount: int, *, node: str = "n1", ttl: float = 3600) -> Hold:
+    now = datetime.now(UTC)
+    return Hold(
+        id=f"h{id(object())}{now.timestamp()}",
+        request_id="req",
+        account_id=key.account_id,
+        key_id=key.id,
+        amount=amount,
+        capped=key.capped,
+        created_at=now,
+        expires_at=now + timedelta(seconds=ttl),
+        node=node,
+    )
+
+
+async def _balance(engine: AsyncEngine, account_id: int) -> int:
+    async with engine.connect() as conn:
+        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account_id))
+        total = await conn.scalar(
+            select(func.coalesce(func.sum(ledger_table.c.amount), 0)).where(
+                ledger_table.c.account_id == account_id
+            )
+        )
+    assert balance == total, "the ledger must sum to the balance"
+    return int(balance)
+
+
+async def _reserve(journal: Journal, hold: Hold) -> Refusal | None:
+    return await journal.submit(lambda tx: ledger.reserve(tx, hold))
+
+
+async def _resolve(journal: Journal, hold: Hold, cost: int | None) -> ledger.Resolution | None:
+    now = datetime.now(UTC)
+    return await journal.submit(lambda tx: ledger.resolve(tx, hold.id, cost, now))
+
+
+def test_sqlite_files_get_the_in_loop_runner(tmp_path: object) -> None:
+    runner = open_runner(f"sqlite+aiosqlite:///{tmp_path}/x.db", None)  # type: ignore[arg-type]
+    assert isinstance(runner, SqliteRunner)
+
+
+async def test_reserve_then_settle_charges_the_cost(engine: AsyncEngine, journal: Journal) -> None:
+    key = await _key(engine, 1000)
+    hold = _hold(key, 600)
+    assert await _reserve(journal, hold) is None
+    assert await _balance(engine, key.account_id) == 400
+    resolution = await _resolve(journal, hold, 250)
+    assert resolution is not None and (resolution.charged, resolution.balance) == (250, 750)
+    assert await _balance(engine, key.account_id) == 750
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(ledger_table.c.kind, ledger_table.c.amount, ledger_table.c.request_id)
+                .where(ledger_table.c.account_id == key.account_id)
+                .order_by(ledger_table.c.id)
+            )
+        ).all()
+        state = (await conn.execute(select(holds.c.state, holds.c.cost))).one()
+    assert [tuple(r) for r in rows] == [
+        ("topup", 1000, None),
+        ("reserve", -600, "req"),
+        ("settle", 350, "req"),
+    ]
+    assert tuple(state) == ("settled", 250)
+
+
+async def test_settle_and_refund_happen_once(engine: AsyncEngine, journal: Journal) -> None:
+    key = await _key(engine, 1000)
+    hold = _hold(key, 500)
+    await _reserve(journal, hold)
+    first, second, third = await asyncio.gather(
+        _resolve(journal, hold, 100), _resolve(journal, hold, 100), _resolve(journal, hold, None)
+    )
+    assert first is not None and second is None and third is None
+    assert await _balance(engine, key.account_id) == 900
+    async with engine.connect() as conn:
+        count = await conn.scalar(select(func.count()).select_from(ledger_table))
+    assert count == 3  # top-up, reserve, one settle
+
+
+async def test_refund_gives_everything_back(engine: AsyncEngine, journal: Journal) -> None:
+    key = await _key(engine, 1000)
+    hold = _hold(key, 999)
+    await _reserve(journal, hold)
+    resolution = await _resolve(journal, hold, None)
+    assert resolution is not None and resolution.charged == 0
+    assert await _balance(engine, key.account_id) == 1000
+
+
+async def test_short_balance_is_refused_and_changes_nothing(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await _key(engine, 100)
+    refusal = await _reserve(journal, _hold(key, 101))
+    assert refusal == Refusal("balance", 100)
+    assert await _balance(engine, key.account_id) == 100
+
+
+async def test_200_concurrent_reserves_on_50_affordable(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await _key(engine, 50 * 7)
+    results = await asyncio.gather(*(_reserve(journal, _hold(key, 7)) for _ in range(200)))
+    assert sum(r is None for r in results) == 50
+    assert sum(isinstance(r, Refusal) for r in results) == 150
+    assert await _balance(engine, key.account_id) == 0
+
+
+async def test_overrun_is_taken_as_far_as_the_balance_goes(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await _key(engine, 100)
+    hold = _hold(key, 60)
+    await _reserve(journal, hold)
+    resolution = await _resolve(journal, hold, 130)  # 70 over, 40 left
+    assert resolution is not None
+    assert (resolution.charged, resolution.balance, resolution.shortfall) == (100, 0, 30)
+    assert await _balance(engine, key.account_id) == 0
+
+
+async def test_daily_and_monthly_caps(engine: AsyncEngine, journal: Journal) -> None:
+    key = await _key(engine, 10_000, daily_cap=500, monthly_cap=800)
+    first = _hold(key, 400)
+    assert await _reserve(journal, first) is None
+    refused = await _reserve(journal, _hold(key, 200))
+    assert refused == Refusal("daily_cap", 9_600, 400, 500)
+    assert await _balance(engine, key.account_id) == 9_600  # the refused debit was undone
+    await _resolve(journal, first, 100)  # unused 300 goes back to today's spend
+    second = _hold(key, 400)
+    assert await _reserve(journal, second) is None
+    await _resolve(journal, second, 400)
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(api_keys.c.day_spend, api_keys.c.month_spend).where(api_keys.c.id == key.id)
+            )
+        ).one()
+    assert tuple(row) == (500, 500)
+    assert await _reserve(journal, _hold(key, 1)) == Refusal("daily_cap", 9_500, 500, 500)
+
+
+async def test_monthly_cap_refusal(engine: AsyncEngine, journal: Journal) -> None:
+    key = await _key(engine, 10_000, monthly_cap=300)
+    assert await _reserve(journal, _hold(key, 301)) == Refusal("monthly_cap", 10_000, 0, 300)
+
+
+async def test_recovery_closes_this_nodes_and_expired_holds(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await _key(engine, 1000)
+    mine = _hold(key, 100, node="me")
+    live_elsewhere = _hold(key, 100, node="other")
+    dead_elsewhere = _hold(key, 100, node="gone", ttl=-1)
+    for hold in (mine, live_elsewhere, dead_elsewhere):
+        await _reserve(journal, hold)
+    now = datetime.now(UTC)
+    found = await journal.submit(lambda tx: ledger.orphans(tx, "me", now))
+    assert sorted(h for h, _ in found) == sorted([mine.id, dead_elsewhere.id])
+    later = await journal.submit(lambda tx: ledger.orphans(tx, None, now))
+    assert [h for h, _ in later] == [dead_elsewhere.id]
+
+
+async def test_recovery_settles_holds_whose_usage_is_known(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await _key(engine, 1000)
+    hold = _hold(key, 300, node="me")
+    await _reserve(journal, hold)
+    recorder = UsageRecorder(engine)
+    recorder.record(UsageRecord("req", key.id, key.prefix, "gemini", "m", "x", 200, 5, cost=120))
+    await recorder.flush()
+    now = datetime.now(UTC)
+    assert await journal.submit(lambda tx: ledger.orphans(tx, "me", now)) == [(hold.id, 120)]
+
+
+async def test_topups_and_adjustments_carry_reasons(engine: AsyncEngine, journal: Journal) -> None:
+    store = AccountStore(engine, journal.runner)
+    account = await store.create("acme", 500, "opening")
+    assert await store.topup(account.id, 250, "invoice 7") == 750
+    assert await store.topup(account.id, -50, "goodwill correction") == 700
+    with pytest.raises(AccountError):
+        await store.topup(account.id, -701, "too much")
+    with pytest.raises(AccountError):
+        await store.topup(account.id, 10, "  ")
+    with pytest.raises(AccountError):
+        await store.create("acme")
+    rows = await store.entries(account.id)
+    assert [(r["kind"], r["amount"], r["note"]) for r in rows] == [
+        ("adjustment", -50, "goodwill correction"),
+        ("topup", 250, "invoice 7"),
+        ("topup", 500, "opening"),
+    ]
+    assert await _balance(engine, account.id) == 700
+    found = await store.get("acme")
+    assert found is not None and found.id == account.id and found.balance == 700
+
+
+async def test_a_failing_operation_does_not_sink_its_batch(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await _key(engine, 1000)
+
+    async def broken(tx: ledger.Tx) -> None:
+        await tx.exec("INSERT INTO no_such_table VALUES (1)", {})
+
+    good = _hold(key, 10)
+    results = await asyncio.gather(
+        journal.submit(broken), _reserve(journal, good), return_exceptions=True
+    )
+    assert isinstance(results[0], Exception) and results[1] is None
+    assert await _balance(engine, key.account_id) == 990
