@@ -250,7 +250,10 @@ def test_a_client_gone_mid_stream_pays_for_what_was_produced(
     expected = prices.price(CATALOG.resolve(IMAGE_MODEL), seen)
     assert expected > 0  # the prompt tokens Google bills even for a cut stream
     # The gateway sees the client gone at its next write (the next slow chunk), then settles.
-    held = f"SELECT COUNT(*) FROM holds h JOIN api_keys k ON k.id = h.key_id WHERE k.prefix = '{key[:11]}' AND h.state = 'pending'"
+    held = (
+        "SELECT COUNT(*) FROM holds h JOIN api_keys k ON k.id = h.key_id "
+        f"WHERE k.prefix = '{key[:11]}' AND h.state = 'pending'"
+    )
     for _ in range(100):
         if query(gw, held) == [(0,)]:
             break
