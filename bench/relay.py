@@ -1,16 +1,26 @@
 """Relay overhead: the simulator called directly vs. the gateway relaying to that same simulator.
 
-Run `python bench/relay.py [--quick] [--no-stream]` (or `make bench`). The script starts its own
-processes on free loopback ports (a simulator, and `nanogate serve` with a temporary data dir and
-a config whose only upstream is that simulator), drives both with an aiohttp load generator in
-this process (uvloop when installed), prints tables, and writes everything, raw numbers included,
-to bench/results/latest.json. Ctrl-C, SIGTERM or an error stop every process it started.
+Run `python bench/relay.py [--quick] [--no-stream] [--only-metering] [--rounds N]` (or `make
+bench`). The script starts its own processes on free loopback ports (a simulator, and `nanogate
+serve` with a temporary data dir and a config whose only upstream is that simulator), drives them
+with an aiohttp load generator in this process (uvloop when installed), prints tables, and writes
+everything, raw numbers included, to bench/results/latest.json. Ctrl-C, SIGTERM or an error stop
+every process it started.
 
-What it measures, against the simulator ("direct") and through the gateway ("gateway"):
+What it measures, against the simulator ("direct"), through the gateway as configured by default,
+that is with metering on ("gateway": every call reserves credits before the upstream call and
+settles after, through the ledger in its database), and for scenario A also through a second
+gateway with `NANOGATE_METERING=false` on the same simulator ("unmetered"):
 
 A. small text `generateContent`, closed loop at concurrency 1 and 32: requests/s, p50/p99
    latency, errors. Each target gets `duration` seconds in total, split into rounds that
-   alternate which side goes first, each after a 1 s warm-up.
+   alternate the order of the targets (direct, gateway, unmetered; then the reverse; ...),
+   each after a 1 s warm-up. Besides gateway/direct, it reports what metering costs:
+   metered/unmetered req/s (1.00x = free), metered minus unmetered p50 and p99 in ms, and
+   metered minus unmetered gateway CPU ms per request; and unmetered/direct, the relay alone.
+   A ledger check then counts, in each gateway's database, the ledger rows and holds the run
+   left: about two ledger rows (reserve, settle) per metered request, none unmetered, and no
+   hold still pending. `--only-metering` runs just this scenario.
 B. 16 MiB images (about 22 MB of base64 JSON per response), 8 in flight, a fixed number of
    requests, on a fresh simulator (`--image-bytes`) and a fresh gateway: wall time, per-request
    p50/p99, MB/s, and the RSS of the server under test (the simulator for direct, the gateway
@@ -20,11 +30,12 @@ C. `streamGenerateContent?alt=sse` of small text at concurrency 32, like A: requ
    first byte and total time, p50/p99.
 
 How to read it: the gateway/direct ratios are the point. For throughput (req/s, MB/s) 1.00x
-means the relay costs nothing; for latency and RSS a ratio above 1 is what the relay adds. The
-"cpu ms/req" columns show where CPU time went per answered request: the gateway process, the
-simulator process and this load generator. All three share the machine's cores (2 on the
-reference box), so a gateway run has one more busy process than a direct run, and the gateway
-serves from a single event loop: when its cpu ms/req times req/s nears 1000 ms/s it is
+means the relay costs nothing; for latency and RSS a ratio above 1 is what the relay adds. B and
+C run through the default (metered) gateway only. The "cpu ms/req" columns show where CPU time
+went per answered request: the gateway process under test (metered or unmetered), the simulator
+process and this load generator. All three share the machine's cores (2 on the reference box),
+so a gateway run has one more busy process than a direct run (the other gateway idles), and the
+gateway serves from a single event loop: when its cpu ms/req times req/s nears 1000 ms/s it is
 saturating one core, and that, not the simulator, is the ceiling. Absolute numbers are only
 comparable within one run; the JSON also has cpu_cores (CPU seconds per wall second).
 """
@@ -39,6 +50,7 @@ import platform
 import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -87,7 +99,7 @@ class Knobs:
         return self.duration_s / self.rounds
 
 
-def knobs_for(quick: bool) -> Knobs:
+def knobs_for(quick: bool, rounds: int | None = None) -> Knobs:
     return Knobs(
         duration_s=3.0 if quick else 10.0,
         warmup_s=1.0,
@@ -96,7 +108,7 @@ def knobs_for(quick: bool) -> Knobs:
         image_concurrency=8,
         image_requests=8 if quick else 24,
         image_bytes=IMAGE_BYTES,
-        rounds=1 if quick else 2,
+        rounds=rounds or (1 if quick else 2),
     )
 
 
@@ -152,7 +164,18 @@ def gateway_config(sim_url: str) -> dict[str, Any]:
     return {"upstreams": [upstream]}
 
 
-def gateway_env(tmp: Path, port: int, config: Path) -> dict[str, str]:
+# Credits on the bench's client key. Each metered text call reserves its worst case (the model's
+# whole output budget, ~0.2 M credits on gemini-2.5-flash) and settles at its real cost, so a run
+# needs this far above requests in flight x reservation; 10**15 is about 5e9 calls at worst case.
+STARTER_CREDITS = 10**15
+
+
+def gateway_db(data_root: Path) -> Path:
+    """The SQLite file of a gateway started with `start_gateway(stack, data_root, ...)`."""
+    return data_root / "data" / "nanogate.db"
+
+
+def gateway_env(tmp: Path, port: int, config: Path, *, metering: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NANOGATE_")}
     env.update(
         NANOGATE_DATA_DIR=str(tmp / "data"),
@@ -160,13 +183,16 @@ def gateway_env(tmp: Path, port: int, config: Path) -> dict[str, str]:
         NANOGATE_CONFIG=str(config),
         NANOGATE_LOG_LEVEL="warning",
         NANOGATE_KEY_CACHE_SECONDS="60",
-        # Far more than any run spends, should billing ever refuse an empty key.
-        NANOGATE_STARTER_CREDITS=str(10**15),
+        # Spelled out either way, so "gateway" stays the metered one should the default change.
+        NANOGATE_METERING="true" if metering else "false",
+        NANOGATE_STARTER_CREDITS=str(STARTER_CREDITS),
     )
     return env
 
 
-def start_gateway(stack: ExitStack, tmp: Path, sim: Server) -> Server:
+def start_gateway(
+    stack: ExitStack, tmp: Path, sim: Server, *, metering: bool = True, name: str = "gateway"
+) -> Server:
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "nanogate.yaml"
     config.write_text(yaml.safe_dump(gateway_config(sim.url)))
@@ -177,7 +203,7 @@ def start_gateway(stack: ExitStack, tmp: Path, sim: Server) -> Server:
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
         text=True,
-        env=gateway_env(tmp, port, config),
+        env=gateway_env(tmp, port, config, metering=metering),
     )
     stack.callback(stop, proc)
     lines = pump_stdout(proc)
@@ -185,7 +211,7 @@ def start_gateway(stack: ExitStack, tmp: Path, sim: Server) -> Server:
     key = found[-1].split("=", 1)[1].strip()
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, proc, log)
-    return Server("gateway", url, key, proc, log)
+    return Server(name, url, key, proc, log)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[str], log: Path, timeout: float = 60) -> None:
@@ -286,7 +312,7 @@ class CpuMeter:
 class Target:
     """Where a scenario sends its requests, and which processes serve them."""
 
-    label: str  # "direct" or "gateway"
+    label: str  # "direct", "gateway" (metering on) or "unmetered" (a gateway, metering off)
     url: str
     key: str
     server_pid: int  # the process under test
@@ -472,17 +498,17 @@ async def closed_loop_round(
 def compare_closed_loop(
     runner: asyncio.Runner,
     name: str,
-    pair: tuple[Target, Target],
+    targets: tuple[Target, ...],
     concurrency: int,
     knobs: Knobs,
     *,
     stream: bool,
 ) -> list[dict[str, Any]]:
-    """Both targets in alternating rounds (direct first, then gateway first, ...), so a slow
-    patch of the shared machine hits both sides instead of one."""
-    totals = {target.label: Measurement() for target in pair}
+    """Every target in alternating rounds (in the given order, then reversed, ...), so a slow
+    patch of the shared machine hits every side instead of one."""
+    totals = {target.label: Measurement() for target in targets}
     for index in range(knobs.rounds):
-        order = pair if index % 2 == 0 else pair[::-1]
+        order = targets if index % 2 == 0 else targets[::-1]
         for target in order:
             print(f"  {name}: {target.label}, round {index + 1}/{knobs.rounds}", flush=True)
             req = request_to(target, TEXT_MODEL, stream=stream, check=text_ok)
@@ -535,29 +561,65 @@ def compare_images(
 # --- the run ------------------------------------------------------------------------------
 
 
+def relay_target(sim: Server, gateway: Server) -> Target:
+    """A gateway as a target; its label is the server's name ("gateway" or "unmetered")."""
+    pids = {"gw": gateway.pid, "sim": sim.pid}
+    return Target(gateway.name, gateway.url, gateway.key, gateway.pid, pids)
+
+
 def targets_for(sim: Server, gateway: Server) -> tuple[Target, Target]:
     direct = Target("direct", sim.url, sim.key, sim.pid, {"sim": sim.pid})
-    relay = Target(
-        "gateway", gateway.url, gateway.key, gateway.pid, {"gw": gateway.pid, "sim": sim.pid}
-    )
-    return direct, relay
+    return direct, relay_target(sim, gateway)
+
+
+def ledger_check(db: Path) -> dict[str, Any]:
+    """What metering left in a gateway's database: ledger rows by kind, holds by state, and the
+    client account's balance (read-only, beside the running gateway: SQLite WAL allows it)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        kinds = dict(conn.execute("SELECT kind, count(*) FROM ledger GROUP BY kind").fetchall())
+        states = dict(conn.execute("SELECT state, count(*) FROM holds GROUP BY state").fetchall())
+        found = conn.execute("SELECT balance FROM accounts WHERE name = 'default'").fetchone()
+        per_call = conn.execute("SELECT avg(cost) FROM holds WHERE state = 'settled'").fetchone()
+    finally:
+        conn.close()
+    balance = found[0] if found else None
+    return {
+        "ledger_rows": kinds,
+        "holds": states,
+        "client_balance": balance,
+        "client_spent": STARTER_CREDITS - balance if balance is not None else None,
+        "settled_per_call": per_call[0],
+    }
 
 
 def run_small_stack(
-    runner: asyncio.Runner, tmp: Path, knobs: Knobs, stream: bool
-) -> list[dict[str, Any]]:
-    """Scenarios A and C: one simulator with its small default reply, one gateway on it."""
+    runner: asyncio.Runner, tmp: Path, knobs: Knobs, *, stream: bool, unmetered: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Scenarios A and C: one simulator with its small default reply, and one gateway on it
+    (metering on); with `unmetered`, a second gateway with metering off as a third target of A.
+    Returns the rows and, per gateway, what its ledger holds afterwards."""
     rows: list[dict[str, Any]] = []
     with ExitStack() as stack:
         sim = start_simulator(stack, tmp, None)
-        gateway = start_gateway(stack, tmp / "small", sim)
-        pair = targets_for(sim, gateway)
+        gateways = [(start_gateway(stack, tmp / "small", sim), tmp / "small")]
+        if unmetered:
+            root = tmp / "small-unmetered"
+            gateways.append(
+                (start_gateway(stack, root, sim, metering=False, name="unmetered"), root)
+            )
+        pair = targets_for(sim, gateways[0][0])
+        text_targets = (*pair, *(relay_target(sim, gw) for gw, _ in gateways[1:]))
         for c in knobs.text_concurrency:
-            rows += compare_closed_loop(runner, f"A text c={c}", pair, c, knobs, stream=False)
+            name = f"A text c={c}"
+            rows += compare_closed_loop(runner, name, text_targets, c, knobs, stream=False)
         if stream:
             c = knobs.stream_concurrency
             rows += compare_closed_loop(runner, f"C stream c={c}", pair, c, knobs, stream=True)
-    return rows
+        # Settles are committed before each answer; give the usage recorder its flush anyway.
+        time.sleep(0.2)
+        ledgers = {gw.name: ledger_check(gateway_db(root)) for gw, root in gateways}
+    return rows, ledgers
 
 
 def run_image_stack(runner: asyncio.Runner, tmp: Path, knobs: Knobs) -> list[dict[str, Any]]:
@@ -675,24 +737,87 @@ RATIO_KEYS = {
 }
 
 
-def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """gateway/direct for each scenario and metric."""
-    by_scenario: dict[str, dict[str, dict[str, Any]]] = {}
+def by_scenario(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """scenario -> target label -> row."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
-        by_scenario.setdefault(row["scenario"], {})[row["target"]] = row
+        out.setdefault(row["scenario"], {})[row["target"]] = row
+    return out
+
+
+def ratios(
+    rows: list[dict[str, Any]], label: str = "gateway"
+) -> dict[str, dict[str, float | None]]:
+    """`label`/direct for each scenario and metric."""
     out: dict[str, dict[str, float | None]] = {}
-    for scenario, pair in by_scenario.items():
-        direct, gateway = pair.get("direct"), pair.get("gateway")
-        if direct is None or gateway is None:
+    for scenario, targets in by_scenario(rows).items():
+        direct, relay = targets.get("direct"), targets.get(label)
+        if direct is None or relay is None:
             continue
         out[scenario] = {
-            key: gateway[key] / direct[key] if direct.get(key) else None
+            key: relay[key] / direct[key] if direct.get(key) else None
             for key in RATIO_KEYS.get(scenario[0], [])
         }
     return out
 
 
-def report(env: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _minus(a: Any, b: Any) -> float | None:
+    return a - b if isinstance(a, float | int) and isinstance(b, float | int) else None
+
+
+def metering_cost(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """What metering adds, per scenario run on both gateways: metered/unmetered req/s, and
+    metered minus unmetered p50, p99 (ms) and gateway CPU (ms per request)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for scenario, targets in by_scenario(rows).items():
+        metered, unmetered = targets.get("gateway"), targets.get("unmetered")
+        if metered is None or unmetered is None:
+            continue
+        gw_cpu = (metered["cpu_ms_per_req"].get("gw"), unmetered["cpu_ms_per_req"].get("gw"))
+        out[scenario] = {
+            "rps_ratio": metered["rps"] / unmetered["rps"] if unmetered["rps"] else None,
+            "p50_delta_ms": _minus(metered["p50_ms"], unmetered["p50_ms"]),
+            "p99_delta_ms": _minus(metered["p99_ms"], unmetered["p99_ms"]),
+            "gw_cpu_delta_ms_per_req": _minus(*gw_cpu),
+        }
+    return out
+
+
+def _signed(value: float | None, digits: int) -> str:
+    return "-" if value is None or value != value else f"{value:+.{digits}f}"
+
+
+def print_metering(
+    cost: dict[str, dict[str, float | None]], alone: dict[str, dict[str, float | None]]
+) -> None:
+    print(
+        "\nmetered vs unmetered gateway (req/s: metered/unmetered, 1.00x = metering is free; "
+        "p50, p99, gw cpu: metered minus unmetered) and unmetered/direct (the relay alone)"
+    )
+    for scenario, values in cost.items():
+        relay = alone.get(scenario, {})
+        print(
+            f"  {scenario:<16} req/s={_fmt(values['rps_ratio'], 2)}x  "
+            f"p50 {_signed(values['p50_delta_ms'], 3)} ms  "
+            f"p99 {_signed(values['p99_delta_ms'], 3)} ms  "
+            f"gw cpu {_signed(values['gw_cpu_delta_ms_per_req'], 3)} ms/req   |  unmetered/direct "
+            + "  ".join(f"{k}={_fmt(v, 2)}x" for k, v in relay.items())
+        )
+
+
+def print_ledgers(ledgers: dict[str, dict[str, Any]]) -> None:
+    print("\nledger check (whole run, warm-ups included; metered: ~2 rows a call, no pending hold)")
+    for name, check in ledgers.items():
+        print(
+            f"  {name:<10} ledger rows {check['ledger_rows']}  holds {check['holds']}  "
+            f"client spent {check['client_spent']} credits, "
+            f"{_fmt(check['settled_per_call'], 1)} a settled call"
+        )
+
+
+def report(
+    env: dict[str, Any], rows: list[dict[str, Any]], ledgers: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     print(
         f"\nenvironment: {env['cpu_count']} CPUs, Python {env['python']}, aiohttp "
         f"{env['aiohttp']}, client loop {env['client_loop']}; {env['note']}."
@@ -700,7 +825,12 @@ def report(env: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     print(f"knobs: {env['knobs']}")
     print(f"gateway: {env['gateway_env']}")
     families = [
-        ("A", "A. small text generateContent, closed loop", TEXT_COLUMNS),
+        (
+            "A",
+            "A. small text generateContent, closed loop; gateway = metering on, "
+            "unmetered = NANOGATE_METERING=false",
+            TEXT_COLUMNS,
+        ),
         ("C", "C. streamGenerateContent?alt=sse, small text, closed loop", STREAM_COLUMNS),
         (
             "B",
@@ -720,10 +850,21 @@ def report(env: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     for scenario, values in table.items():
         shown = "  ".join(f"{k}={_fmt(v, 2)}x" for k, v in values.items())
         print(f"  {scenario:<16} {shown}")
+    cost = metering_cost(rows)
+    alone = ratios(rows, "unmetered")
+    if cost:
+        print_metering(cost, alone)
+    if ledgers:
+        print_ledgers(ledgers)
     for row in rows:
         if row["errors"]:
             print(f"  ! {row['scenario']} {row['target']}: errors {row['error_kinds']}")
-    return {"environment": env, "results": rows, "ratios": table}
+    return {
+        "environment": env,
+        "results": rows,
+        "ratios": table,
+        "metering": {"metered_vs_unmetered": cost, "unmetered_ratios": alone, "ledger": ledgers},
+    }
 
 
 def _finite(value: Any) -> Any:
@@ -776,24 +917,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="3 s per case, 8 image requests")
     parser.add_argument("--no-stream", action="store_true", help="skip scenario C")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--only-metering",
+        action="store_true",
+        help="only scenario A, on direct, metered and unmetered gateways (skips B and C)",
+    )
+    parser.add_argument(
+        "--no-unmetered", action="store_true", help="no unmetered gateway in scenario A"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="alternating rounds the duration is split into (default 1 quick, 2 full)",
+    )
+    args = parser.parse_args(argv)
+    if args.only_metering and args.no_unmetered:
+        parser.error("--only-metering needs the unmetered gateway")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    knobs = knobs_for(args.quick)
+    knobs = knobs_for(args.quick, args.rounds)
     factory, loop_name = loop_factory()
     env = environment(knobs, loop_name, args.quick)
-    print(f"nanogate relay benchmark ({'quick' if args.quick else 'full'}); {env['note']}")
+    env["only_metering"] = args.only_metering
+    env["gateway_env"]["NANOGATE_METERING"] = {"gateway": "true"}
+    if not args.no_unmetered:
+        env["gateway_env"]["NANOGATE_METERING"]["unmetered"] = "false"
+    mode = "quick" if args.quick else "full"
+    print(f"nanogate relay benchmark ({mode}); {env['note']}")
     with (
         interrupt_on_signals(),
         tempfile.TemporaryDirectory(prefix="nanogate-bench-") as tmp_name,
         asyncio.Runner(loop_factory=factory) as runner,
     ):
         tmp = Path(tmp_name)
-        rows = run_small_stack(runner, tmp, knobs, stream=not args.no_stream)
-        rows += run_image_stack(runner, tmp, knobs)
-    doc = report(env, rows)
+        stream = not (args.no_stream or args.only_metering)
+        unmetered = not args.no_unmetered
+        rows, ledgers = run_small_stack(runner, tmp, knobs, stream=stream, unmetered=unmetered)
+        if not args.only_metering:
+            rows += run_image_stack(runner, tmp, knobs)
+    doc = report(env, rows, ledgers)
     write_json(doc)
     return 0
 

@@ -1,33 +1,72 @@
-"""The `nanogate` command: serve, migrate, keys, usage."""
+"""The `nanogate` command: serve, migrate, accounts, keys, usage."""
 
 from __future__ import annotations
 
 import asyncio
+import csv
+import json
+import re
+import sqlite3
 import sys
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.core import TyperCommand
 
+from .billing.accounts import Account, AccountError, AccountStore
+from .billing.runners import open_runner
 from .catalog import load_catalog
 from .config import Settings, load_settings
 from .db.engine import make_engine, run_migrations
 from .errors import NotFound
-from .keys import KeyStore, bootstrap
+from .keys import KeyRecord, KeyStore, bootstrap
 from .logs import setup_logging
-from .usage import UsageRecorder
+from .usage import RECORD_COLUMNS, SUMMARY_TOTALS, UsageRecorder, summarize
 
 app = typer.Typer(help="nanogate: a gateway for Gemini image models.", no_args_is_help=True)
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list, revoke and top up API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+accounts_app = typer.Typer(
+    help="Accounts hold the credits their keys spend: create, list, show, top up.",
+    no_args_is_help=True,
+)
+app.add_typer(accounts_app, name="accounts")
 # Piped output (scripts, tests) gets wide tables instead of elided columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
+# Errors and notes go to stderr, so stdout stays clean for keys, CSV and JSON.
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+class ShowFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+class GroupBy(StrEnum):
+    account = "account"
+    key = "key"
+    model = "model"
+    day = "day"
+
+
+DEFAULT_TOPUP_REASON = "top-up from the command line"
+DEFAULT_ADJUSTMENT_REASON = "adjustment from the command line"
 
 ConfigOption = Annotated[
     Path | None,
@@ -43,6 +82,18 @@ def _settings(config: Path | None) -> Settings:
         raise typer.BadParameter(str(exc)) from None
 
 
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr and a non-zero exit: no traceback for a mistake or a refusal."""
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _db_error(exc: BaseException) -> NoReturn:
+    # The engines hide bound parameters, so the first line names the problem, never row values.
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    _fail(f"database: {lines[0] if lines else type(exc).__name__}")
+
+
 def _with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     async def run() -> T:
         engine = make_engine(settings.resolved_database_url)
@@ -51,7 +102,157 @@ def _with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]
         finally:
             await engine.dispose()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except (DBAPIError, sqlite3.Error, OSError) as exc:
+        _db_error(exc)
+
+
+def _with_accounts(
+    settings: Settings, work: Callable[[AccountStore, AsyncEngine], Awaitable[T]]
+) -> T:
+    """Run `work` with an account store (and the ledger runner it moves money through).
+    A refusal from the store (an unknown name, a balance that would go negative) exits 1."""
+
+    async def run(engine: AsyncEngine) -> T:
+        runner = open_runner(settings.resolved_database_url, engine)
+        try:
+            return await work(AccountStore(engine, runner), engine)
+        except AccountError as exc:
+            _fail(str(exc))
+        finally:
+            await runner.close()
+
+    return _with_engine(settings, run)
+
+
+def _migrate(settings: Settings) -> None:
+    try:
+        run_migrations(settings.resolved_database_url)
+    except (DBAPIError, sqlite3.Error, OSError) as exc:
+        _db_error(exc)
+
+
+async def _find_account(store: AccountStore, ref: str, code: int = 1) -> Account:
+    account = await store.get(ref)
+    if account is None:
+        _fail(
+            f"no account {ref!r} (give an id or a name; `nanogate accounts list` shows them)", code
+        )
+    return account
+
+
+def _cell(value: object) -> Text:
+    """A table cell shown as it is: names and notes are not rich markup."""
+    return Text("" if value is None else str(value))
+
+
+def _when(value: datetime | None) -> str:
+    return str(value)[:19] if value is not None else ""
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON and CSV carry it."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: OutputFormat) -> None:
+    """Rows as CSV (a header, then one line a row) or a JSON array, on stdout."""
+    if fmt is OutputFormat.json:
+        data = [{column: _plain(row.get(column)) for column in columns} for row in rows]
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else _plain(row[c]) for c in columns])
+
+
+_NEGATIVE = re.compile(r"-\d+")
+
+
+class _SignedAmountCommand(TyperCommand):
+    """Lets an AMOUNT argument be negative: `topup acme -500`, `topup acme -- -500 --reason x`.
+
+    Click reads `-500` as an option. The command runs with `ignore_unknown_options`, so `-500`
+    reaches the arguments; a `--` just before a negative number is dropped so the options after
+    it still count; and a misspelt option is still refused (ignore_unknown_options alone would
+    pass it on as an argument)."""
+
+    # `ctx` is click's Context (typer's vendored copy in recent typer versions).
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        args = list(args)
+        if "--" in args:
+            at = args.index("--")
+            if at + 1 < len(args) and _NEGATIVE.fullmatch(args[at + 1]):
+                del args[at]
+        known: set[str] = set(self.get_help_option_names(ctx))
+        takes_value: set[str] = set()
+        for param in self.get_params(ctx):
+            if param.param_type_name == "option":
+                known.update(param.opts + param.secondary_opts)
+                if not getattr(param, "is_flag", False):
+                    takes_value.update(param.opts)
+        previous = ""
+        for arg in args:
+            if arg == "--":
+                break
+            name = arg.split("=", 1)[0]
+            if (
+                arg.startswith("-")
+                and not _NEGATIVE.fullmatch(arg)
+                and name not in known
+                and previous not in takes_value
+            ):
+                ctx.fail(f"No such option: {name}")
+            previous = arg
+        return super().parse_args(ctx, args)
+
+
+def _amount(argument: int | None, option: int | None) -> int:
+    if argument is not None and option is not None and argument != option:
+        _fail("give the amount once: as AMOUNT or as --amount", 2)
+    amount = argument if argument is not None else option
+    if amount is None:
+        _fail("missing the amount: give AMOUNT (negative for an adjustment) or --amount", 2)
+    if amount == 0:
+        _fail("the amount must not be zero", 2)
+    return amount
+
+
+def _reason(reason: str | None, amount: int) -> str:
+    if reason is not None and not reason.strip():
+        _fail("--reason must not be empty", 2)
+    if reason is None:
+        return DEFAULT_TOPUP_REASON if amount > 0 else DEFAULT_ADJUSTMENT_REASON
+    return reason
+
+
+AmountArgument = Annotated[
+    int | None,
+    typer.Argument(
+        help="Credits: positive to top up, negative to take away (an adjustment).",
+        show_default=False,
+    ),
+]
+AmountOption = Annotated[
+    int | None,
+    typer.Option(
+        "--amount", help="The amount as an option (e.g. --amount -500).", show_default=False
+    ),
+]
+ReasonOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Why, for the ledger (default: '{DEFAULT_TOPUP_REASON}', or "
+        f"'{DEFAULT_ADJUSTMENT_REASON}' for a negative amount).",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -108,14 +309,26 @@ def _show_first_keys(client_key: str, admin_key: str, settings: Settings) -> Non
 def migrate(config: ConfigOption = None) -> None:
     """Bring the database schema up to date (Alembic upgrade head)."""
     settings = _settings(config)
-    run_migrations(settings.resolved_database_url)
+    _migrate(settings)
     console.print("database is up to date")
 
 
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "client",
-    credits: Annotated[int, typer.Option(min=0, help="Starting credits.")] = 0,
+    account: Annotated[
+        str | None,
+        typer.Option(
+            help="The account (id or name) the key draws on (default: a new account of its own)."
+        ),
+    ] = None,
+    credits: Annotated[int, typer.Option(min=0, help="Credits to add to the key's account.")] = 0,
+    daily_cap: Annotated[
+        int | None, typer.Option(min=1, help="At most this many credits per UTC day.")
+    ] = None,
+    monthly_cap: Annotated[
+        int | None, typer.Option(min=1, help="At most this many credits per UTC month.")
+    ] = None,
     expires_in_days: Annotated[int | None, typer.Option(min=1, help="Expire after N days.")] = None,
     models: Annotated[
         str | None, typer.Option(help="Comma-separated models the key may call (default: all).")
@@ -127,7 +340,7 @@ def keys_create(
 ) -> None:
     """Create a key. It is printed once; only its hash is stored."""
     settings = _settings(config)
-    run_migrations(settings.resolved_database_url)
+    _migrate(settings)
     expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
     allowed = None
     if models:
@@ -137,20 +350,31 @@ def keys_create(
         except NotFound as exc:
             raise typer.BadParameter(exc.message, param_hint="--models") from None
 
-    async def work(engine: AsyncEngine) -> str:
-        plain, _ = await KeyStore(engine, 0).create(
+    async def work(store: AccountStore, engine: AsyncEngine) -> tuple[str, KeyRecord]:
+        account_id = None
+        if account is not None:
+            account_id = (await _find_account(store, account, code=2)).id
+        return await KeyStore(engine, 0).create(
             name,
             is_admin=admin,
+            account_id=account_id,
             credits=credits,
             expires_at=expires_at,
             allowed_models=allowed,
             rpm_limit=rpm,
             concurrency_limit=concurrency,
+            daily_cap=daily_cap,
+            monthly_cap=monthly_cap,
         )
-        return plain
 
-    plain = _with_engine(settings, work)
+    plain, record = _with_accounts(settings, work)
     print(plain)
+    err_console.print(
+        _cell(
+            f"{record.prefix} on account {record.account_name} (id {record.account_id}), "
+            f"balance {record.balance}"
+        )
+    )
 
 
 @keys_app.command("list")
@@ -159,14 +383,29 @@ def keys_list(config: ConfigOption = None) -> None:
     settings = _settings(config)
     records = _with_engine(settings, lambda engine: KeyStore(engine, 0).list())
     now = datetime.now(UTC)
-    table = Table("prefix", "name", "admin", "status", "balance", "models", "rpm", "concurrency")
+    table = Table(
+        "prefix",
+        "name",
+        "admin",
+        "status",
+        "account",
+        "balance",
+        "daily cap",
+        "monthly cap",
+        "models",
+        "rpm",
+        "concurrency",
+    )
     for rec in records:
         table.add_row(
             rec.prefix,
-            rec.name,
+            _cell(rec.name),
             "yes" if rec.is_admin else "",
             rec.status(now),
+            _cell(rec.account_name),
             str(rec.balance),
+            _cell(rec.daily_cap),
+            _cell(rec.monthly_cap),
             ",".join(rec.allowed_models) if rec.allowed_models else "all",
             str(rec.rpm_limit or ""),
             str(rec.concurrency_limit or ""),
@@ -188,32 +427,272 @@ def keys_revoke(
     console.print(f"revoked {prefix}")
 
 
-@app.command()
-def usage(
-    limit: Annotated[int, typer.Option(min=1, max=10000)] = 20,
-    key: Annotated[str | None, typer.Option(help="Only this key prefix.")] = None,
+@keys_app.command(
+    "topup",
+    cls=_SignedAmountCommand,
+    context_settings={"ignore_unknown_options": True},
+)
+def keys_topup(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix, e.g. ng_3f9a2c7b.")],
+    amount: AmountArgument = None,
+    amount_option: AmountOption = None,
+    reason: ReasonOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Show the most recent usage records."""
+    """Top up (or, with a negative amount, adjust) the account a key draws on."""
+    value = _amount(amount, amount_option)
+    note = _reason(reason, value)
+    settings = _settings(config)
+    _migrate(settings)
+
+    async def work(store: AccountStore, engine: AsyncEngine) -> tuple[KeyRecord, int]:
+        record = await KeyStore(engine, 0).get(prefix.strip())
+        if record is None:
+            _fail(f"no key with prefix {prefix!r} (`nanogate keys list` shows them)")
+        return record, await store.topup(record.account_id, value, note, key_id=record.id)
+
+    record, balance = _with_accounts(settings, work)
+    console.print(
+        _cell(
+            f"{record.prefix}: account {record.account_name} (id {record.account_id}) "
+            f"balance {balance} ({value:+d})"
+        )
+    )
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: Annotated[str, typer.Argument(help="A unique name, e.g. acme.")],
+    credits: Annotated[int, typer.Option(min=0, help="Starting credits.")] = 0,
+    reason: Annotated[
+        str | None,
+        typer.Option(help="Why, for the ledger (default: 'starting credits').", show_default=False),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create an account; keys made with `keys create --account NAME` draw on it."""
+    if name.strip().isdigit():
+        _fail("an account name cannot be all digits (a number means an account id)", 2)
+    settings = _settings(config)
+    _migrate(settings)
+
+    async def work(store: AccountStore, _: AsyncEngine) -> Account:
+        return await store.create(name, credits, reason or "")
+
+    account = _with_accounts(settings, work)
+    console.print(_cell(f"created account {account.id} {account.name}: balance {account.balance}"))
+
+
+@accounts_app.command("list")
+def accounts_list(
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = (
+        OutputFormat.table
+    ),
+    config: ConfigOption = None,
+) -> None:
+    """List accounts: balance, credits held by calls in flight, and how many keys."""
     settings = _settings(config)
 
-    async def work(engine: AsyncEngine) -> list[dict[str, object]]:
-        return await UsageRecorder(engine).recent(limit=limit, key_prefix=key)
+    async def work(store: AccountStore, _: AsyncEngine) -> list[Account]:
+        return await store.list()
+
+    found = _with_accounts(settings, work)
+    if fmt is not OutputFormat.table:
+        columns = ("id", "name", "balance", "held", "keys", "created_at")
+        _emit([a.as_dict() for a in found], columns, fmt)
+        return
+    table = Table("id", "name", "balance", "held", "keys", "created")
+    for account in found:
+        table.add_row(
+            str(account.id),
+            _cell(account.name),
+            str(account.balance),
+            str(account.held),
+            str(account.keys),
+            _when(account.created_at),
+        )
+    console.print(table)
+
+
+_KEY_COLUMNS = ("prefix", "name", "status", "daily_cap", "monthly_cap")
+_LEDGER_COLUMNS = ("created_at", "kind", "amount", "balance_after", "request_id", "note")
+
+
+@accounts_app.command("show")
+def accounts_show(
+    account: Annotated[str, typer.Argument(help="The account's id or name.")],
+    fmt: Annotated[ShowFormat, typer.Option("--format", help="Output format.")] = (
+        ShowFormat.table
+    ),
+    config: ConfigOption = None,
+) -> None:
+    """An account: its balance, its keys and its last 20 ledger rows (newest first)."""
+    settings = _settings(config)
+
+    async def work(
+        store: AccountStore, engine: AsyncEngine
+    ) -> tuple[Account, list[KeyRecord], list[dict[str, Any]]]:
+        found = await _find_account(store, account)
+        keys = [k for k in await KeyStore(engine, 0).list() if k.account_id == found.id]
+        return found, keys, await store.entries(found.id, limit=20)
+
+    found, keys, entries = _with_accounts(settings, work)
+    now = datetime.now(UTC)
+    key_rows = [
+        {
+            "prefix": k.prefix,
+            "name": k.name,
+            "status": k.status(now),
+            "daily_cap": k.daily_cap,
+            "monthly_cap": k.monthly_cap,
+        }
+        for k in keys
+    ]
+    if fmt is ShowFormat.json:
+        shown = {
+            "account": {k: _plain(v) for k, v in found.as_dict().items()},
+            "keys": key_rows,
+            "ledger": [{c: _plain(row[c]) for c in _LEDGER_COLUMNS} for row in entries],
+        }
+        sys.stdout.write(json.dumps(shown, indent=2) + "\n")
+        return
+    console.print(
+        _cell(
+            f"account {found.id} {found.name}: balance {found.balance}, held {found.held}, "
+            f"{found.keys} keys, created {_when(found.created_at)}"
+        )
+    )
+    key_table = Table("prefix", "name", "status", "daily cap", "monthly cap", title="keys")
+    for key_row in key_rows:
+        key_table.add_row(*(_cell(key_row[c]) for c in _KEY_COLUMNS))
+    console.print(key_table)
+    ledger_table = Table(
+        "time", "kind", "amount", "balance after", "request", "note", title="ledger (last 20)"
+    )
+    for row in entries:
+        ledger_table.add_row(
+            _when(row["created_at"]),
+            row["kind"],
+            f"{row['amount']:+d}",
+            str(row["balance_after"]),
+            _cell(row["request_id"]),
+            _cell(row["note"]),
+        )
+    console.print(ledger_table)
+
+
+@accounts_app.command(
+    "topup",
+    cls=_SignedAmountCommand,
+    context_settings={"ignore_unknown_options": True},
+)
+def accounts_topup(
+    account: Annotated[str, typer.Argument(help="The account's id or name.")],
+    amount: AmountArgument = None,
+    amount_option: AmountOption = None,
+    reason: ReasonOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Top up an account (a positive amount) or adjust it (negative, never below zero).
+
+    For a negative AMOUNT write `topup acme -500`, `topup acme -- -500` or `--amount -500`."""
+    value = _amount(amount, amount_option)
+    note = _reason(reason, value)
+    settings = _settings(config)
+    _migrate(settings)
+
+    async def work(store: AccountStore, _: AsyncEngine) -> tuple[Account, int]:
+        found = await _find_account(store, account)
+        return found, await store.topup(found.id, value, note)
+
+    found, balance = _with_accounts(settings, work)
+    console.print(_cell(f"account {found.id} {found.name}: balance {balance} ({value:+d})"))
+
+
+@app.command()
+def usage(
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="Recent records to show.")] = 20,
+    key: Annotated[str | None, typer.Option(help="Only this key prefix.")] = None,
+    by: Annotated[
+        GroupBy | None,
+        typer.Option(help="Totals per account, key, model or UTC day instead of records."),
+    ] = None,
+    days: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Only the last N UTC days, today included (default with --by: 30).",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = (
+        OutputFormat.table
+    ),
+    config: ConfigOption = None,
+) -> None:
+    """Show the most recent usage records, or with --by, totals per group: requests, errors
+    (status >= 400), images, tokens and credits."""
+    settings = _settings(config)
+    since = None
+    if days is not None or by is not None:
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = today - timedelta(days=(days or 30) - 1)
+    if by is not None:
+        assert since is not None
+        _usage_summary(settings, by, since, key, fmt)
+        return
+
+    async def work(engine: AsyncEngine) -> list[dict[str, Any]]:
+        return await UsageRecorder(engine).recent(limit=limit, key_prefix=key, since=since)
 
     rows = _with_engine(settings, work)
-    table = Table("time", "key", "dialect", "model", "upstream", "status", "ms", "tokens", "images")
+    if fmt is not OutputFormat.table:
+        _emit(rows, RECORD_COLUMNS, fmt)
+        return
+    table = Table(
+        "time",
+        "key",
+        "dialect",
+        "model",
+        "upstream",
+        "status",
+        "ms",
+        "tokens",
+        "images",
+        "cost",
+    )
     for row in rows:
         table.add_row(
             str(row["created_at"])[:19],
-            str(row["key_prefix"]),
-            str(row["dialect"]),
-            str(row["model"]),
-            str(row["upstream"] or ""),
+            _cell(row["key_prefix"]),
+            _cell(row["dialect"]),
+            _cell(row["model"]),
+            _cell(row["upstream"]),
             str(row["status"]),
             str(row["latency_ms"]),
             str(row["total_tokens"]),
             str(row["images"]),
+            str(row["cost"]),
         )
+    console.print(table)
+
+
+def _usage_summary(
+    settings: Settings, by: GroupBy, since: datetime, key: str | None, fmt: OutputFormat
+) -> None:
+    async def work(engine: AsyncEngine) -> list[dict[str, Any]]:
+        return await summarize(engine, by.value, since, key_prefix=key)
+
+    rows = _with_engine(settings, work)
+    columns = (by.value, *SUMMARY_TOTALS)
+    if fmt is not OutputFormat.table:
+        _emit(rows, columns, fmt)
+        return
+    table = Table(
+        *columns, title=f"usage by {by.value} since {since:%Y-%m-%d} (UTC)", show_footer=False
+    )
+    for row in rows:
+        table.add_row(_cell(row[by.value]), *(str(row[c]) for c in SUMMARY_TOTALS))
     console.print(table)
 
 

@@ -16,16 +16,22 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, insert, select
+from sqlalchemy import ColumnElement, String, case, func, insert, literal_column, select
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .db.tables import usage_records, utcnow
+from .db.tables import accounts, usage_records, utcnow
 from .types import Usage
 
 logger = logging.getLogger(__name__)
 
 MAX_BUFFER = 100_000
+
+# What `summarize` can group by, and the totals it gives each group.
+SUMMARY_GROUPS = ("account", "key", "model", "day")
+SUMMARY_TOTALS = ("requests", "errors", "images", "tokens", "credits")
+# Every column of a usage record, in table order (for CSV and JSON output).
+RECORD_COLUMNS = tuple(column.name for column in usage_records.columns)
 
 
 @dataclass(slots=True)
@@ -159,13 +165,17 @@ class UsageRecorder:
                     raise
         return written
 
-    async def recent(self, limit: int = 50, key_prefix: str | None = None) -> list[dict[str, Any]]:
+    async def recent(
+        self, limit: int = 50, key_prefix: str | None = None, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
         """The newest rows first, for the CLI and the console."""
         stmt = select(usage_records).order_by(
             usage_records.c.created_at.desc(), usage_records.c.id.desc()
         )
         if key_prefix is not None:
             stmt = stmt.where(usage_records.c.key_prefix == key_prefix)
+        if since is not None:
+            stmt = stmt.where(usage_records.c.created_at >= since)
         async with self._engine.connect() as conn:
             rows = await conn.execute(stmt.limit(limit))
             return [dict(row._mapping) for row in rows]
@@ -215,6 +225,65 @@ class UsageRecorder:
         if self.dropped > self._dropped_logged:
             logger.warning("usage buffer full: %d records dropped so far", self.dropped)
             self._dropped_logged = self.dropped
+
+
+async def summarize(
+    engine: AsyncEngine, by: str, since: datetime, *, key_prefix: str | None = None
+) -> list[dict[str, Any]]:
+    """Usage totals per account (its name), key (its prefix), model or UTC day ("YYYY-MM-DD")
+    since `since`, in one GROUP BY query: requests, errors (status >= 400), images, tokens (total)
+    and credits (the sum of cost). Each dict holds `by` (the group) and SUMMARY_TOTALS. Days come
+    oldest first; other groups by credits spent, most first."""
+    if by not in SUMMARY_GROUPS:
+        raise ValueError(f"cannot group usage by {by!r}; choose one of {', '.join(SUMMARY_GROUPS)}")
+    u = usage_records
+    async with engine.connect() as conn:
+        group = _group(by, conn.dialect.name)
+        totals = (
+            func.count().label("requests"),
+            func.sum(case((u.c.status >= 400, 1), else_=0)).label("errors"),
+            func.sum(u.c.images).label("images"),
+            func.sum(u.c.total_tokens).label("tokens"),
+            func.sum(u.c.cost).label("credits"),
+        )
+        stmt = select(group.label("grp"), *totals).where(u.c.created_at >= since)
+        if key_prefix is not None:
+            stmt = stmt.where(u.c.key_prefix == key_prefix)
+        if by == "account":
+            stmt = stmt.select_from(u.outerjoin(accounts, accounts.c.id == u.c.account_id))
+            stmt = stmt.group_by(u.c.account_id, group)
+        else:
+            stmt = stmt.group_by(group)
+        if by == "day":
+            stmt = stmt.order_by(group)
+        else:
+            stmt = stmt.order_by(totals[4].desc(), totals[0].desc(), group)
+        rows = (await conn.execute(stmt)).all()
+    return [
+        {by: row.grp, **{name: int(getattr(row, name) or 0) for name in SUMMARY_TOTALS}}
+        for row in rows
+    ]
+
+
+def _group(by: str, dialect: str) -> ColumnElement[Any]:
+    u = usage_records
+    if by == "account":
+        return accounts.c.name
+    if by == "key":
+        return u.c.key_prefix
+    if by == "model":
+        return u.c.model
+    # The UTC date of created_at, as text. SQLite keeps datetimes as UTC text
+    # ("YYYY-MM-DD HH:MM:SS.ffffff"); PostgreSQL keeps a timestamptz, read in UTC here whatever the
+    # session's time zone. Literal constants, not bound parameters: PostgreSQL would not see
+    # `to_char(.., $1)` in the SELECT and `to_char(.., $3)` in the GROUP BY as one expression.
+    if dialect == "sqlite":
+        return func.substr(u.c.created_at, literal_column("1"), literal_column("10"), type_=String)
+    return func.to_char(
+        func.timezone(literal_column("'UTC'"), u.c.created_at),
+        literal_column("'YYYY-MM-DD'"),
+        type_=String,
+    )
 
 
 def _describe(exc: BaseException) -> str:
