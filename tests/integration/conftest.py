@@ -211,7 +211,10 @@ def database_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         yield {}
         return
     name = f"nanogate_it_{secrets.token_hex(6)}"
-    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
+    try:
+        asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
+    except OSError as exc:
+        pytest.fail(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
     url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     try:
         yield {"NANOGATE_DATABASE_URL": url}

@@ -9,29 +9,20 @@ import io
 import json
 import os
 import re
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy import func, insert, select
 
 from nanogate.db import make_engine
 from nanogate.db.tables import accounts, api_keys, ledger, usage_records
 from nanogate.usage import RECORD_COLUMNS
 
-PG_ADMIN_URL = os.environ.get(
-    "NANOGATE_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
 PREFIX = re.compile(r"^(ng_[0-9a-f]{8})_")
 
 
@@ -105,37 +96,16 @@ class Cli:
             assert int(total) == int(balance), name
 
 
-async def _admin(statement: str) -> None:
-    admin = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def cli(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cli]:
+@pytest.fixture
+def cli(database_env: dict[str, str], tmp_path: Path) -> Cli:
+    """The command line on a fresh SQLite data dir, or on a fresh PostgreSQL database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NANOGATE_")}
     env["NANOGATE_DATA_DIR"] = str(tmp_path / "data")
-    if request.param == "sqlite":
-        cli = Cli(env, f"sqlite+aiosqlite:///{(tmp_path / 'data' / 'nanogate.db').resolve()}")
-        cli.ok("migrate")
-        yield cli
-        return
-    name = f"nanogate_test_{secrets.token_hex(6)}"
-    try:
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, DBAPIError) as exc:
-        pytest.fail(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    env["NANOGATE_DATABASE_URL"] = url
-    try:
-        cli = Cli(env, url)
-        cli.ok("migrate")
-        yield cli
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    env.update(database_env)
+    default = f"sqlite+aiosqlite:///{(tmp_path / 'data' / 'nanogate.db').resolve()}"
+    cli = Cli(env, database_env.get("NANOGATE_DATABASE_URL", default))
+    cli.ok("migrate")
+    return cli
 
 
 def _without_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
