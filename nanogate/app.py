@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -19,22 +18,21 @@ from starlette.responses import Response
 from starlette.routing import Router as StarletteRouter
 
 from . import __version__
-from .billing.accounts import AccountStore
-from .billing.meter import Meter
-from .billing.runners import Journal, open_runner
 from .catalog import load_catalog
 from .config import Settings
-from .db.engine import make_engine
 from .errors import GatewayError, Internal, InvalidArgument, NotFound
-from .gateway import Gateway
-from .http import admin_routes, gemini_routes, openai_routes, ops, task_routes
+from .http import (
+    admin_routes,
+    file_routes,
+    gemini_routes,
+    openai_routes,
+    ops,
+    result_routes,
+    task_routes,
+)
 from .http.front import Front
 from .http.middleware import RequestIdMiddleware
-from .keys import KeyStore
-from .limits import Limiter
-from .routing import Router
-from .upstreams import build_upstream
-from .usage import UsageRecorder
+from .runtime import running
 
 log = logging.getLogger("nanogate")
 
@@ -44,49 +42,24 @@ def create_app(settings: Settings) -> Front:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.resolved_database_url)
-        recorder = UsageRecorder(engine, flush_seconds=settings.usage_flush_seconds)
-        router = Router([(cfg, build_upstream(cfg)) for cfg in settings.upstreams])
-        journal = Journal(open_runner(settings.resolved_database_url, engine))
-        journal.start()
-        meter = Meter(
-            journal,
-            enabled=settings.metering,
-            node=settings.resolved_node_id,
-            hold_ttl_s=settings.reservation_ttl_seconds,
-        )
-        app.state.engine = engine
-        app.state.accounts = AccountStore(engine, journal.runner)
-        app.state.gateway = Gateway(
-            catalog,
-            KeyStore(engine, cache_seconds=settings.key_cache_seconds),
-            router,
-            recorder,
-            Limiter(),
-            meter,
-            charge_blocked_prompts=settings.charge_blocked_prompts,
-        )
-        await recorder.start()
-        # Reservations a crash left open are closed before the first request is taken.
-        await meter.recover(starting=True)
-        sweeper = asyncio.create_task(_sweep(meter), name="hold-sweeper")
-        # Everything allocated so far lives as long as the process: move it out of the
-        # collector's sight, so full collections stay short (they caused ~90 ms p99 stalls).
-        gc.collect()
-        gc.freeze()
-        log.info(
-            "gateway started",
-            extra={"upstreams": [f"{u.name}:{u.kind}" for u in settings.upstreams]},
-        )
-        try:
+        async with running(settings, catalog, workers=settings.task_workers) as runtime:
+            app.state.engine = runtime.engine
+            app.state.gateway = runtime.gateway
+            app.state.accounts = runtime.accounts
+            app.state.tasks = runtime.tasks
+            app.state.results = runtime.results
+            app.state.storage = runtime.storage
+            app.state.url_signer = runtime.signer
+            app.state.journal = runtime.journal
+            # Everything allocated so far lives as long as the process: move it out of the
+            # collector's sight, so full collections stay short (they caused ~90 ms p99 stalls).
+            gc.collect()
+            gc.freeze()
+            log.info(
+                "gateway started",
+                extra={"upstreams": [f"{u.name}:{u.kind}" for u in settings.upstreams]},
+            )
             yield
-        finally:
-            sweeper.cancel()
-            await journal.stop()
-            await journal.runner.close()
-            await recorder.stop()
-            await router.close()
-            await engine.dispose()
 
     app = FastAPI(
         title="nanogate",
@@ -99,6 +72,8 @@ def create_app(settings: Settings) -> Front:
     app.include_router(ops.router)
     app.include_router(admin_routes.router)
     app.include_router(task_routes.router)
+    app.include_router(file_routes.router)
+    app.include_router(result_routes.router)
     _document(app, gemini_routes.OPENAPI_PATHS)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(GatewayError, _gateway_error)
@@ -114,16 +89,6 @@ def create_app(settings: Settings) -> Front:
         handler=_unexpected_error,
     )
     return Front(relay, app)
-
-
-async def _sweep(meter: Meter, every_s: float = 60.0) -> None:
-    """Close expired reservations (those of a node that died and never came back)."""
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            await meter.recover(starting=False)
-        except Exception as exc:
-            log.warning("reservation sweep failed (%s)", type(exc).__name__)
 
 
 def _document(app: FastAPI, paths: dict[str, Any]) -> None:
@@ -143,6 +108,8 @@ def _render(request: Request, error: GatewayError) -> Response:
     path = request.url.path
     if path.startswith("/api/v1/"):
         return task_routes.error_response(request, error)
+    if path.startswith(result_routes.PREFIX):
+        return gemini_routes.error_response(error)
     openai_family = path.startswith("/v1/") and not path.startswith(("/v1/v1beta/", "/v1/models"))
     shared_listing = path.startswith("/v1/models") and request.method == "GET"
     if openai_family or (shared_listing and not gemini_routes.wants_gemini(request)):

@@ -19,6 +19,8 @@ class ModelSpec:
     display_name: str
     kind: str  # "image" or "text"
     aliases: tuple[str, ...] = ()
+    # Aliases that name an edit of this model: a task for one must carry input images.
+    edit_aliases: tuple[str, ...] = ()
     input_token_limit: int = 32768
     output_token_limit: int = 8192
     max_input_images: int = 16
@@ -57,8 +59,9 @@ class Catalog:
         self._by_name: dict[str, ModelSpec] = {}
         for spec in models.values():
             self._by_name[spec.name] = spec
-            for alias in spec.aliases:
+            for alias in (*spec.aliases, *spec.edit_aliases):
                 self._by_name[alias] = spec
+        self._edits = {alias for spec in models.values() for alias in spec.edit_aliases}
 
     def resolve(self, name: str) -> ModelSpec:
         """Map a client's model name (with or without `models/`, or an alias) to its spec."""
@@ -70,6 +73,10 @@ class Catalog:
                 "GET /v1beta/models lists the models you can call."
             )
         return spec
+
+    def is_edit(self, name: str) -> bool:
+        """Whether `name` is an edit alias (e.g. google/nano-banana-edit): input images needed."""
+        return name.removeprefix("models/") in self._edits
 
     def get(self, name: str) -> ModelSpec | None:
         return self._by_name.get(name.removeprefix("models/"))
@@ -100,6 +107,7 @@ def _build_spec(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> Mod
         display_name=str(merged.get("display_name", name)),
         kind=str(merged.get("kind", "text")),
         aliases=tuple(str(a) for a in merged.get("aliases", ())),
+        edit_aliases=tuple(str(a) for a in merged.get("edit_aliases", ())),
         input_token_limit=int(merged.get("input_token_limit", 32768)),
         output_token_limit=int(merged.get("output_token_limit", 8192)),
         max_input_images=int(merged.get("max_input_images", 16)),

@@ -8,17 +8,22 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
 
 MiB = 1024 * 1024
+
+# Switches an operator can turn off (505 on the task API): creating tasks, callback URLs,
+# fetching input images from URLs.
+Feature = Literal["tasks", "callbacks", "image_urls"]
 
 
 class UpstreamConfig(BaseModel):
@@ -74,8 +79,46 @@ class Settings(BaseSettings):
     charge_blocked_prompts: bool = False
     reservation_ttl_seconds: float = Field(default=3600.0, ge=60)
     node_id: str | None = None
+    # Tasks, stored results, callbacks and the egress guard (the task API).
+    public_base_url: str | None = None
+    result_ttl_hours: float = Field(default=24.0, gt=0)
+    egress_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    callback_secret: SecretStr | None = None
+    callback_timeout_seconds: float = Field(default=10.0, gt=0)
+    callback_retry_seconds: float = Field(default=3600.0, gt=0)
+    task_workers: int = Field(default=16, ge=0)
+    task_lease_seconds: float = Field(default=30.0, ge=1)
+    task_timeout_seconds: float = Field(default=900.0, ge=10)
+    task_max_attempts: int = Field(default=3, ge=1)
+    image_url_max_bytes: int = Field(default=20 * MiB, ge=1024)
+    image_url_timeout_seconds: float = Field(default=30.0, gt=0)
+    image_max_pixels: int = Field(default=50_000_000, ge=1)
+    idempotency_wait_seconds: float = Field(default=300.0, ge=0)
+    maintenance: bool = False
+    disabled_features: Annotated[list[Feature], NoDecode] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+
+    @field_validator("egress_allowlist", "disabled_features", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        # The environment spells lists as "a,b,c"; YAML as a real list.
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else None
+
+    @property
+    def resolved_public_base_url(self) -> str:
+        """What result URLs start with: the operator's public address, or the listen address."""
+        if self.public_base_url:
+            return self.public_base_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def resolved_database_url(self) -> str:

@@ -6,10 +6,13 @@
     ├── InsufficientCredits  402  the account's balance or a key's spend cap cannot cover it
     ├── PermissionDenied     403  revoked or expired key, model not allowed for the key
     ├── NotFound             404  unknown model or route
+    ├── Conflict             409  an Idempotency-Key reused with a different request
     ├── PayloadTooLarge      413  body over the configured limit
     ├── RateLimited          429  per-key limits, or every upstream throttled us
     ├── Internal             500  a bug or an upstream answer we could not read
-    ├── Unavailable          503  no upstream could serve, maintenance
+    ├── Unavailable          503  no upstream could serve
+    │   └── Maintenance      503  the operator turned maintenance mode on (455 on the task API)
+    ├── FeatureDisabled      501  the operator switched the feature off (505 on the task API)
     └── DeadlineExceeded     504  the upstream did not answer in time
     UpstreamError                 raised by adapters only; the router decides what it becomes
 
@@ -51,6 +54,10 @@ class NotFound(GatewayError):
     status, reason = 404, "NOT_FOUND"
 
 
+class Conflict(GatewayError):
+    status, reason = 409, "ABORTED"
+
+
 class PayloadTooLarge(GatewayError):
     status, reason = 413, "INVALID_ARGUMENT"
 
@@ -65,6 +72,14 @@ class Internal(GatewayError):
 
 class Unavailable(GatewayError):
     status, reason = 503, "UNAVAILABLE"
+
+
+class Maintenance(Unavailable):
+    pass
+
+
+class FeatureDisabled(GatewayError):
+    status, reason = 501, "NOT_IMPLEMENTED"
 
 
 class DeadlineExceeded(GatewayError):

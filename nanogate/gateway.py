@@ -18,7 +18,7 @@ from .billing import prices
 from .billing.ledger import Hold
 from .billing.meter import Meter
 from .catalog import Catalog, ModelSpec
-from .errors import GatewayError, PermissionDenied, Unauthenticated, UpstreamError
+from .errors import GatewayError, Maintenance, PermissionDenied, Unauthenticated, UpstreamError
 from .keys import KeyRecord, KeyStore
 from .limits import Limiter
 from .metrics import observe_request
@@ -61,6 +61,7 @@ class Gateway:
         meter: Meter,
         *,
         charge_blocked_prompts: bool = False,
+        maintenance: bool = False,
     ) -> None:
         self.catalog = catalog
         self.keys = keys
@@ -69,10 +70,13 @@ class Gateway:
         self.limiter = limiter
         self.meter = meter
         self.charge_blocked_prompts = charge_blocked_prompts
+        self.maintenance = maintenance
 
     # -- auth --------------------------------------------------------------------------------
 
     async def authenticate(self, ctx: Context, presented: str | None) -> KeyRecord:
+        if self.maintenance:
+            raise Maintenance("The gateway is in maintenance mode; retry later.", retry_after=60)
         if not presented:
             raise Unauthenticated(
                 "No API key: send it as the x-goog-api-key header, ?key=, "
@@ -116,6 +120,15 @@ class Gateway:
         finally:
             self.limiter.release(key)
         return reply
+
+    async def execute(self, ctx: Context, call: Call) -> tuple[Reply, int]:
+        """The upstream part alone, for a call whose credits are held elsewhere (a task's are
+        reserved when it is created, and settled with its end): route it and price the answer."""
+        ctx.method = call.method
+        reply = await self.router.generate(call)
+        ctx.upstream = reply.upstream
+        ctx.usage = reply.usage
+        return reply, self.charge(ctx, call, reply.body)
 
     async def stream(self, ctx: Context, call: Call) -> tuple[Chunk, GuardedStream]:
         """The first chunk (so errors before any byte still get a proper status) and the rest.

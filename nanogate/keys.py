@@ -203,6 +203,12 @@ class KeyStore:
         found = await self._fetch(prefix)
         return found[0] if found else None
 
+    async def by_id(self, key_id: int) -> KeyRecord | None:
+        """The current row by id (a task's worker names the key that created it)."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_KEYS.where(api_keys.c.id == key_id))).first()
+        return KeyRecord.from_row(row) if row is not None else None
+
     async def count(self) -> int:
         async with self._engine.connect() as conn:
             return int(await conn.scalar(select(func.count()).select_from(api_keys)) or 0)

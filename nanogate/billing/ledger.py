@@ -206,7 +206,7 @@ async def resolve(tx: Tx, hold_id: str, cost: int | None, now: datetime) -> Reso
     assert found is not None
     balance = int(found[0])
     if capped and charged != amount:
-        day, month = period(_aware(created_at))
+        day, month = period(aware(created_at))
         delta = {"key": key_id, "delta": charged - amount, "day": day, "month": month}
         await tx.exec(_SPEND_BACK, delta)
     await _write(
@@ -269,7 +269,7 @@ async def orphans(tx: Tx, node: str | None, now: datetime) -> list[tuple[str, in
     return [(str(hold_id), None if cost is None else int(cost)) for hold_id, cost in rows]
 
 
-def _aware(value: Any) -> datetime:
+def aware(value: Any) -> datetime:
     """A timestamp read back through either driver, as an aware UTC datetime."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)

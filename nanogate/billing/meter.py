@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from ..errors import InsufficientCredits, Unavailable
+from ..errors import GatewayError, InsufficientCredits, Unavailable
 from ..keys import KeyRecord
 from ..types import Call
 from . import ledger, prices
@@ -46,6 +46,19 @@ def refusal_message(refusal: Refusal, needed: int, key: KeyRecord) -> str:
     )
 
 
+def refused(refusal: Refusal, needed: int, key: KeyRecord) -> GatewayError:
+    """The error a refused reservation answers with."""
+    if refusal.reason == "no_account":
+        return Unavailable("This key's account no longer exists; ask the operator.")
+    return InsufficientCredits(refusal_message(refusal, needed, key))
+
+
+def database_unavailable(doing: str) -> GatewayError:
+    return Unavailable(
+        f"The gateway could not {doing} (its database did not answer); retry shortly."
+    )
+
+
 class Meter:
     def __init__(
         self,
@@ -60,14 +73,22 @@ class Meter:
         self.node = node
         self.hold_ttl = timedelta(seconds=hold_ttl_s)
 
-    async def reserve(self, request_id: str, key: KeyRecord, call: Call) -> Hold | None:
-        """Hold the most `call` can cost on the key's account, or raise 402. None when nothing
-        is held: metering is off, or the call is free (countTokens)."""
+    def hold_for(
+        self,
+        request_id: str,
+        key: KeyRecord,
+        call: Call,
+        *,
+        node: str | None = None,
+        ttl: timedelta | None = None,
+    ) -> Hold | None:
+        """The reservation `call` needs (its most possible cost), not yet made. None when
+        nothing is held: metering is off, or the call is free (countTokens)."""
         needed = prices.estimate(call)
         if not self.enabled or needed == 0:
             return None
         now = datetime.now(UTC)
-        hold = Hold(
+        return Hold(
             id=secrets.token_hex(12),
             request_id=request_id,
             account_id=key.account_id,
@@ -75,9 +96,15 @@ class Meter:
             amount=needed,
             capped=key.capped,
             created_at=now,
-            expires_at=now + self.hold_ttl,
-            node=self.node,
+            expires_at=now + (ttl or self.hold_ttl),
+            node=node or self.node,
         )
+
+    async def reserve(self, request_id: str, key: KeyRecord, call: Call) -> Hold | None:
+        """Hold the most `call` can cost on the key's account, or raise 402."""
+        hold = self.hold_for(request_id, key, call)
+        if hold is None:
+            return None
         future = self.journal.submit(lambda tx: ledger.reserve(tx, hold))
         try:
             refusal = await asyncio.shield(future)
@@ -86,14 +113,9 @@ class Meter:
             future.add_done_callback(lambda _: self._refund_later(hold))
             raise
         except Exception as exc:
-            raise Unavailable(
-                "The gateway could not check your credits (its database did not answer); "
-                "retry shortly."
-            ) from exc
+            raise database_unavailable("check your credits") from exc
         if refusal is not None:
-            if refusal.reason == "no_account":
-                raise Unavailable("This key's account no longer exists; ask the operator.")
-            raise InsufficientCredits(refusal_message(refusal, needed, key))
+            raise refused(refusal, hold.amount, key)
         return hold
 
     async def settle(self, hold: Hold | None, cost: int) -> int:

@@ -17,10 +17,12 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
+    Text,
     TypeDecorator,
 )
 
@@ -177,4 +179,99 @@ usage_records = Table(
     Column("cost", BigInteger, nullable=False, default=0),
     Column("error", String(500), nullable=True),
     Column("created_at", UTCDateTime, nullable=False, default=utcnow, index=True),
+)
+
+# Tasks of the task API: a durable queue. A worker claims a task with a lease (owner, token,
+# expiry) and renews it while it runs; a lease left to expire is taken over. Only the holder of
+# the current `lease_token` can finish a task, so it finishes once. The callback is an outbox
+# on the same row: set pending in the transaction that finishes the task, so there is one.
+TASK_STATES = ("pending", "running", "succeeded", "failed")
+CALLBACK_STATES = ("none", "pending", "delivered", "failed")
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("request_id", String(64), nullable=False),  # its hold's and usage record's id
+    Column("form", String(8), nullable=False),  # "message" (seed 002) or "msg" (createTask)
+    Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("model", String(128), nullable=False),  # as the client named it
+    Column("param", Text, nullable=False),  # the create request, as JSON
+    Column("state", String(16), nullable=False),
+    Column("hold_id", String(40), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("run_after", UTCDateTime, nullable=False),
+    Column("deadline_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_token", String(40), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("result", Text, nullable=True),  # JSON: stored files and any text
+    Column("error_code", Integer, nullable=True),
+    Column("error_message", String(500), nullable=True),
+    Column("cost", BigInteger, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow, index=True),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("completed_at", UTCDateTime, nullable=True),
+    Column("callback_url", String(2048), nullable=True),
+    Column("callback_state", String(16), nullable=False, default="none"),
+    Column("callback_attempts", Integer, nullable=False, default=0),
+    Column("callback_next_at", UTCDateTime, nullable=True),
+    Column("callback_lease_until", UTCDateTime, nullable=True),
+    CheckConstraint(f"state IN ({', '.join(map(repr, TASK_STATES))})", name="state"),
+    CheckConstraint(
+        f"callback_state IN ({', '.join(map(repr, CALLBACK_STATES))})", name="callback_state"
+    ),
+    Index("ix_tasks_claim", "state", "run_after"),
+    Index("ix_tasks_callbacks", "callback_state", "callback_next_at"),
+)
+
+# Every delivery attempt of a callback, for the operator (GET /admin/callbacks?task_id=).
+callback_deliveries = Table(
+    "callback_deliveries",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("task_id", String(40), ForeignKey("tasks.id"), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("status_code", Integer, nullable=True),  # None: no HTTP answer (see error)
+    Column("error", String(300), nullable=True),
+    Column("duration_ms", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+)
+
+# Idempotency-Key, per API key: what the first request with the key became (a task, or a
+# synchronous call whose answer is in `results`), and a fingerprint of its body.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key_id", Integer, ForeignKey("api_keys.id"), primary_key=True),
+    Column("idem_key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("target", String(64), nullable=False),  # task id or request id
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
+# Stored answers of synchronous calls (the rescue path, and Idempotency-Key replays), by the
+# request id the client got in x-request-id. The body itself is in result storage.
+results = Table(
+    "results",
+    metadata,
+    Column("key_id", Integer, ForeignKey("api_keys.id"), primary_key=True),
+    Column("request_id", String(64), primary_key=True),  # clients may choose their own
+    Column("status", Integer, nullable=False),
+    Column("content_type", String(100), nullable=False),
+    Column("object_name", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
+# Secrets the gateway generates on first start when the operator sets none (the callback
+# signing secret, the file URL signing key): in the database, so every node shares them.
+secrets = Table(
+    "secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
 )

@@ -8,9 +8,11 @@ import re
 
 from starlette.requests import Request
 
-from ..errors import PayloadTooLarge
+from .. import idempotency
+from ..errors import InvalidArgument, PayloadTooLarge
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 # A random per-process prefix and a counter: unique across processes, and no syscall per request.
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
@@ -57,3 +59,16 @@ def request_id_for(incoming: str | None) -> str:
     if incoming and _REQUEST_ID.match(incoming):
         return incoming
     return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+
+
+def idempotency_key(request: Request, body: bytes) -> tuple[str, str] | None:
+    """The Idempotency-Key header and the request's fingerprint, or None without the header."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise InvalidArgument(
+            "Idempotency-Key: 1 to 255 printable ASCII characters without spaces (a UUID works)."
+        )
+    return key, idempotency.fingerprint(request.method, request.url.path, body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,15 +13,20 @@ from starlette.routing import Route
 from ..dialects import gemini
 from ..errors import GatewayError, NotFound, UpstreamError
 from ..gateway import Context, Gateway
+from ..results import ResultKeeper
 from ..streams import GuardedStream
-from ..types import Chunk
+from ..types import Call, Chunk
 from . import openai_routes
-from .common import extract_key, read_body
+from .common import extract_key, idempotency_key, read_body
 from .streaming import RelayStream
+
+log = logging.getLogger(__name__)
 
 JSON_TYPE = "application/json"
 # What a generateContent call cost, in credits (what it would have cost, with metering off).
 COST_HEADER = "x-nanogate-cost"
+# Set on the stored first answer returned for a repeated Idempotency-Key.
+REPLAY_HEADER = "x-nanogate-idempotent-replay"
 # /v1beta is Google's; /v1/v1beta is seed 003's URL shape; /v1 is where google-genai 3.x sends
 # requests by default (its api_version is "v1"). GET /v1/models is shared with the OpenAI
 # dialect: see list_models.
@@ -64,9 +70,9 @@ async def generate(request: Request) -> Response | RelayStream:
             first, rest = await gateway.stream(ctx, call)
             streaming = True
             return _relay(ctx, first, rest, sse=request.query_params.get("alt") == "sse")
-        reply = await gateway.generate(ctx, call)
-        headers = {COST_HEADER: str(ctx.cost)} if method == "generateContent" else None
-        return Response(reply.body, headers=headers, media_type=JSON_TYPE)
+        if method == "countTokens":
+            return Response((await gateway.generate(ctx, call)).body, media_type=JSON_TYPE)
+        return await _generate(request, ctx, call, body)
     except GatewayError as error:
         ctx.fail(error)
         return error_response(error)
@@ -77,6 +83,37 @@ async def generate(request: Request) -> Response | RelayStream:
         _note(request, ctx)
         if not streaming:
             gateway.finish(ctx)
+
+
+async def _generate(request: Request, ctx: Context, call: Call, body: bytes) -> Response:
+    """generateContent, with Idempotency-Key replays and the rescue path (results.py)."""
+    gateway = _gateway(request)
+    keeper: ResultKeeper = request.app.state.results
+    key = ctx.key
+    assert key is not None
+    idem = idempotency_key(request, body)
+    if idem is not None:
+        wait_s = request.app.state.settings.idempotency_wait_seconds
+        replay = await keeper.claim(key.id, idem, ctx.request_id, wait_s=wait_s)
+        if replay is not None:
+            ctx.method = "replay"
+            status, stored = replay
+            headers = {COST_HEADER: "0", REPLAY_HEADER: "true"}
+            return Response(stored, status, headers, JSON_TYPE)
+    try:
+        with keeper.running(key.id, ctx.request_id):
+            reply = await gateway.generate(ctx, call)
+    except BaseException:
+        if idem is not None:
+            await keeper.release(key.id, idem[0], ctx.request_id)
+        raise
+    if idem is not None or await request.is_disconnected():
+        # Kept for a replay, or for a client that left before its answer: it paid for it.
+        try:
+            await keeper.keep(key.id, ctx.request_id, reply.body)
+        except Exception as exc:
+            log.error("could not keep an answer (%s)", type(exc).__name__)
+    return Response(reply.body, headers={COST_HEADER: str(ctx.cost)}, media_type=JSON_TYPE)
 
 
 def _relay(ctx: Context, first: Chunk, rest: GuardedStream, *, sse: bool) -> RelayStream:

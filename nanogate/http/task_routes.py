@@ -1,6 +1,7 @@
-"""Task API routes (seed 002 and the createTask form). Thin: authenticate, call, render.
+"""Task API routes (seed 002 and the createTask form). Thin: authenticate, parse, call, render.
 
-So far the account balance in both forms; tasks themselves come with their own issue.
+Errors raised here reach the app's handlers, which render them in the task envelope of the
+route's form (see app._render).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from starlette.responses import Response
 
 from ..billing.accounts import AccountStore
 from ..dialects import tasks
-from ..errors import GatewayError
+from ..errors import GatewayError, InvalidArgument
 from ..gateway import Context, Gateway
-from .common import extract_key
+from ..keys import KeyRecord
+from ..tasks.records import Form
+from ..tasks.service import TaskService
+from .common import extract_key, idempotency_key, read_body
 
 router = APIRouter(tags=["Task API"])
 
@@ -26,12 +30,15 @@ def error_response(request: Request, error: GatewayError) -> Response:
     return Response(body, status, headers, JSON_TYPE)
 
 
-async def _balance(request: Request) -> int:
+async def _authenticate(request: Request, ctx: Context) -> KeyRecord:
     gateway: Gateway = request.app.state.gateway
-    key = await gateway.authenticate(
-        Context(request.state.request_id, "tasks"), extract_key(request)
-    )
+    key = await gateway.authenticate(ctx, extract_key(request))
     request.state.key_prefix = key.prefix
+    return key
+
+
+async def _balance(request: Request) -> int:
+    key = await _authenticate(request, Context(request.state.request_id, "tasks"))
     store: AccountStore = request.app.state.accounts
     return await store.balance(key.account_id)
 
@@ -54,3 +61,71 @@ async def client_balance(request: Request) -> Response:
 async def chat_credit(request: Request) -> Response:
     balance = await _balance(request)
     return Response(tasks.envelope(balance, "msg"), media_type=JSON_TYPE)
+
+
+async def _create(request: Request, form: Form) -> Response:
+    ctx = Context(request.state.request_id, "tasks")
+    key = await _authenticate(request, ctx)
+    body = await read_body(request, request.app.state.settings.max_request_bytes)
+    task = tasks.parse_create(body, form)
+    service: TaskService = request.app.state.tasks
+    task_id = await service.create(ctx, key, task, idempotency_key(request, body))
+    request.state.model = ctx.model or None
+    data = {"task_id": task_id} if form == "message" else {"taskId": task_id}
+    return Response(tasks.envelope(data, form), media_type=JSON_TYPE)
+
+
+async def _info(request: Request, param: str) -> Response:
+    task_id = request.query_params.get(param, "").strip()
+    key = await _authenticate(request, Context(request.state.request_id, "tasks"))
+    if not task_id:
+        raise InvalidArgument(f"{param}: required, the id CreateTask answered with.")
+    service: TaskService = request.app.state.tasks
+    record = await service.get(key, task_id)
+    return Response(service.answer(record), media_type=JSON_TYPE)
+
+
+@router.post(
+    "/api/v1/client/job/CreateTask",
+    summary="Create an image task (seed 002's form)",
+    description=(
+        "Body: `{model, input: {prompt, image_urls?, aspect_ratio?, resolution?, "
+        "output_format?}, callback_url?}`. Send `Idempotency-Key` to make retries safe."
+    ),
+    response_description='{"code": 200, "message": "success", "data": {"task_id": "..."}}',
+)
+async def create_task_client(request: Request) -> Response:
+    return await _create(request, "message")
+
+
+@router.get(
+    "/api/v1/client/job/TaskInfo",
+    summary="A task's record (seed 002's form)",
+    response_description="task_id, model, status, param, result, error, create_at, "
+    "complete_at, duration_s, cost",
+)
+async def task_info(request: Request) -> Response:
+    return await _info(request, "task_id")
+
+
+@router.post(
+    "/api/v1/jobs/createTask",
+    summary="Create an image task (the createTask form)",
+    description=(
+        "Body: `{model, callBackUrl?, input: {prompt, image_urls?, image_size?, aspect_ratio?, "
+        "resolution?, output_format?}}`; `image_size` carries an aspect ratio such as '16:9'."
+    ),
+    response_description='{"code": 200, "msg": "success", "data": {"taskId": "..."}}',
+)
+async def create_task_jobs(request: Request) -> Response:
+    return await _create(request, "msg")
+
+
+@router.get(
+    "/api/v1/jobs/recordInfo",
+    summary="A task's record (the createTask form)",
+    response_description="taskId, model, state, param, resultJson, failCode, failMsg, "
+    "costTime, createTime, completeTime",
+)
+async def record_info(request: Request) -> Response:
+    return await _info(request, "taskId")

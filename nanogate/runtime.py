@@ -1,0 +1,217 @@
+"""Everything a gateway process runs, built once from the settings and torn down in order.
+
+`nanogate serve` wraps it in the HTTP app; `nanogate worker` runs it alone (task workers,
+callback delivery and the sweepers, no HTTP). No request logic here: only wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import idempotency
+from .billing.accounts import AccountStore
+from .billing.ledger import Tx
+from .billing.meter import Meter
+from .billing.runners import Journal, open_runner
+from .catalog import Catalog
+from .config import Settings
+from .db.engine import make_engine
+from .egress import EgressGuard, GuardedHttp
+from .gateway import Gateway
+from .keys import KeyStore
+from .limits import Limiter
+from .results import ResultKeeper
+from .routing import Router
+from .storage import Storage, UrlSigner, open_storage
+from .tasks.callbacks import CallbackSender
+from .tasks.records import TaskRecord
+from .tasks.service import TaskService
+from .tasks.worker import Limits, Worker
+from .upstreams import build_upstream
+from .usage import UsageRecorder
+
+log = logging.getLogger("nanogate")
+
+SWEEP_EVERY_S = 60.0
+
+
+@dataclass(slots=True)
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    journal: Journal
+    gateway: Gateway
+    accounts: AccountStore
+    storage: Storage
+    signer: UrlSigner
+    callback_secret: bytes
+    tasks: TaskService
+    results: ResultKeeper
+    worker: Worker | None
+    callbacks: CallbackSender
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings, catalog: Catalog, *, workers: int, owner: str | None = None
+) -> AsyncIterator[Runtime]:
+    """Start the process's parts; `workers` tasks run at once here (0: none)."""
+    engine = make_engine(settings.resolved_database_url)
+    recorder = UsageRecorder(engine, flush_seconds=settings.usage_flush_seconds)
+    router = Router([(cfg, build_upstream(cfg)) for cfg in settings.upstreams])
+    journal = Journal(open_runner(settings.resolved_database_url, engine))
+    journal.start()
+    meter = Meter(
+        journal,
+        enabled=settings.metering,
+        node=settings.resolved_node_id,
+        hold_ttl_s=settings.reservation_ttl_seconds,
+    )
+    gateway = Gateway(
+        catalog,
+        KeyStore(engine, cache_seconds=settings.key_cache_seconds),
+        router,
+        recorder,
+        Limiter(),
+        meter,
+        charge_blocked_prompts=settings.charge_blocked_prompts,
+        maintenance=settings.maintenance,
+    )
+    file_key = await _secret(journal, "url_signing_key", None)
+    callback_secret = await _secret(
+        journal,
+        "callback_secret",
+        settings.callback_secret.get_secret_value() if settings.callback_secret else None,
+    )
+    signer = UrlSigner(file_key)
+    storage = open_storage(settings.resolved_storage_dir, settings.resolved_public_base_url, signer)
+    guard = EgressGuard(settings.egress_allowlist)
+    http = GuardedHttp(guard)
+    result_ttl_s = settings.result_ttl_hours * 3600
+    worker: Worker | None = None
+    tasks = TaskService(
+        journal,
+        gateway,
+        storage,
+        guard,
+        task_timeout_s=settings.task_timeout_seconds,
+        result_ttl_s=result_ttl_s,
+        disabled=frozenset(settings.disabled_features),
+        wake=lambda: worker.wake() if worker else None,
+    )
+    callbacks = CallbackSender(
+        journal,
+        http,
+        callback_secret,
+        tasks.answer,
+        timeout_s=settings.callback_timeout_seconds,
+        retry_s=settings.callback_retry_seconds,
+    )
+
+    def finished(record: TaskRecord) -> None:
+        if record.callback_url:
+            callbacks.wake()
+
+    if workers > 0:
+        worker = Worker(
+            journal,
+            gateway,
+            storage,
+            http,
+            Limits(
+                settings.image_url_max_bytes,
+                settings.image_url_timeout_seconds,
+                settings.image_max_pixels,
+            ),
+            owner=owner or settings.resolved_node_id,
+            concurrency=workers,
+            lease_s=settings.task_lease_seconds,
+            max_attempts=settings.task_max_attempts,
+            finished=finished,
+        )
+    await recorder.start()
+    # Reservations a crash left open are closed before the first request is taken.
+    await meter.recover(starting=True)
+    if worker is not None:
+        await worker.start()
+    callbacks.start()
+    sweeper = asyncio.create_task(_sweep(meter, journal, storage, result_ttl_s), name="sweeper")
+    try:
+        yield Runtime(
+            settings=settings,
+            engine=engine,
+            journal=journal,
+            gateway=gateway,
+            accounts=AccountStore(engine, journal.runner),
+            storage=storage,
+            signer=signer,
+            callback_secret=callback_secret,
+            tasks=tasks,
+            results=ResultKeeper(journal, storage, ttl_s=result_ttl_s),
+            worker=worker,
+            callbacks=callbacks,
+        )
+    finally:
+        sweeper.cancel()
+        if worker is not None:
+            await worker.stop()
+        await callbacks.stop()
+        await journal.stop()
+        await journal.runner.close()
+        await recorder.stop()
+        await router.close()
+        await http.close()
+        await storage.close()
+        await engine.dispose()
+
+
+def worker_id(settings: Settings) -> str:
+    """A `nanogate worker` process's lease owner: unique per process on a host."""
+    return settings.node_id or f"{socket.gethostname()}:worker:{os.getpid()}"
+
+
+async def _secret(journal: Journal, name: str, configured: str | None) -> bytes:
+    """The operator's value, or the one generated on first start and shared through the
+    database by every node."""
+    if configured:
+        return configured.encode()
+    fresh = secrets.token_hex(32)
+
+    async def work(tx: Tx) -> str:
+        await tx.exec(
+            "INSERT INTO secrets (name, value, created_at) VALUES (:name, :value, :now) "
+            "ON CONFLICT (name) DO NOTHING",
+            {"name": name, "value": fresh, "now": datetime.now(UTC)},
+        )
+        row = await tx.one("SELECT value FROM secrets WHERE name = :name", {"name": name})
+        assert row is not None
+        return str(row[0])
+
+    return (await journal.submit(work)).encode()
+
+
+async def _sweep(meter: Meter, journal: Journal, storage: Storage, result_ttl_s: float) -> None:
+    """Close expired reservations (those of a node that died and never came back), and remove
+    results past their retention."""
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        try:
+            await meter.recover(starting=False)
+            now = datetime.now(UTC)
+            await journal.submit(functools.partial(idempotency.sweep, now=now))
+            removed = await storage.sweep(now - timedelta(seconds=result_ttl_s))
+            if removed:
+                log.info("retention sweep", extra={"removed": removed})
+        except Exception as exc:
+            log.warning("sweep failed (%s)", type(exc).__name__)

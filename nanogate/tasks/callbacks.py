@@ -1,0 +1,175 @@
+"""Callbacks: POST a finished task's record to its callback URL, signed, retried, logged.
+
+The body is the task's query answer in the form it was created with. It is signed with
+HMAC-SHA256 over `timestamp + "." + body`; the timestamp (Unix seconds) and the hex digest go in
+`x-nanogate-timestamp` and `x-nanogate-signature`. A receiver recomputes the digest with the
+shared `callback_secret`, compares in constant time, and refuses stale timestamps.
+
+The callback is an outbox row set in the transaction that finished the task, so there is exactly
+one per task; delivery is at least once: an attempt is leased, a 2xx ends it, anything else is
+retried with exponential backoff and jitter until `retry_s` after the task finished. Every
+attempt is logged in `callback_deliveries`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from .. import __version__
+from ..billing.runners import Journal
+from ..egress import EgressRefused, FetchFailed, GuardedHttp
+from . import queue
+from .records import TaskRecord
+
+logger = logging.getLogger(__name__)
+
+TIMESTAMP_HEADER = "x-nanogate-timestamp"
+SIGNATURE_HEADER = "x-nanogate-signature"
+MAX_BACKOFF_S = 300.0
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    return hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def backoff(attempt: int, base_s: float = 1.0) -> float:
+    """Seconds before attempt `attempt + 1`: doubling from `base_s`, capped, with jitter."""
+    delay: float = min(MAX_BACKOFF_S, base_s * 2.0 ** (attempt - 1))
+    return delay * random.uniform(0.5, 1.0)
+
+
+class CallbackSender:
+    def __init__(
+        self,
+        journal: Journal,
+        http: GuardedHttp,
+        secret: bytes,
+        render: Callable[[TaskRecord], bytes],
+        *,
+        timeout_s: float,
+        retry_s: float,
+        concurrency: int = 32,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.journal = journal
+        self.http = http
+        self.secret = secret
+        self.render = render
+        self.timeout_s = timeout_s
+        self.retry = timedelta(seconds=retry_s)
+        self.concurrency = concurrency
+        self.poll_s = poll_s
+        self._wake = asyncio.Event()
+        self._sending: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._claim_loop(), name="callback-sender")
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        for sending in list(self._sending):
+            sending.cancel()  # its lease runs out and another attempt follows
+        await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _claim_loop(self) -> None:
+        while True:
+            free = self.concurrency - len(self._sending)
+            if free > 0:
+                try:
+                    await self._claim(free)
+                except Exception as exc:
+                    logger.warning("callback claim failed (%s)", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_s):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _claim(self, limit: int) -> None:
+        now = datetime.now(UTC)
+        # A lease outlasting one attempt: a sender that dies mid-attempt is retried after it.
+        until = now + timedelta(seconds=self.timeout_s + 30)
+        due = await self.journal.submit(lambda tx: queue.claim_callbacks(tx, now, until, limit))
+        for record, attempts in due:
+            sending = asyncio.create_task(self._deliver(record, attempts + 1))
+            self._sending.add(sending)
+            sending.add_done_callback(self._sent)
+
+    def _sent(self, sending: asyncio.Task[None]) -> None:
+        self._sending.discard(sending)
+        self._wake.set()
+
+    async def _deliver(self, record: TaskRecord, attempt: int) -> None:
+        assert record.callback_url is not None
+        body = self.render(record)
+        timestamp = str(int(time.time()))
+        headers = {
+            "content-type": "application/json",
+            "user-agent": f"nanogate/{__version__} (callback)",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(self.secret, timestamp, body),
+            "x-nanogate-task-id": record.id,
+            "x-nanogate-attempt": str(attempt),
+        }
+        started = time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        permanent = False
+        try:
+            status = await self.http.post(
+                record.callback_url, body, headers, timeout_s=self.timeout_s
+            )
+        except EgressRefused as exc:
+            error, permanent = str(exc), True
+        except FetchFailed as exc:
+            error = str(exc)
+        except Exception as exc:
+            error = f"unexpected {type(exc).__name__}"
+            logger.exception("callback attempt failed", extra={"task_id": record.id})
+        duration_ms = int((time.perf_counter() - started) * 1000)
+        now = datetime.now(UTC)
+        finished = record.completed_at or now
+        next_at: datetime | None = None
+        if status is not None and 200 <= status < 300:
+            state = "delivered"
+        elif permanent or now - finished > self.retry:
+            state = "failed"
+            logger.warning(
+                "callback given up",
+                extra={"task_id": record.id, "attempts": attempt, "status": status},
+            )
+        else:
+            state = "pending"
+            next_at = now + timedelta(seconds=backoff(attempt))
+        if status is not None and error is None and state != "delivered":
+            error = f"answered {status}"
+        await self.journal.submit(
+            lambda tx: queue.callback_attempted(
+                tx,
+                record.id,
+                attempt,
+                now,
+                status=status,
+                error=error,
+                duration_ms=duration_ms,
+                state=state,
+                next_at=next_at,
+            )
+        )
+        if next_at is not None:
+            # Come back for it at its time even if nothing else wakes the loop.
+            asyncio.get_running_loop().call_later((next_at - now).total_seconds(), self._wake.set)

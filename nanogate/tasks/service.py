@@ -1,0 +1,175 @@
+"""The task API's engine room, as the routes see it: create a task, read it, render it.
+
+Creating a task walks the same layers as a synchronous call up to the router (auth and limits,
+model and input checks, a credit reservation), then stops: the reservation and the queued task
+are written in one transaction, and a worker (worker.py) takes it from there.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from .. import idempotency
+from ..billing.ledger import Refusal, Tx
+from ..billing.meter import database_unavailable, refused
+from ..billing.runners import Journal
+from ..catalog import ModelSpec
+from ..dialects import gemini
+from ..dialects import tasks as dialect
+from ..egress import EgressGuard, EgressRefused
+from ..errors import Conflict, FeatureDisabled, InvalidArgument, NotFound
+from ..gateway import Context, Gateway
+from ..keys import KeyRecord
+from ..storage import Storage
+from ..types import Call
+from . import queue
+from .records import TaskRecord
+
+# A task's hold outlives its deadline by this much, so only a worker (never the sweeper)
+# closes it in the normal course; the sweeper refunds it if every worker is gone for good.
+HOLD_MARGIN = timedelta(hours=1)
+# Task holds belong to no serving node: a restarting node must not refund them.
+TASK_HOLD_NODE = "tasks"
+
+
+class TaskService:
+    def __init__(
+        self,
+        journal: Journal,
+        gateway: Gateway,
+        storage: Storage,
+        guard: EgressGuard,
+        *,
+        task_timeout_s: float,
+        result_ttl_s: float,
+        disabled: frozenset[str],
+        wake: Callable[[], None],
+    ) -> None:
+        self.journal = journal
+        self.gateway = gateway
+        self.storage = storage
+        self.guard = guard
+        self.task_timeout = timedelta(seconds=task_timeout_s)
+        self.result_ttl = timedelta(seconds=result_ttl_s)
+        self.disabled = disabled
+        self.wake = wake
+
+    async def create(
+        self,
+        ctx: Context,
+        key: KeyRecord,
+        task: dialect.TaskRequest,
+        idem: tuple[str, str] | None = None,
+    ) -> str:
+        """Queue `task` and return its id (the first task's id for a repeated Idempotency-Key).
+        Raises 402 when the account cannot cover its most possible cost."""
+        if "tasks" in self.disabled:
+            raise FeatureDisabled("Creating tasks is switched off on this gateway.")
+        spec = self.gateway.resolve(ctx, key, task.model)
+        self._check(task, spec)
+        call = self._estimate_call(ctx.request_id, task, spec)
+        # RPM counts creates; a task's run is bounded by the workers, not the key's concurrency.
+        await self.gateway.limiter.acquire(key)
+        self.gateway.limiter.release(key)
+        now = datetime.now(UTC)
+        deadline = now + self.task_timeout
+        hold = self.gateway.meter.hold_for(
+            ctx.request_id,
+            key,
+            call,
+            node=TASK_HOLD_NODE,
+            ttl=self.task_timeout + HOLD_MARGIN,
+        )
+        record = TaskRecord(
+            id=new_task_id(),
+            request_id=ctx.request_id,
+            form=task.form,
+            key_id=key.id,
+            account_id=key.account_id,
+            model=task.model,
+            param=task.param,
+            state="pending",
+            created_at=now,
+            callback_url=task.callback_url,
+        )
+        remember = (idem[0], idem[1], now + self.result_ttl) if idem else None
+
+        async def work(tx: Tx) -> tuple[str, str] | Refusal | None:
+            if idem is not None:
+                found = await idempotency.remembered(tx, key.id, idem[0], now)
+                if found is not None:
+                    return found
+            return await queue.create(tx, record, hold, deadline, remember)
+
+        try:
+            outcome = await self.journal.submit(work)
+        except Exception as exc:
+            raise database_unavailable("queue the task") from exc
+        if isinstance(outcome, tuple):
+            fingerprint, task_id = outcome
+            if idem is not None and fingerprint != idem[1]:
+                raise Conflict(
+                    f"Idempotency-Key '{idem[0]}' was already used with a different request; "
+                    "use a new key for a new task."
+                )
+            return task_id
+        if outcome is not None:
+            raise refused(outcome, hold.amount if hold else 0, key)
+        self.wake()
+        return record.id
+
+    def _check(self, task: dialect.TaskRequest, spec: ModelSpec) -> None:
+        dialect.check_model(task, spec, edit=self.gateway.catalog.is_edit(task.model))
+        if task.image_urls and "image_urls" in self.disabled:
+            raise FeatureDisabled("Input images by URL are switched off on this gateway.")
+        if task.callback_url and "callbacks" in self.disabled:
+            raise FeatureDisabled("Callbacks are switched off on this gateway; poll instead.")
+        named = [(f"input.image_urls[{i}]", url) for i, url in enumerate(task.image_urls)]
+        if task.callback_url:
+            named.append((task.field("callback_url"), task.callback_url))
+        for name, url in named:
+            try:
+                self.guard.check_url(url)
+            except EgressRefused as exc:
+                raise InvalidArgument(f"{name}: {exc}") from exc
+
+    @staticmethod
+    def _estimate_call(request_id: str, task: dialect.TaskRequest, spec: ModelSpec) -> Call:
+        """The canonical call without its images (not fetched yet): what the reservation and
+        the Gemini validator need. The input images count toward the estimate."""
+        body = orjson.dumps(dialect.gemini_request(task, spec, ()))
+        call = gemini.parse_call(request_id, "generateContent", spec, body)
+        call.input_images = len(task.image_urls)
+        return call
+
+    async def get(self, key: KeyRecord, task_id: str) -> TaskRecord:
+        """A task of the key's account; 404 for any other (others' tasks are not revealed)."""
+        if not task_id or len(task_id) > 40:
+            raise NotFound(f"No task '{task_id[:40]}'.")
+        try:
+            record = await self.journal.submit(lambda tx: queue.get(tx, task_id))
+        except Exception as exc:
+            raise database_unavailable("read the task") from exc
+        if record is None or record.account_id != key.account_id:
+            raise NotFound(f"No task '{task_id}' for this API key's account.")
+        return record
+
+    def urls(self, record: TaskRecord) -> list[str]:
+        """Signed result URLs, valid until the results' retention ends."""
+        if not record.files or record.completed_at is None:
+            return []
+        ends = record.completed_at + self.result_ttl
+        ttl = max(60, int((ends - datetime.now(UTC)).total_seconds()))
+        return [self.storage.url(f.name, ttl_s=ttl) for f in record.files]
+
+    def answer(self, record: TaskRecord) -> bytes:
+        """The query answer (also the callback's body), in the task's own form."""
+        return dialect.envelope(dialect.render(record, self.urls(record)), record.form)
+
+
+def new_task_id() -> str:
+    return secrets.token_hex(16)

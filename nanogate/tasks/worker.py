@@ -1,0 +1,322 @@
+"""The task worker: claim due tasks with a lease, run each through the gateway, finish it once.
+
+A run fetches the input images (egress guard, size and pixel limits, sniffed types), turns the
+task into the canonical Gemini call, sends it through the router, stores the output images
+(converted to the asked format) and then, in one transaction, marks the task done, settles or
+refunds its credit hold and queues its callback. Only the current lease holder can do that last
+step, so a task that two workers ran (one of them presumed dead) is finished and charged once.
+
+While a task runs its lease is renewed; a worker that finds its lease taken stops the run.
+A failure that may pass (upstream unavailable, throttled, timed out) puts the task back in the
+queue with backoff, up to `max_attempts`; any other failure ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from .. import canonical
+from ..billing.runners import Journal
+from ..dialects import gemini
+from ..dialects import tasks as dialect
+from ..egress import EgressRefused, FetchFailed, GuardedHttp
+from ..errors import GatewayError, InvalidArgument
+from ..gateway import Context, Gateway
+from ..images import ImageRejected, convert_image, inspect_image
+from ..media import decode_base64
+from ..storage import Storage
+from . import queue
+from .records import StoredFile, TaskRecord
+
+logger = logging.getLogger(__name__)
+
+# Gateway statuses worth another attempt later: throttled, unavailable, timed out.
+_PASSING = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(slots=True)
+class Limits:
+    """What a task may fetch: per input image bytes, fetch time and pixels."""
+
+    max_bytes: int
+    timeout_s: float
+    max_pixels: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    files: list[StoredFile] = field(default_factory=list)
+    text: str | None = None
+    cost: int | None = None  # None: refund the hold
+    error: tuple[int, str] | None = None
+    retry: bool = False
+
+
+class TaskFailed(Exception):
+    """A task ends in failure with this task-API code (422 bad input, 501 generation failed)."""
+
+    def __init__(self, code: int, message: str, *, cost: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.cost = cost
+
+
+class Worker:
+    def __init__(
+        self,
+        journal: Journal,
+        gateway: Gateway,
+        storage: Storage,
+        http: GuardedHttp,
+        limits: Limits,
+        *,
+        owner: str,
+        concurrency: int,
+        lease_s: float,
+        max_attempts: int,
+        poll_s: float = 1.0,
+        finished: Callable[[TaskRecord], None] = lambda record: None,
+    ) -> None:
+        self.journal = journal
+        self.gateway = gateway
+        self.storage = storage
+        self.http = http
+        self.limits = limits
+        self.owner = owner
+        self.concurrency = concurrency
+        self.lease = timedelta(seconds=lease_s)
+        self.max_attempts = max_attempts
+        self.poll_s = poll_s
+        self.finished = finished
+        self._wake = asyncio.Event()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._loop: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """A task was queued here: claim now rather than at the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        # Tasks this owner held before a restart are its own orphans: queue them again now.
+        released = await self.journal.submit(
+            lambda tx: queue.release_owner(tx, self.owner, datetime.now(UTC))
+        )
+        if released:
+            logger.warning("requeued tasks left before a restart", extra={"count": released})
+        self._loop = asyncio.create_task(self._claim_loop(), name="task-worker")
+
+    async def stop(self) -> None:
+        """Stop claiming; runs in flight are cancelled and handed back to the queue."""
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        runs = list(self._running.values())
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while True:
+            free = self.concurrency - len(self._running)
+            claimed = 0
+            if free > 0:
+                try:
+                    claimed = await self._claim(free)
+                except Exception as exc:
+                    logger.warning("task claim failed (%s)", type(exc).__name__)
+            if claimed and claimed == free:
+                # Perhaps more are due: claim again as soon as a slot frees.
+                self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_s):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _claim(self, limit: int) -> int:
+        token = secrets.token_hex(12)
+        now = datetime.now(UTC)
+        found = await self.journal.submit(
+            lambda tx: queue.claim(tx, self.owner, token, now, now + self.lease, limit)
+        )
+        for record, deadline in found:
+            run = asyncio.create_task(self._run(record, deadline, token), name=f"task-{record.id}")
+            self._running[record.id] = run
+            run.add_done_callback(functools.partial(self._done, record.id))
+        return len(found)
+
+    def _done(self, task_id: str, _: asyncio.Task[None]) -> None:
+        self._running.pop(task_id, None)
+        self._wake.set()  # a slot is free
+
+    # -- one task ----------------------------------------------------------------------------
+
+    async def _run(self, record: TaskRecord, deadline: datetime, token: str) -> None:
+        work = asyncio.current_task()
+        assert work is not None
+        renewer = asyncio.create_task(self._renew(record.id, token, work))
+        ctx = Context(record.request_id, "tasks")
+        try:
+            outcome = await self._outcome(ctx, record, deadline)
+        except asyncio.CancelledError:
+            # Stopping (or the lease was lost): whoever holds the lease next runs it again.
+            with contextlib.suppress(Exception):
+                await self.journal.submit(
+                    lambda tx: queue.retry_later(tx, record.id, token, datetime.now(UTC))
+                )
+            raise
+        finally:
+            renewer.cancel()
+        await self._commit(ctx, record, token, outcome)
+
+    async def _renew(self, task_id: str, token: str, work: asyncio.Task[None]) -> None:
+        every = self.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every)
+            renewal = functools.partial(
+                queue.renew, task_id=task_id, token=token, until=datetime.now(UTC) + self.lease
+            )
+            try:
+                ours = await self.journal.submit(renewal)
+            except Exception as exc:
+                logger.warning("lease renewal failed (%s)", type(exc).__name__)
+                continue
+            if not ours:
+                logger.warning("lease lost; stopping the run", extra={"task_id": task_id})
+                work.cancel()
+                return
+
+    async def _outcome(self, ctx: Context, record: TaskRecord, deadline: datetime) -> Outcome:
+        left = (deadline - datetime.now(UTC)).total_seconds()
+        if left <= 0:
+            return Outcome(error=(501, "Generation failed: the task did not finish in time."))
+        if record.attempts > self.max_attempts:
+            return Outcome(
+                error=(500, f"Gave up after {self.max_attempts} attempts to run the task.")
+            )
+        try:
+            async with asyncio.timeout(left):
+                return await self._execute(ctx, record)
+        except TaskFailed as exc:
+            ctx.status, ctx.error = exc.code, exc.message[:200]
+            return Outcome(cost=exc.cost, error=(exc.code, exc.message))
+        except GatewayError as exc:
+            ctx.fail(exc)
+            passing = exc.status in _PASSING and record.attempts < self.max_attempts
+            if passing and left > 5:
+                return Outcome(retry=True)
+            if isinstance(exc, InvalidArgument):
+                return Outcome(error=(422, exc.message))
+            return Outcome(error=(501, f"Generation failed: {exc.message}"))
+        except TimeoutError:
+            ctx.status, ctx.error = 504, "DEADLINE_EXCEEDED"
+            return Outcome(error=(501, "Generation failed: the task did not finish in time."))
+        except Exception:
+            logger.exception("task run failed", extra={"task_id": record.id})
+            ctx.status, ctx.error = 500, "INTERNAL"
+            return Outcome(error=(500, f"Internal error; quote task id {record.id}."))
+
+    async def _execute(self, ctx: Context, record: TaskRecord) -> Outcome:
+        key = await self.gateway.keys.by_id(record.key_id)
+        ctx.key = key
+        task = dialect.task_request(record)
+        spec = self.gateway.catalog.resolve(task.model)
+        ctx.model = spec.name
+        images = await asyncio.gather(
+            *(self._fetch(index, url) for index, url in enumerate(task.image_urls))
+        )
+        body = orjson.dumps(dialect.gemini_request(task, spec, images))
+        call = gemini.parse_call(record.request_id, "generateContent", spec, body)
+        reply, cost = await self.gateway.execute(ctx, call)
+        outputs, text = _outputs(reply.body)
+        if not outputs:
+            reason = canonical.no_image_reason(reply.body)
+            raise TaskFailed(501, f"Generation failed: no image ({reason}).", cost=cost or None)
+        files = []
+        for mime, data in outputs:
+            if task.output_format is not None:
+                data, mime = await asyncio.to_thread(convert_image, data, task.output_format)
+            stored = await self.storage.put(data, mime)
+            files.append(StoredFile(stored.name, stored.content_type))
+        return Outcome(files=files, text=text, cost=cost)
+
+    async def _fetch(self, index: int, url: str) -> tuple[str, bytes]:
+        name = f"input.image_urls[{index}]"
+        try:
+            fetched = await self.http.fetch(
+                url, max_bytes=self.limits.max_bytes, timeout_s=self.limits.timeout_s
+            )
+            mime, _, _ = await asyncio.to_thread(
+                inspect_image, fetched.data, max_pixels=self.limits.max_pixels
+            )
+        except (EgressRefused, FetchFailed, ImageRejected) as exc:
+            raise TaskFailed(422, f"{name}: {exc}") from exc
+        return mime, fetched.data
+
+    async def _commit(self, ctx: Context, record: TaskRecord, token: str, outcome: Outcome) -> None:
+        now = datetime.now(UTC)
+        if outcome.retry:
+            # Backoff with jitter: 2, 4, 8 ... s, at most a minute.
+            delay = min(60.0, 2.0**record.attempts) * random.uniform(0.5, 1.0)
+            after = now + timedelta(seconds=delay)
+            await self.journal.submit(lambda tx: queue.retry_later(tx, record.id, token, after))
+            return
+        charged = await self.journal.submit(
+            lambda tx: queue.finish(
+                tx,
+                record.id,
+                token,
+                now,
+                hold_id=record.hold_id,
+                cost=outcome.cost,
+                files=outcome.files,
+                text=outcome.text,
+                error=outcome.error,
+            )
+        )
+        if charged is None:
+            logger.warning("task finished elsewhere; result dropped", extra={"task_id": record.id})
+            return
+        ctx.cost = charged
+        if outcome.error is not None and ctx.status == 200:
+            ctx.status, ctx.error = outcome.error[0], outcome.error[1][:200]
+        self.gateway.finish(ctx)
+        record.state = "failed" if outcome.error else "succeeded"
+        self.finished(record)
+
+
+def _outputs(body: bytes) -> tuple[list[tuple[str, bytes]], str | None]:
+    """The images (mime, bytes) and the text of a GenerateContentResponse's first candidate."""
+    doc: Any = orjson.loads(body)
+    images: list[tuple[str, bytes]] = []
+    texts: list[str] = []
+    candidates = doc.get("candidates") if isinstance(doc, dict) else None
+    first = candidates[0] if isinstance(candidates, list) and candidates else None
+    content = first.get("content") if isinstance(first, dict) else None
+    parts = content.get("parts") if isinstance(content, dict) else None
+    for part in parts if isinstance(parts, list) else ():
+        if not isinstance(part, dict):
+            continue
+        inline = part.get("inlineData") or part.get("inline_data")
+        if isinstance(inline, dict) and isinstance(inline.get("data"), str):
+            data = decode_base64(inline["data"])
+            mime = inline.get("mimeType") or inline.get("mime_type") or "image/png"
+            if data:
+                images.append((str(mime), data))
+        elif isinstance(part.get("text"), str) and not part.get("thought"):
+            texts.append(part["text"])
+    return images, "".join(texts) or None
