@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import logging
 import re
 import sqlite3
 import sys
@@ -288,6 +289,48 @@ def serve(
         log_config=None,
         timeout_graceful_shutdown=30,
     )
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="Tasks this process runs at once (default: task_workers)."),
+    ] = None,
+    worker_id: Annotated[
+        str | None,
+        typer.Option(
+            "--id",
+            help="This worker's lease owner name. Give a stable one to let a restarted worker "
+            "take its unfinished tasks back at once (default: host:worker:pid).",
+        ),
+    ] = None,
+) -> None:
+    """Run task workers and callback delivery, without HTTP (scale tasks out on their own)."""
+    import signal
+
+    from .runtime import running
+    from .runtime import worker_id as default_worker_id
+
+    settings = _settings(config)
+    setup_logging(settings.log_level, settings.log_format)
+    run_migrations(settings.resolved_database_url)
+    workers = concurrency or settings.task_workers or 16
+    owner = worker_id or default_worker_id(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with running(settings, load_catalog(settings.models), workers=workers, owner=owner):
+            logging.getLogger("nanogate").info(
+                "worker started", extra={"owner": owner, "concurrency": workers}
+            )
+            await stop.wait()
+
+    asyncio.run(main())
 
 
 def _show_first_keys(client_key: str, admin_key: str, settings: Settings) -> None:

@@ -14,9 +14,11 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 
 from ..billing.accounts import Account, AccountError, AccountStore
-from ..errors import GatewayError, InvalidArgument, NotFound, PermissionDenied
+from ..dialects import tasks as tasks_dialect
+from ..errors import Conflict, InvalidArgument, NotFound, PermissionDenied
 from ..gateway import Context, Gateway
 from ..keys import KeyRecord
+from ..tasks.service import TaskService
 from .common import extract_key
 
 router = APIRouter(prefix="/admin", tags=["Admin"])
@@ -43,10 +45,6 @@ async def admin_accounts(request: Request, gateway: AdminGateway) -> AccountStor
 
 
 AdminAccounts = Annotated[AccountStore, Depends(admin_accounts)]
-
-
-class Conflict(GatewayError):
-    status, reason = 409, "FAILED_PRECONDITION"
 
 
 async def _account(store: AccountStore, ref: str) -> Account:
@@ -297,3 +295,36 @@ async def recent_usage(
     key: Annotated[str | None, Query(description="Only this key prefix")] = None,
 ) -> list[dict[str, Any]]:
     return await gateway.recorder.recent(limit=limit, key_prefix=key)
+
+
+@router.get("/tasks/{task_id}", summary="A task's record, whoever created it")
+async def get_task(request: Request, task_id: str, gateway: AdminGateway) -> dict[str, Any]:
+    service: TaskService = request.app.state.tasks
+    record = await service.find(task_id)
+    data = tasks_dialect.render(record, service.urls(record))
+    return {
+        "task": data,
+        "state": record.state,
+        "attempts": record.attempts,
+        "key_id": record.key_id,
+        "account_id": record.account_id,
+        "callback_url": record.callback_url,
+        "callback_state": record.callback_state,
+    }
+
+
+@router.get("/callbacks", summary="Callback delivery attempts of a task")
+async def list_callbacks(
+    request: Request,
+    gateway: AdminGateway,
+    task_id: Annotated[str, Query(min_length=1, max_length=40, description="The task's id")],
+) -> dict[str, Any]:
+    service: TaskService = request.app.state.tasks
+    record = await service.find(task_id)
+    attempts = await service.deliveries(task_id)
+    return {
+        "task_id": task_id,
+        "callback_url": record.callback_url,
+        "state": record.callback_state,
+        "attempts": attempts,
+    }

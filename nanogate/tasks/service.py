@@ -10,11 +10,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 
 from .. import idempotency
-from ..billing.ledger import Refusal, Tx
+from ..billing.ledger import Refusal, Tx, aware
 from ..billing.meter import database_unavailable, refused
 from ..billing.runners import Journal
 from ..catalog import ModelSpec
@@ -148,22 +149,46 @@ class TaskService:
 
     async def get(self, key: KeyRecord, task_id: str) -> TaskRecord:
         """A task of the key's account; 404 for any other (others' tasks are not revealed)."""
-        if not task_id or len(task_id) > 40:
+        record = await self._read(task_id)
+        if record is None or record.account_id != key.account_id:
+            raise NotFound(f"No task '{task_id[:40]}' for this API key's account.")
+        return record
+
+    async def find(self, task_id: str) -> TaskRecord:
+        """Any task (the admin API)."""
+        record = await self._read(task_id)
+        if record is None:
             raise NotFound(f"No task '{task_id[:40]}'.")
+        return record
+
+    async def _read(self, task_id: str) -> TaskRecord | None:
+        if not task_id or len(task_id) > 40:
+            return None
         try:
-            record = await self.journal.submit(lambda tx: queue.get(tx, task_id))
+            return await self.journal.submit(lambda tx: queue.get(tx, task_id))
         except Exception as exc:
             raise database_unavailable("read the task") from exc
-        if record is None or record.account_id != key.account_id:
-            raise NotFound(f"No task '{task_id}' for this API key's account.")
-        return record
+
+    async def deliveries(self, task_id: str) -> list[dict[str, Any]]:
+        """The callback's delivery attempts, oldest first."""
+        rows = await self.journal.submit(lambda tx: queue.deliveries(tx, task_id))
+        return [
+            {
+                "attempt": attempt,
+                "status_code": status,
+                "error": error,
+                "duration_ms": duration,
+                "at": aware(at).isoformat(),
+            }
+            for attempt, status, error, duration, at in rows
+        ]
 
     def urls(self, record: TaskRecord) -> list[str]:
         """Signed result URLs, valid until the results' retention ends."""
         if not record.files or record.completed_at is None:
             return []
         ends = record.completed_at + self.result_ttl
-        ttl = max(60, int((ends - datetime.now(UTC)).total_seconds()))
+        ttl = max(1, int((ends - datetime.now(UTC)).total_seconds()))
         return [self.storage.url(f.name, ttl_s=ttl) for f in record.files]
 
     def answer(self, record: TaskRecord) -> bytes:

@@ -1,0 +1,253 @@
+"""The task API end to end, with real processes: `nanogate serve` (demo or simulator upstream),
+a callback receiver and file server on 127.0.0.1, over real HTTP, in both task forms."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from PIL import Image
+
+from nanogate.catalog import load_catalog
+from nanogate.media import sniff_image
+from nanogate.simulator.processes import stop
+
+from .conftest import Gateway, Simulator, simulator_upstream, start_gateway
+from .receiver import Receiver
+from .test_credits import balance, ledger_matches_balances, new_key, query
+
+CATALOG = load_catalog()
+SECRET = "test-callback-secret-0123456789abcdef"
+FORMS = {
+    "message": ("/api/v1/client/job/CreateTask", "/api/v1/client/job/TaskInfo", "task_id"),
+    "msg": ("/api/v1/jobs/createTask", "/api/v1/jobs/recordInfo", "taskId"),
+}
+TASK_ENV = {
+    "NANOGATE_EGRESS_ALLOWLIST": "127.0.0.1",
+    "NANOGATE_CALLBACK_SECRET": SECRET,
+}
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    config = {"upstreams": [{"name": "demo", "kind": "demo", "latency_ms": 50}]}
+    gateway = start_gateway(tmp_path_factory.mktemp("tasks"), config, **TASK_ENV)
+    yield gateway
+    stop(gateway.proc)
+
+
+def create(
+    gw: Gateway,
+    key: str,
+    form: str,
+    model: str,
+    input_: dict[str, Any],
+    callback: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    body: dict[str, Any] = {"model": model, "input": input_}
+    if callback:
+        body["callback_url" if form == "message" else "callBackUrl"] = callback
+    auth = {"x-api-key": key} if form == "message" else {"Authorization": f"Bearer {key}"}
+    return httpx.post(
+        gw.url + FORMS[form][0], json=body, headers={**auth, **(headers or {})}, timeout=30
+    )
+
+
+def task_id(response: httpx.Response, form: str) -> str:
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    assert doc["code"] == 200 and doc["message" if form == "message" else "msg"] == "success"
+    found: str = doc["data"][FORMS[form][2]]
+    return found
+
+
+def info(gw: Gateway, key: str, form: str, task: str) -> httpx.Response:
+    path, param = FORMS[form][1], FORMS[form][2]
+    return httpx.get(f"{gw.url}{path}?{param}={task}", headers={"x-api-key": key}, timeout=10)
+
+
+def wait_final(gw: Gateway, key: str, form: str, task: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = info(gw, key, form, task)
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()["data"]
+        state = data["status"] if form == "message" else data["state"]
+        if state in ("succeeded", "failed", "success", "fail"):
+            return data
+        time.sleep(0.05)
+    raise AssertionError(f"task {task} not final after {timeout} s")
+
+
+def result_urls(data: dict[str, Any], form: str) -> list[str]:
+    if form == "message":
+        urls: list[str] = data["result"]["urls"]
+        return urls
+    parsed: list[str] = orjson.loads(data["resultJson"])["resultUrls"]
+    return parsed
+
+
+def png(width: int, height: int, color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, "PNG")
+    return out.getvalue()
+
+
+# -- create, poll, fetch -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("form", "model", "input_", "fmt", "size"),
+    [
+        ("message", "google/nano-banana", {"aspect_ratio": "16:9"}, "image/png", None),
+        ("message", "nano-banana-pro", {"aspect_ratio": "3:4", "resolution": "2K"}, None, "2K"),
+        ("msg", "google/nano-banana-v2", {"image_size": "21:9", "resolution": "4K"}, None, "4K"),
+        (
+            "msg",
+            "nano-banana-2",
+            {"image_size": "auto", "output_format": "webp"},
+            "image/webp",
+            None,
+        ),
+        ("message", "google/nano-banana", {"output_format": "jpeg"}, "image/jpeg", None),
+    ],
+)
+def test_create_poll_and_fetch_the_image_at_its_exact_size(
+    gw: Gateway, form: str, model: str, input_: dict[str, Any], fmt: str | None, size: str | None
+) -> None:
+    key = new_key(gw, 10_000_000)
+    response = create(gw, key, form, model, {"prompt": "a lighthouse at dusk", **input_})
+    task = task_id(response, form)
+    data = wait_final(gw, key, form, task)
+    urls = result_urls(data, form)
+    assert len(urls) == 1 and urls[0].startswith(gw.url + "/files/")
+    image = httpx.get(urls[0], timeout=10)
+    assert image.status_code == 200
+    mime = sniff_image(image.content)
+    assert mime == (fmt or "image/png")
+    assert image.headers["content-type"] == mime
+    spec = CATALOG.resolve(model)
+    ratio = input_.get("aspect_ratio") or input_.get("image_size")
+    expected = spec.image_pixels(None if ratio == "auto" else ratio, size)
+    assert Image.open(io.BytesIO(image.content)).size == expected
+    # The charge is the task's cost, once.
+    cost = data["cost"] if form == "message" else data["credits"]
+    assert cost > 0
+    assert balance(gw, key) == 10_000_000 - cost
+    if form == "message":
+        assert data["status"] == "succeeded" and data["error"] is None
+        assert data["param"]["input"]["prompt"] == "a lighthouse at dusk"
+        assert data["complete_at"] >= data["create_at"] and data["duration_s"] >= 0
+    else:
+        assert data["state"] == "success" and data["failCode"] == "" and data["failMsg"] == ""
+        assert orjson.loads(data["param"])["model"] == model
+        assert data["completeTime"] >= data["createTime"] and data["costTime"] >= 0
+
+
+def test_an_edit_uses_the_input_image_fetched_by_url(gw: Gateway, receiver: Receiver) -> None:
+    receiver.files["/in/cat.png"] = (png(640, 480), "application/octet-stream")
+    key = new_key(gw, 10_000_000)
+    response = create(
+        gw,
+        key,
+        "message",
+        "google/nano-banana-edit",
+        {"prompt": "make it blue", "image_urls": [receiver.url + "/in/cat.png"]},
+    )
+    data = wait_final(gw, key, "message", task_id(response, "message"))
+    assert data["status"] == "succeeded", data
+    # The usage record (written in batches) shows the input image reached the upstream.
+    sql = (
+        "SELECT input_image_tokens, status, cost FROM usage_records "
+        f"WHERE dialect = 'tasks' AND key_prefix = '{key[:11]}'"
+    )
+    deadline = time.monotonic() + 5
+    while not (rows := query(gw, sql)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rows and rows[0][0] > 0 and rows[0][1] == 200
+    assert rows[0][2] == data["cost"]
+
+
+# -- callbacks -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["message", "msg"])
+def test_the_callback_is_the_signed_query_answer(
+    gw: Gateway, receiver: Receiver, form: str
+) -> None:
+    key = new_key(gw, 10_000_000)
+    path = f"/cb/{uuid.uuid4().hex}"
+    task = task_id(
+        create(gw, key, form, "google/nano-banana", {"prompt": "a fox"}, receiver.url + path),
+        form,
+    )
+    (delivery,) = receiver.wait_for(path)
+    assert delivery.verified(SECRET)
+    assert not delivery.verified("another-secret")
+    assert delivery.headers["x-nanogate-task-id"] == task
+    answer = info(gw, key, form, task).json()
+    assert delivery.json()["data"] == answer["data"]
+    assert delivery.json()["code"] == 200
+    # A body changed in transit no longer verifies.
+    delivery.body = delivery.body.replace(b'"code":200', b'"code":201')
+    assert not delivery.verified(SECRET)
+
+
+def test_a_failing_receiver_is_retried_until_it_answers_2xx_then_never_again(
+    gw: Gateway, receiver: Receiver
+) -> None:
+    key = new_key(gw, 10_000_000)
+    path = f"/cb/{uuid.uuid4().hex}"
+    receiver.statuses[path].extend([500, 503])
+    task = task_id(
+        create(gw, key, "message", "google/nano-banana", {"prompt": "x"}, receiver.url + path),
+        "message",
+    )
+    deliveries = receiver.wait_for(path, 3, timeout=30)
+    assert all(d.verified(SECRET) for d in deliveries)
+    assert [d.headers["x-nanogate-attempt"] for d in deliveries] == ["1", "2", "3"]
+    # Backoff between attempts, with jitter: at least half of 1 s, then of 2 s.
+    assert deliveries[1].at - deliveries[0].at >= 0.45
+    assert deliveries[2].at - deliveries[1].at >= 0.95
+    time.sleep(3)
+    assert len(receiver.at(path)) == 3
+    log = httpx.get(
+        f"{gw.url}/admin/callbacks?task_id={task}", headers={"x-api-key": gw.admin_key}
+    ).json()
+    assert log["state"] == "delivered"
+    assert [(a["attempt"], a["status_code"]) for a in log["attempts"]] == [
+        (1, 500),
+        (2, 503),
+        (3, 200),
+    ]
+
+
+def test_a_generated_callback_secret_is_stored_once_and_signs(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    gw = start_gateway(tmp_path, None, NANOGATE_EGRESS_ALLOWLIST="127.0.0.1")
+    try:
+        ((secret,),) = query(gw, "SELECT value FROM secrets WHERE name = 'callback_secret'")
+        assert len(secret) >= 64
+        path = f"/cb/{uuid.uuid4().hex}"
+        key = new_key(gw, 10_000_000)
+        create(gw, key, "message", "google/nano-banana", {"prompt": "x"}, receiver.url + path)
+        (delivery,) = receiver.wait_for(path)
+        assert delivery.verified(secret)
+    finally:
+        stop(gw.proc)
