@@ -177,7 +177,8 @@ async def finish(
     error: tuple[int, str] | None = None,
 ) -> int | None:
     """End a task: succeeded with `files`, or failed with `error` (code, message). Settles its
-    hold at `cost` (None: refund) and queues its callback. Returns what was charged, or None
+    hold at `cost` (None: refund) and queues its callback; `lease_owner` stays, naming the
+    worker that finished it. Returns what was charged, or None
     when the lease is no longer ours (someone else finishes it; nothing changed here)."""
     result = None
     if error is None:
@@ -186,7 +187,7 @@ async def finish(
         ).decode()
     ended = await tx.exec(
         "UPDATE tasks SET state = :state, result = :result, error_code = :code, "
-        "error_message = :message, completed_at = :now, lease_owner = NULL, "
+        "error_message = :message, completed_at = :now, "
         "lease_token = NULL, lease_until = NULL, "
         "callback_state = CASE WHEN callback_url IS NULL THEN 'none' ELSE 'pending' END, "
         "callback_next_at = :now WHERE id = :id AND lease_token = :token AND state = 'running'",

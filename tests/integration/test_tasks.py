@@ -19,9 +19,9 @@ from nanogate.catalog import load_catalog
 from nanogate.media import sniff_image
 from nanogate.simulator.processes import stop
 
-from .conftest import Gateway, Simulator, simulator_upstream, start_gateway
+from .conftest import Gateway, start_gateway
 from .receiver import Receiver
-from .test_credits import balance, ledger_matches_balances, new_key, query
+from .test_credits import balance, new_key, query
 
 CATALOG = load_catalog()
 SECRET = "test-callback-secret-0123456789abcdef"

@@ -39,6 +39,7 @@ from nanogate.errors import (
     Unavailable,
 )
 from nanogate.tasks.records import Form, StoredFile, TaskRecord
+from nanogate.types import Call
 
 CATALOG: Catalog = load_catalog()
 
@@ -236,9 +237,7 @@ def test_msg_form_image_size_refusal_names_image_size() -> None:
     assert _refused(body, "msg").startswith("input.image_size:")
 
 
-@pytest.mark.parametrize(
-    ("form", "name"), [("message", "callback_url"), ("msg", "callBackUrl")]
-)
+@pytest.mark.parametrize(("form", "name"), [("message", "callback_url"), ("msg", "callBackUrl")])
 @pytest.mark.parametrize("value", ["", "  ", 7, "ftp://example.com/x", "example.com/x"])
 def test_callback_refusal_names_the_forms_field(form: Form, name: str, value: Any) -> None:
     body = _body(model="m", input={"prompt": "p"}, **{name: value})
@@ -326,7 +325,7 @@ def test_a_text_model_is_refused() -> None:
 # -- gemini_request ----------------------------------------------------------------------------
 
 
-def _validated(spec: ModelSpec, body: dict[str, Any]) -> gemini.Call:
+def _validated(spec: ModelSpec, body: dict[str, Any]) -> Call:
     return gemini.parse_call("req-1", "generateContent", spec, orjson.dumps(body))
 
 
