@@ -276,7 +276,7 @@ def _render_msg(record: TaskRecord, urls: Sequence[str]) -> dict[str, Any]:
         "param": orjson.dumps(record.param).decode(),
         "resultJson": orjson.dumps({"resultUrls": list(urls)}).decode() if succeeded else "",
         "failCode": str(record.error_code) if failed else "",
-        "failMsg": record.error_message or "" if failed else "",
+        "failMsg": (record.error_message or "") if failed else "",
         "costTime": _duration_ms(record) if record.completed_at else None,
         "createTime": _millis(record.created_at),
         "completeTime": _millis(record.completed_at),

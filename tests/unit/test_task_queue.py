@@ -365,7 +365,10 @@ async def test_finish_succeeded_settles_the_hold_at_cost(
     assert found.completed_at == done
     assert found.error_code is None and found.error_message is None
     assert found.callback_state == "none"  # no callback_url
-    assert await _lease(engine, record.id) == ("succeeded", None, None)
+    # The lease is gone; lease_owner stays, naming the worker that finished the task.
+    assert await _lease(engine, record.id) == ("succeeded", "w1", None)
+    # ... and a restart of that worker does not requeue a finished task.
+    assert await _run(runner, lambda tx: queue.release_owner(tx, "w1", done)) == 0
     assert await _balance(engine, key.account_id) == 750  # 600 reserved, 350 back
     async with engine.connect() as conn:
         rows = (
