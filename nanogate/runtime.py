@@ -145,7 +145,7 @@ async def running(
     await meter.recover(starting=True)
     if worker is not None:
         await worker.start()
-    callbacks.start()
+    callbacks.start_loop()
     sweeper = asyncio.create_task(_sweep(meter, journal, storage, result_ttl_s), name="sweeper")
     try:
         yield Runtime(
@@ -166,7 +166,7 @@ async def running(
         sweeper.cancel()
         if worker is not None:
             await worker.stop()
-        await callbacks.stop()
+        await callbacks.stop_loop()
         await journal.stop()
         await journal.runner.close()
         await recorder.stop()

@@ -14,7 +14,6 @@ attempt is logged in `callback_deliveries`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -27,6 +26,7 @@ from .. import __version__
 from ..billing.runners import Journal
 from ..egress import EgressRefused, FetchFailed, GuardedHttp
 from . import queue
+from .claims import ClaimLoop
 from .records import TaskRecord
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ def backoff(attempt: int, base_s: float = 1.0) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
-class CallbackSender:
+class CallbackSender(ClaimLoop):
+    name = "callback-sender"
+
     def __init__(
         self,
         journal: Journal,
@@ -59,59 +61,21 @@ class CallbackSender:
         concurrency: int = 32,
         poll_s: float = 1.0,
     ) -> None:
+        super().__init__(concurrency, poll_s)
         self.journal = journal
         self.http = http
         self.secret = secret
         self.render = render
         self.timeout_s = timeout_s
         self.retry = timedelta(seconds=retry_s)
-        self.concurrency = concurrency
-        self.poll_s = poll_s
-        self._wake = asyncio.Event()
-        self._sending: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.Task[None] | None = None
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        self._loop = asyncio.create_task(self._claim_loop(), name="callback-sender")
-
-    async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        for sending in list(self._sending):
-            sending.cancel()  # its lease runs out and another attempt follows
-        await asyncio.gather(*self._sending, return_exceptions=True)
-
-    async def _claim_loop(self) -> None:
-        while True:
-            free = self.concurrency - len(self._sending)
-            if free > 0:
-                try:
-                    await self._claim(free)
-                except Exception as exc:
-                    logger.warning("callback claim failed (%s)", type(exc).__name__)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_s):
-                    await self._wake.wait()
-            self._wake.clear()
-
-    async def _claim(self, limit: int) -> None:
+    async def claim(self, limit: int) -> None:
         now = datetime.now(UTC)
         # A lease outlasting one attempt: a sender that dies mid-attempt is retried after it.
         until = now + timedelta(seconds=self.timeout_s + 30)
         due = await self.journal.submit(lambda tx: queue.claim_callbacks(tx, now, until, limit))
         for record, attempts in due:
-            sending = asyncio.create_task(self._deliver(record, attempts + 1))
-            self._sending.add(sending)
-            sending.add_done_callback(self._sent)
-
-    def _sent(self, sending: asyncio.Task[None]) -> None:
-        self._sending.discard(sending)
-        self._wake.set()
+            self.spawn(self._deliver(record, attempts + 1), f"callback-{record.id}")
 
     async def _deliver(self, record: TaskRecord, attempt: int) -> None:
         assert record.callback_url is not None
@@ -172,4 +136,4 @@ class CallbackSender:
         )
         if next_at is not None:
             # Come back for it at its time even if nothing else wakes the loop.
-            asyncio.get_running_loop().call_later((next_at - now).total_seconds(), self._wake.set)
+            asyncio.get_running_loop().call_later((next_at - now).total_seconds(), self.wake)

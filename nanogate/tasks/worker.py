@@ -37,6 +37,7 @@ from ..images import ImageRejected, convert_image, inspect_image
 from ..media import decode_base64
 from ..storage import Storage
 from . import queue
+from .claims import ClaimLoop
 from .records import StoredFile, TaskRecord
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,9 @@ class TaskFailed(Exception):
         self.cost = cost
 
 
-class Worker:
+class Worker(ClaimLoop):
+    name = "task-worker"
+
     def __init__(
         self,
         journal: Journal,
@@ -89,24 +92,16 @@ class Worker:
         poll_s: float = 1.0,
         finished: Callable[[TaskRecord], None] = lambda record: None,
     ) -> None:
+        super().__init__(concurrency, poll_s)
         self.journal = journal
         self.gateway = gateway
         self.storage = storage
         self.http = http
         self.limits = limits
         self.owner = owner
-        self.concurrency = concurrency
         self.lease = timedelta(seconds=lease_s)
         self.max_attempts = max_attempts
-        self.poll_s = poll_s
         self.finished = finished
-        self._wake = asyncio.Event()
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._loop: asyncio.Task[None] | None = None
-
-    def wake(self) -> None:
-        """A task was queued here: claim now rather than at the next poll."""
-        self._wake.set()
 
     async def start(self) -> None:
         # Tasks this owner held before a restart are its own orphans: queue them again now.
@@ -115,53 +110,20 @@ class Worker:
         )
         if released:
             logger.warning("requeued tasks left before a restart", extra={"count": released})
-        self._loop = asyncio.create_task(self._claim_loop(), name="task-worker")
+        self.start_loop()
 
     async def stop(self) -> None:
         """Stop claiming; runs in flight are cancelled and handed back to the queue."""
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        runs = list(self._running.values())
-        for run in runs:
-            run.cancel()
-        await asyncio.gather(*runs, return_exceptions=True)
+        await self.stop_loop()
 
-    # -- claiming ----------------------------------------------------------------------------
-
-    async def _claim_loop(self) -> None:
-        while True:
-            free = self.concurrency - len(self._running)
-            claimed = 0
-            if free > 0:
-                try:
-                    claimed = await self._claim(free)
-                except Exception as exc:
-                    logger.warning("task claim failed (%s)", type(exc).__name__)
-            if claimed and claimed == free:
-                # Perhaps more are due: claim again as soon as a slot frees.
-                self._wake.set()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_s):
-                    await self._wake.wait()
-            self._wake.clear()
-
-    async def _claim(self, limit: int) -> int:
+    async def claim(self, limit: int) -> None:
         token = secrets.token_hex(12)
         now = datetime.now(UTC)
         found = await self.journal.submit(
             lambda tx: queue.claim(tx, self.owner, token, now, now + self.lease, limit)
         )
         for record, deadline in found:
-            run = asyncio.create_task(self._run(record, deadline, token), name=f"task-{record.id}")
-            self._running[record.id] = run
-            run.add_done_callback(functools.partial(self._done, record.id))
-        return len(found)
-
-    def _done(self, task_id: str, _: asyncio.Task[None]) -> None:
-        self._running.pop(task_id, None)
-        self._wake.set()  # a slot is free
+            self.spawn(self._run(record, deadline, token), f"task-{record.id}")
 
     # -- one task ----------------------------------------------------------------------------
 

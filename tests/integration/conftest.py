@@ -19,6 +19,8 @@ from google import genai
 
 from nanogate.simulator.processes import free_port, pump_stdout, stop, wait_for_line
 
+from .receiver import Receiver
+
 SIM_KEY = "sim-upstream-secret-key-0123456789"
 
 
@@ -125,6 +127,14 @@ def start_gateway(tmp: Path, config: dict[str, Any] | None = None, **env: str) -
         proc,
         stderr_path,
     )
+
+
+@pytest.fixture(scope="session")
+def receiver() -> Iterator[Receiver]:
+    """Callbacks, input images and redirects on 127.0.0.1 (see receiver.py)."""
+    server = Receiver()
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session")

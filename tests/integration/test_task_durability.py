@@ -10,11 +10,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy.engine import make_url
 
 from nanogate.simulator.processes import stop
@@ -24,13 +22,6 @@ from .receiver import Receiver
 from .test_credits import balance, ledger_matches_balances, new_key, query
 from .test_credits_under_load import restart
 from .test_tasks import SECRET, TASK_ENV, create, info, task_id, wait_final
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
 
 
 def test_kill_9_mid_task_then_restart_finishes_it_once(

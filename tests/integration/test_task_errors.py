@@ -21,13 +21,6 @@ from .test_tasks import FORMS, TASK_ENV, create, png, result_urls, task_id, wait
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, simulator: Simulator) -> Iterator[Gateway]:
     config = {
         "upstreams": [simulator_upstream(simulator, timeout_s=5, breaker_failures=1000)],

@@ -36,13 +36,6 @@ TASK_ENV = {
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     config = {"upstreams": [{"name": "demo", "kind": "demo", "latency_ms": 50}]}
     gateway = start_gateway(tmp_path_factory.mktemp("tasks"), config, **TASK_ENV)
