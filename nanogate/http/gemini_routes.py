@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..billing import prices
 from ..dialects import gemini
 from ..errors import GatewayError, NotFound, UpstreamError
 from ..gateway import Context, Gateway
@@ -69,7 +70,11 @@ async def generate(request: Request) -> Response | RelayStream:
         if method == "streamGenerateContent":
             first, rest = await gateway.stream(ctx, call)
             streaming = True
-            return _relay(ctx, first, rest, sse=request.query_params.get("alt") == "sse")
+            # An image stream whose client leaves is finished anyway and kept (the rescue
+            # path); a text stream stops, and costs what was produced until then.
+            keeper = request.app.state.results if prices.expects_image(call) else None
+            sse = request.query_params.get("alt") == "sse"
+            return _relay(ctx, first, rest, sse=sse, keeper=keeper)
         if method == "countTokens":
             return Response((await gateway.generate(ctx, call)).body, media_type=JSON_TYPE)
         return await _generate(request, ctx, call, body)
@@ -116,15 +121,26 @@ async def _generate(request: Request, ctx: Context, call: Call, body: bytes) -> 
     return Response(reply.body, headers={COST_HEADER: str(ctx.cost)}, media_type=JSON_TYPE)
 
 
-def _relay(ctx: Context, first: Chunk, rest: GuardedStream, *, sse: bool) -> RelayStream:
+def _relay(
+    ctx: Context,
+    first: Chunk,
+    rest: GuardedStream,
+    *,
+    sse: bool,
+    keeper: ResultKeeper | None,
+) -> RelayStream:
     """SSE events, or the JSON array Google sends when `alt` is not `sse`."""
     completed = False
+    # With a keeper, the chunks sent so far, to keep the whole answer if the client leaves.
+    bodies: list[bytes] | None = [first.body] if keeper is not None else None
 
     async def frames() -> AsyncIterator[bytes]:
         nonlocal completed
         yield gemini.sse_event(first.body) if sse else b"[" + first.body
         try:
             async for chunk in rest:
+                if bodies is not None:
+                    bodies.append(chunk.body)
                 yield gemini.sse_event(chunk.body) if sse else b",\r\n" + chunk.body
         except UpstreamError as exc:
             # Bytes already went out, so no retry and no status change: the error travels as
@@ -139,10 +155,31 @@ def _relay(ctx: Context, first: Chunk, rest: GuardedStream, *, sse: bool) -> Rel
         # Runs however the response ends, even if not one byte was sent: closing `rest`
         # releases the upstream and the limits and writes the usage record.
         if not completed and ctx.status == 200:
-            ctx.status, ctx.error = 499, "CLIENT_CLOSED"
+            if keeper is not None and bodies is not None:
+                await _finish_for_later(ctx, rest, bodies, keeper)
+            else:
+                ctx.status, ctx.error = 499, "CLIENT_CLOSED"
         await rest.aclose()
 
     return RelayStream(frames(), "text/event-stream" if sse else JSON_TYPE, cleanup)
+
+
+async def _finish_for_later(
+    ctx: Context, rest: GuardedStream, bodies: list[bytes], keeper: ResultKeeper
+) -> None:
+    """The client left an image stream: read it to its end (billed whole as it passes the
+    meter) and keep it, as Google's JSON array of chunks, for GET /v1/results/{request_id}."""
+    assert ctx.key is not None
+    try:
+        with keeper.running(ctx.key.id, ctx.request_id):
+            async for chunk in rest:
+                bodies.append(chunk.body)
+    except UpstreamError:
+        return  # the stream failed: refunded when it closes, nothing to keep
+    try:
+        await keeper.keep(ctx.key.id, ctx.request_id, b"[" + b",\r\n".join(bodies) + b"]")
+    except Exception as exc:
+        log.error("could not keep a stream's answer (%s)", type(exc).__name__)
 
 
 def wants_gemini(request: Request) -> bool:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
@@ -31,6 +33,7 @@ from .conftest import (
 
 CATALOG = load_catalog()
 IMAGE_MODEL = "gemini-2.5-flash-image"
+TEXT_MODEL = "gemini-2.5-flash"
 PROMPT = {
     "contents": [{"role": "user", "parts": [{"text": "a lighthouse"}]}],
     "generationConfig": {"maxOutputTokens": 1000},
@@ -232,14 +235,14 @@ def test_a_stream_settles_once_at_its_usage(gw: Gateway) -> None:
     assert rows == [("settled", spent)]
 
 
-def test_a_client_gone_mid_stream_pays_for_what_was_produced(
+def test_a_client_gone_mid_text_stream_pays_for_what_was_produced(
     gw: Gateway, simulator: Simulator
 ) -> None:
     key = new_key(gw, 1_000_000)
-    simulator.faults({"slow_stream": 1.0, "model": IMAGE_MODEL})
+    simulator.faults({"slow_stream": 1.0, "model": TEXT_MODEL})
     with httpx.stream(
         "POST",
-        f"{gw.url}/v1beta/models/{IMAGE_MODEL}:streamGenerateContent?alt=sse",
+        f"{gw.url}/v1beta/models/{TEXT_MODEL}:streamGenerateContent?alt=sse",
         headers={"x-goog-api-key": key},
         json=PROMPT,
         timeout=30,
@@ -247,19 +250,56 @@ def test_a_client_gone_mid_stream_pays_for_what_was_produced(
         first = next(response.iter_lines())
     assert first.startswith("data: ")
     seen = usage_from_response(first.removeprefix("data: ").encode())
-    expected = prices.price(CATALOG.resolve(IMAGE_MODEL), seen)
+    expected = prices.price(CATALOG.resolve(TEXT_MODEL), seen)
     assert expected > 0  # the prompt tokens Google bills even for a cut stream
     # The gateway sees the client gone at its next write (the next slow chunk), then settles.
+    wait_no_hold(gw, key)
+    assert balance(gw, key) == 1_000_000 - expected
+    ledger_matches_balances(gw)
+
+
+def test_a_client_gone_mid_image_stream_gets_the_whole_answer_later(
+    gw: Gateway, simulator: Simulator
+) -> None:
+    # The rescue path: an image stream runs to its end, is billed whole, once, and is kept.
+    key = new_key(gw, 1_000_000)
+    request_id = f"stream-rescue-{time.time_ns()}"
+    simulator.faults({"slow_stream": 0.5, "model": IMAGE_MODEL})
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/v1beta/models/{IMAGE_MODEL}:streamGenerateContent?alt=sse",
+        headers={"x-goog-api-key": key, "x-request-id": request_id},
+        json=PROMPT,
+        timeout=30,
+    ) as response:
+        assert next(response.iter_lines()).startswith("data: ")
+    url = f"{gw.url}/v1/results/{request_id}"
+    deadline = time.monotonic() + 30
+    while (found := httpx.get(url, headers={"x-goog-api-key": key})).status_code != 200:
+        assert found.status_code in (202, 404) and time.monotonic() < deadline, found.text
+        time.sleep(0.1)
+    chunks = found.json()
+    assert isinstance(chunks, list) and len(chunks) > 1
+    assert any(
+        "inlineData" in part
+        for chunk in chunks
+        for part in chunk["candidates"][0]["content"]["parts"]
+    )
+    whole = usage_from_response(orjson.dumps(chunks[-1]))
+    wait_no_hold(gw, key)
+    assert balance(gw, key) == 1_000_000 - prices.price(CATALOG.resolve(IMAGE_MODEL), whole)
+    ledger_matches_balances(gw)
+
+
+def wait_no_hold(gw: Gateway, key: str) -> None:
     held = (
         "SELECT COUNT(*) FROM holds h JOIN api_keys k ON k.id = h.key_id "
         f"WHERE k.prefix = '{key[:11]}' AND h.state = 'pending'"
     )
     for _ in range(100):
         if query(gw, held) == [(0,)]:
-            break
+            return
         threading.Event().wait(0.1)
-    assert balance(gw, key) == 1_000_000 - expected
-    ledger_matches_balances(gw)
 
 
 def test_balance_in_both_task_forms(gw: Gateway) -> None:
