@@ -47,30 +47,34 @@ import asyncio
 import json
 import os
 import platform
-import queue
-import re
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import aiohttp
 import yaml
+from common import (
+    SIM_KEY,
+    Server,
+    clean_environ,
+    cpu_seconds,
+    interrupt_on_signals,
+    launch_gateway,
+    loop_factory,
+    percentile,
+    start_simulator,
+)
 
-from nanogate.simulator.processes import free_port, pump_stdout, stop, wait_for_line
+from nanogate.simulator.processes import free_port
 
-SIM_KEY = "bench-simulator-key-0123456789abcdef"
 TEXT_MODEL = "gemini-2.5-flash"
 IMAGE_MODEL = "gemini-2.5-flash-image"
 TEXT_BODY = b'{"contents":[{"parts":[{"text":"hello"}]}]}'
@@ -79,7 +83,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 RSS_INTERVAL_S = 0.020
 CLIENT_READ_BUFSIZE = 1 << 20
 MiB = 1024 * 1024
-GATEWAY_COMMAND = (sys.executable, "-m", "nanogate", "serve")
 
 
 @dataclass(frozen=True)
@@ -115,43 +118,6 @@ def knobs_for(quick: bool, rounds: int | None = None) -> Knobs:
 # --- processes ----------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    """A child process serving HTTP, and the key a client presents to it."""
-
-    name: str
-    url: str
-    key: str
-    proc: subprocess.Popen[str]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
-def _wait_for_line(
-    lines: queue.Queue[str | None], pattern: re.Pattern[str], timeout: float, log: Path
-) -> list[str]:
-    try:
-        return wait_for_line(lines, pattern, timeout)
-    except RuntimeError as exc:
-        raise RuntimeError(f"{exc}\nstderr: {log.read_text()[-3000:]}") from None
-
-
-def start_simulator(stack: ExitStack, tmp: Path, image_bytes: int | None) -> Server:
-    log = tmp / f"simulator-{image_bytes or 'small'}.log"
-    cmd = [sys.executable, "-m", "nanogate.simulator", "--port", "0"]
-    cmd += ["--api-key", SIM_KEY, "--no-record"]
-    if image_bytes is not None:
-        cmd += ["--image-bytes", str(image_bytes)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
-    stack.callback(stop, proc)
-    lines = pump_stdout(proc)
-    found = _wait_for_line(lines, re.compile(r"SIMULATOR LISTENING (\S+)"), 60, log)
-    return Server("simulator", found[-1].split()[-1], SIM_KEY, proc, log)
-
-
 def gateway_config(sim_url: str) -> dict[str, Any]:
     upstream = {
         "name": "sim",
@@ -176,7 +142,7 @@ def gateway_db(data_root: Path) -> Path:
 
 
 def gateway_env(tmp: Path, port: int, config: Path, *, metering: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NANOGATE_")}
+    env = clean_environ()
     env.update(
         NANOGATE_DATA_DIR=str(tmp / "data"),
         NANOGATE_PORT=str(port),
@@ -197,36 +163,8 @@ def start_gateway(
     config = tmp / "nanogate.yaml"
     config.write_text(yaml.safe_dump(gateway_config(sim.url)))
     port = free_port()
-    log = tmp / "gateway.log"
-    proc = subprocess.Popen(
-        list(GATEWAY_COMMAND),
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-        env=gateway_env(tmp, port, config, metering=metering),
-    )
-    stack.callback(stop, proc)
-    lines = pump_stdout(proc)
-    found = _wait_for_line(lines, re.compile(r"^NANOGATE_CLIENT_KEY="), 120, log)
-    key = found[-1].split("=", 1)[1].strip()
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, proc, log)
-    return Server(name, url, key, proc, log)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[str], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"gateway not healthy at {url}:\n{log.read_text()[-3000:]}")
+    env = gateway_env(tmp, port, config, metering=metering)
+    return launch_gateway(stack, tmp, port, env, name)
 
 
 # --- /proc probes -------------------------------------------------------------------------
@@ -239,17 +177,6 @@ def proc_status_kib(pid: int, field_name: str) -> int:
             if line.startswith(field_name + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field_name} not in /proc/{pid}/status")
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        # The command name may hold spaces; the fields after its closing paren don't.
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 class RssSampler:
@@ -432,17 +359,6 @@ async def run_count(
 
 
 # --- scenarios ----------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass
@@ -629,15 +545,6 @@ def run_image_stack(runner: asyncio.Runner, tmp: Path, knobs: Knobs) -> list[dic
         gateway = start_gateway(stack, tmp / "image", sim)
         pair = targets_for(sim, gateway)
         return compare_images(runner, "B 16MiB images", pair, knobs)
-
-
-def loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
-    try:
-        import uvloop
-    except ImportError:
-        return None, "asyncio"
-    version = getattr(uvloop, "__version__", "?")
-    return uvloop.new_event_loop, f"uvloop {version}"
 
 
 def environment(knobs: Knobs, loop_name: str, quick: bool) -> dict[str, Any]:
@@ -885,32 +792,6 @@ def write_json(doc: dict[str, Any]) -> None:
 
 
 # --- entry point --------------------------------------------------------------------------
-
-
-def _as_sigint(signum: int, frame: FrameType | None) -> None:
-    # Whoever handles SIGINT right now (asyncio.Runner while load runs, which cancels the load
-    # task cleanly; Python's default handler otherwise) handles this signal the same way.
-    os.kill(os.getpid(), signal.SIGINT)
-
-
-@contextmanager
-def interrupt_on_signals() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP unwind like Ctrl-C, so every child process gets stopped.
-
-    SIGINT gets Python's default handler back even where the parent ignored it (a shell's
-    background job), so `kill -INT` works too and asyncio.Runner cancels the load cleanly.
-    """
-    handlers = {
-        signal.SIGINT: signal.default_int_handler,
-        signal.SIGTERM: _as_sigint,
-        signal.SIGHUP: _as_sigint,
-    }
-    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

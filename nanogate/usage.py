@@ -106,6 +106,7 @@ class UsageRecorder:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._failing = False  # the last flush hit a database error
         self.dropped = 0  # buffer overflow: oldest records discarded while the DB was away
         self.rejected = 0  # rows the database refused for their content
         self._dropped_logged = 0
@@ -145,6 +146,7 @@ class UsageRecorder:
         database failure the records stay buffered for the next try."""
         written = 0
         async with self._lock:
+            self._failing = False
             self._report_drops()
             while self._buffer:
                 batch = [
@@ -154,6 +156,7 @@ class UsageRecorder:
                     written += await self._insert(batch)
                 except Exception as exc:
                     self._requeue(batch)
+                    self._failing = True
                     logger.warning(
                         "usage flush failed (%s); %d records kept for retry",
                         _describe(exc),
@@ -187,6 +190,9 @@ class UsageRecorder:
             self._wake.clear()
             if not self._stopping:
                 await self.flush()
+                if self._failing:
+                    # A batch that filled during the failed write must not retry at once.
+                    self._wake.clear()
 
     async def _insert(self, batch: list[UsageRecord]) -> int:
         rows = [_row(rec) for rec in batch]

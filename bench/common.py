@@ -1,0 +1,167 @@
+"""What the benchmark scripts share: starting the simulator and `nanogate serve` as child
+processes, percentiles, the client's event loop, and stopping cleanly on a signal.
+
+Not a benchmark itself; `bench/relay.py` and `bench/tasks.py` import it (each script's own
+directory is first on sys.path when it runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from nanogate.simulator.processes import pump_stdout, stop, wait_for_line
+
+SIM_KEY = "bench-simulator-key-0123456789abcdef"
+GATEWAY_COMMAND = (sys.executable, "-m", "nanogate", "serve")
+
+
+@dataclass
+class Server:
+    """A child process serving HTTP, and the key a client presents to it."""
+
+    name: str
+    url: str
+    key: str
+    proc: subprocess.Popen[str]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def wait_for_output(
+    lines: queue.Queue[str | None], pattern: re.Pattern[str], timeout: float, log: Path
+) -> list[str]:
+    """`wait_for_line`, with the end of the child's stderr log in the error."""
+    try:
+        return wait_for_line(lines, pattern, timeout)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\nstderr: {log.read_text()[-3000:]}") from None
+
+
+def start_simulator(stack: ExitStack, tmp: Path, image_bytes: int | None) -> Server:
+    """The upstream simulator on a free port, stopped when `stack` closes."""
+    log = tmp / f"simulator-{image_bytes or 'small'}.log"
+    cmd = [sys.executable, "-m", "nanogate.simulator", "--port", "0"]
+    cmd += ["--api-key", SIM_KEY, "--no-record"]
+    if image_bytes is not None:
+        cmd += ["--image-bytes", str(image_bytes)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+    stack.callback(stop, proc)
+    lines = pump_stdout(proc)
+    found = wait_for_output(lines, re.compile(r"SIMULATOR LISTENING (\S+)"), 60, log)
+    return Server("simulator", found[-1].split()[-1], SIM_KEY, proc, log)
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without any NANOGATE_* setting, for a child gateway."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("NANOGATE_")}
+
+
+def launch_gateway(
+    stack: ExitStack, tmp: Path, port: int, env: dict[str, str], name: str = "gateway"
+) -> Server:
+    """`nanogate serve` with `env` (which must set NANOGATE_PORT to `port` and a fresh data
+    dir, so it creates its first keys), stopped when `stack` closes; returns once it is healthy,
+    with the client key it printed."""
+    log = tmp / "gateway.log"
+    proc = subprocess.Popen(
+        list(GATEWAY_COMMAND),
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+        env=env,
+    )
+    stack.callback(stop, proc)
+    lines = pump_stdout(proc)
+    found = wait_for_output(lines, re.compile(r"^NANOGATE_CLIENT_KEY="), 120, log)
+    key = found[-1].split("=", 1)[1].strip()
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, proc, log)
+    return Server(name, url, key, proc, log)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[str], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"gateway not healthy at {url}:\n{log.read_text()[-3000:]}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
+    try:
+        import uvloop
+    except ImportError:
+        return None, "asyncio"
+    version = getattr(uvloop, "__version__", "?")
+    return uvloop.new_event_loop, f"uvloop {version}"
+
+
+def _as_sigint(signum: int, frame: FrameType | None) -> None:
+    # Whoever handles SIGINT right now (asyncio.Runner while load runs, which cancels the load
+    # task cleanly; Python's default handler otherwise) handles this signal the same way.
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+@contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP unwind like Ctrl-C, so every child process gets stopped.
+
+    SIGINT gets Python's default handler back even where the parent ignored it (a shell's
+    background job), so `kill -INT` works too and asyncio.Runner cancels the load cleanly.
+    """
+    handlers = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGTERM: _as_sigint,
+        signal.SIGHUP: _as_sigint,
+    }
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name may hold spaces; the fields after its closing paren don't.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
