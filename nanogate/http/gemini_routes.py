@@ -105,19 +105,20 @@ async def _generate(request: Request, ctx: Context, call: Call, body: bytes) -> 
             status, stored = replay
             headers = {COST_HEADER: "0", REPLAY_HEADER: "true"}
             return Response(stored, status, headers, JSON_TYPE)
-    try:
-        with keeper.running(key.id, ctx.request_id):
-            reply = await gateway.generate(ctx, call)
-    except BaseException:
-        if idem is not None:
-            await keeper.release(key.id, idem[0], ctx.request_id)
-        raise
-    if idem is not None or await request.is_disconnected():
-        # Kept for a replay, or for a client that left before its answer: it paid for it.
+    # "Running" until the answer is kept, so GET /v1/results never sees neither.
+    with keeper.running(key.id, ctx.request_id):
         try:
-            await keeper.keep(key.id, ctx.request_id, reply.body)
-        except Exception as exc:
-            log.error("could not keep an answer (%s)", type(exc).__name__)
+            reply = await gateway.generate(ctx, call)
+        except BaseException:
+            if idem is not None:
+                await keeper.release(key.id, idem[0], ctx.request_id)
+            raise
+        if idem is not None or await request.is_disconnected():
+            # Kept for a replay, or for a client that left before its answer: it paid for it.
+            try:
+                await keeper.keep(key.id, ctx.request_id, reply.body)
+            except Exception as exc:
+                log.error("could not keep an answer (%s)", type(exc).__name__)
     return Response(reply.body, headers={COST_HEADER: str(ctx.cost)}, media_type=JSON_TYPE)
 
 
@@ -170,16 +171,17 @@ async def _finish_for_later(
     """The client left an image stream: read it to its end (billed whole as it passes the
     meter) and keep it, as Google's JSON array of chunks, for GET /v1/results/{request_id}."""
     assert ctx.key is not None
-    try:
-        with keeper.running(ctx.key.id, ctx.request_id):
+    with keeper.running(ctx.key.id, ctx.request_id):
+        try:
             async for chunk in rest:
                 bodies.append(chunk.body)
-    except UpstreamError:
-        return  # the stream failed: refunded when it closes, nothing to keep
-    try:
-        await keeper.keep(ctx.key.id, ctx.request_id, b"[" + b",\r\n".join(bodies) + b"]")
-    except Exception as exc:
-        log.error("could not keep a stream's answer (%s)", type(exc).__name__)
+        except UpstreamError:
+            return  # the stream failed: refunded when it closes, nothing to keep
+        try:
+            answer = b"[" + b",\r\n".join(bodies) + b"]"
+            await keeper.keep(ctx.key.id, ctx.request_id, answer)
+        except Exception as exc:
+            log.error("could not keep a stream's answer (%s)", type(exc).__name__)
 
 
 def wants_gemini(request: Request) -> bool:
