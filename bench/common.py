@@ -8,6 +8,7 @@ directory is first on sys.path when it runs).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import re
@@ -21,6 +22,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from nanogate.simulator.processes import pump_stdout, stop, wait_for_line
 
@@ -165,3 +167,20 @@ def cpu_seconds(pid: int) -> float:
         # The command name may hold spaces; the fields after its closing paren don't.
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """A run's figures as JSON (NaN, a percentile of no samples, becomes null)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(doc), indent=2, allow_nan=False, default=str) + "\n")
+    print(f"\nwrote {path}")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

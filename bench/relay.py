@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sqlite3
@@ -71,6 +70,7 @@ from common import (
     loop_factory,
     percentile,
     start_simulator,
+    write_json,
 )
 
 from nanogate.simulator.processes import free_port
@@ -774,23 +774,6 @@ def report(
     }
 
 
-def _finite(value: Any) -> Any:
-    """NaN (a percentile of no samples) becomes null: JSON has no NaN."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_json(doc: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(_finite(doc), indent=2, allow_nan=False, default=str) + "\n")
-    print(f"\nwrote {RESULTS}")
-
-
 # --- entry point --------------------------------------------------------------------------
 
 
@@ -843,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.only_metering:
             rows += run_image_stack(runner, tmp, knobs)
     doc = report(env, rows, ledgers)
-    write_json(doc)
+    write_json(RESULTS, doc)
     return 0
 
 

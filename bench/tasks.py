@@ -84,6 +84,7 @@ from common import (
     loop_factory,
     percentile,
     start_simulator,
+    write_json,
 )
 from rich.console import Console
 from rich.table import Table
@@ -759,23 +760,6 @@ def report(env: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"environment": env, "results": rows}
 
 
-def _finite(value: Any) -> Any:
-    """NaN (a percentile of no samples) becomes null: JSON has no NaN."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_json(doc: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(_finite(doc), indent=2, allow_nan=False, default=str) + "\n")
-    console.print(f"\nwrote {RESULTS}")
-
-
 # --- entry point --------------------------------------------------------------------------
 
 
@@ -865,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         rows = run_all(runner, Path(tmp_name), knobs)
     doc = report(env, rows)
-    write_json(doc)
+    write_json(RESULTS, doc)
     return 1 if any(row["failures"] for row in rows) else 0
 
 
