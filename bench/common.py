@@ -184,3 +184,23 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+# Far above what any run reserves, so a benchmark never meets a 402.
+STARTER_CREDITS = 10**15
+
+
+def gateway_env(data_root: Path, port: int, config: Path, **settings: str) -> dict[str, str]:
+    """The environment of a benchmarked `nanogate serve`: its data under `data_root`, quiet
+    logs, a long key cache, ample credits, plus `settings` (NANOGATE_* names)."""
+    env = clean_environ()
+    env.update(
+        NANOGATE_DATA_DIR=str(data_root / "data"),
+        NANOGATE_PORT=str(port),
+        NANOGATE_CONFIG=str(config),
+        NANOGATE_LOG_LEVEL="warning",
+        NANOGATE_KEY_CACHE_SECONDS="60",
+        NANOGATE_STARTER_CREDITS=str(STARTER_CREDITS),
+        **settings,
+    )
+    return env

@@ -62,9 +62,10 @@ import aiohttp
 import yaml
 from common import (
     SIM_KEY,
+    STARTER_CREDITS,
     Server,
-    clean_environ,
     cpu_seconds,
+    gateway_env,
     interrupt_on_signals,
     launch_gateway,
     loop_factory,
@@ -133,7 +134,6 @@ def gateway_config(sim_url: str) -> dict[str, Any]:
 # Credits on the bench's client key. Each metered text call reserves its worst case (the model's
 # whole output budget, ~0.2 M credits on gemini-2.5-flash) and settles at its real cost, so a run
 # needs this far above requests in flight x reservation; 10**15 is about 5e9 calls at worst case.
-STARTER_CREDITS = 10**15
 
 
 def gateway_db(data_root: Path) -> Path:
@@ -141,19 +141,9 @@ def gateway_db(data_root: Path) -> Path:
     return data_root / "data" / "nanogate.db"
 
 
-def gateway_env(tmp: Path, port: int, config: Path, *, metering: bool) -> dict[str, str]:
-    env = clean_environ()
-    env.update(
-        NANOGATE_DATA_DIR=str(tmp / "data"),
-        NANOGATE_PORT=str(port),
-        NANOGATE_CONFIG=str(config),
-        NANOGATE_LOG_LEVEL="warning",
-        NANOGATE_KEY_CACHE_SECONDS="60",
-        # Spelled out either way, so "gateway" stays the metered one should the default change.
-        NANOGATE_METERING="true" if metering else "false",
-        NANOGATE_STARTER_CREDITS=str(STARTER_CREDITS),
-    )
-    return env
+def metered_env(tmp: Path, port: int, config: Path, *, metering: bool) -> dict[str, str]:
+    # Spelled out either way, so "gateway" stays the metered one should the default change.
+    return gateway_env(tmp, port, config, NANOGATE_METERING="true" if metering else "false")
 
 
 def start_gateway(
@@ -163,7 +153,7 @@ def start_gateway(
     config = tmp / "nanogate.yaml"
     config.write_text(yaml.safe_dump(gateway_config(sim.url)))
     port = free_port()
-    env = gateway_env(tmp, port, config, metering=metering)
+    env = metered_env(tmp, port, config, metering=metering)
     return launch_gateway(stack, tmp, port, env, name)
 
 

@@ -77,8 +77,8 @@ from aiohttp import web
 from common import (
     SIM_KEY,
     Server,
-    clean_environ,
     cpu_seconds,
+    gateway_env,
     interrupt_on_signals,
     launch_gateway,
     loop_factory,
@@ -104,7 +104,6 @@ CALLBACK_PATH = "/cb"
 CALLBACK_SECRET = "bench-callback-secret-0123456789abcdef"
 # A callback whose signed timestamp is further than this from now is refused as stale.
 CALLBACK_MAX_AGE_S = 300
-STARTER_CREDITS = 10**15  # far above N tasks x each task's reservation
 WARMUP_TASKS = 8
 SEQUENTIAL_WAIT_S = 30.0  # for one task's callback in B
 WARMUP_WAIT_S = 60.0
@@ -565,14 +564,10 @@ def start_task_gateway(
     config = root / "nanogate.yaml"
     config.write_text(yaml.safe_dump({"upstreams": [upstream]}))
     port = free_port()
-    env = clean_environ()
-    env.update(
-        NANOGATE_DATA_DIR=str(root / "data"),
-        NANOGATE_PORT=str(port),
-        NANOGATE_CONFIG=str(config),
-        NANOGATE_LOG_LEVEL="warning",
-        NANOGATE_KEY_CACHE_SECONDS="60",
-        NANOGATE_STARTER_CREDITS=str(STARTER_CREDITS),
+    env = gateway_env(
+        root,
+        port,
+        config,
         NANOGATE_TASK_WORKERS=str(workers),
         NANOGATE_EGRESS_ALLOWLIST="127.0.0.1",
         NANOGATE_CALLBACK_SECRET=CALLBACK_SECRET,
