@@ -109,14 +109,12 @@ class Gateway:
         try:
             hold = await self.meter.reserve(ctx.request_id, key, call)
             try:
-                reply = await self.router.generate(call)
+                reply, cost = await self.execute(ctx, call)
             except BaseException:
                 await self.meter.refund(hold)
                 raise
-            ctx.upstream = reply.upstream
-            ctx.usage = reply.usage
             # Durable before the caller sends a byte of the answer.
-            ctx.cost = await self.meter.settle(hold, self.charge(ctx, call, reply.body))
+            ctx.cost = await self.meter.settle(hold, cost)
         finally:
             self.limiter.release(key)
         return reply
