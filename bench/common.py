@@ -1,8 +1,8 @@
 """What the benchmark scripts share: starting the simulator and `nanogate serve` as child
 processes, percentiles, the client's event loop, and stopping cleanly on a signal.
 
-Not a benchmark itself; `bench/relay.py` and `bench/tasks.py` import it (each script's own
-directory is first on sys.path when it runs).
+Not a benchmark itself; `bench/relay.py`, `bench/tasks.py` and `bench/slow.py` import it (each
+script's own directory is first on sys.path when it runs).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import json
 import os
 import queue
 import re
+import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -74,12 +76,32 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("NANOGATE_")}
 
 
-def launch_gateway(
+@dataclass
+class Launch:
+    """A `nanogate serve` started by `spawn_gateway`; `ready()` waits until it serves."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[str]
+    lines: queue.Queue[str | None]
+    log: Path
+
+    def ready(self) -> Server:
+        """Once it is healthy: the server, with the client key it printed."""
+        pattern = re.compile(r"^NANOGATE_CLIENT_KEY=")
+        found = wait_for_output(self.lines, pattern, 120, self.log)
+        key = found[-1].split("=", 1)[1].strip()
+        url = f"http://127.0.0.1:{self.port}"
+        wait_healthy(url, self.proc, self.log)
+        return Server(self.name, url, key, self.proc, self.log)
+
+
+def spawn_gateway(
     stack: ExitStack, tmp: Path, port: int, env: dict[str, str], name: str = "gateway"
-) -> Server:
+) -> Launch:
     """`nanogate serve` with `env` (which must set NANOGATE_PORT to `port` and a fresh data
-    dir, so it creates its first keys), stopped when `stack` closes; returns once it is healthy,
-    with the client key it printed."""
+    dir, so it creates its first keys), stopped when `stack` closes; returns at once, so several
+    gateways can start side by side (`ready()` each afterwards)."""
     log = tmp / "gateway.log"
     proc = subprocess.Popen(
         list(GATEWAY_COMMAND),
@@ -89,12 +111,14 @@ def launch_gateway(
         env=env,
     )
     stack.callback(stop, proc)
-    lines = pump_stdout(proc)
-    found = wait_for_output(lines, re.compile(r"^NANOGATE_CLIENT_KEY="), 120, log)
-    key = found[-1].split("=", 1)[1].strip()
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, proc, log)
-    return Server(name, url, key, proc, log)
+    return Launch(name, port, proc, pump_stdout(proc), log)
+
+
+def launch_gateway(
+    stack: ExitStack, tmp: Path, port: int, env: dict[str, str], name: str = "gateway"
+) -> Server:
+    """`spawn_gateway`, returning once it is healthy, with the client key it printed."""
+    return spawn_gateway(stack, tmp, port, env, name).ready()
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[str], log: Path, timeout: float = 60) -> None:
@@ -204,3 +228,52 @@ def gateway_env(data_root: Path, port: int, config: Path, **settings: str) -> di
         **settings,
     )
     return env
+
+
+def raise_fd_limit(wanted: int = 65536) -> int:
+    """Raise this process's open-file limit toward `wanted` (at most the hard limit); child
+    processes started afterwards inherit it. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def status_kib(pid: int, field_name: str) -> int:
+    """A `kB` field of /proc/<pid>/status, e.g. VmRSS or VmHWM."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field_name} not in /proc/{pid}/status")
+
+
+class RssPeak:
+    """Samples VmRSS of one process on a thread while in the `with` block; `peak_kib` is the
+    largest sample, `baseline_kib` the value on entry."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.baseline_kib = status_kib(pid, "VmRSS")
+        self.peak_kib = self.baseline_kib
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_kib = max(self.peak_kib, status_kib(self.pid, "VmRSS"))
+            except (OSError, RuntimeError):
+                return  # the process went away
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

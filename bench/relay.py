@@ -1,16 +1,19 @@
 """Relay overhead: the simulator called directly vs. the gateway relaying to that same simulator.
 
-Run `python bench/relay.py [--quick] [--no-stream] [--only-metering] [--rounds N]` (or `make
-bench`). The script starts its own processes on free loopback ports (a simulator, and `nanogate
-serve` with a temporary data dir and a config whose only upstream is that simulator), drives them
-with an aiohttp load generator in this process (uvloop when installed), prints tables, and writes
-everything, raw numbers included, to bench/results/latest.json. Ctrl-C, SIGTERM or an error stop
-every process it started.
+Run `python bench/relay.py [--quick] [--no-stream] [--no-chat] [--only-metering] [--rounds N]`
+(or `make bench`). The script starts its own processes on free loopback ports (a simulator, and
+`nanogate serve` with a temporary data dir and a config whose only upstream is that simulator),
+drives them with an aiohttp load generator in this process (uvloop when installed), prints
+tables, and writes everything, raw numbers included, to bench/results/latest.json. Ctrl-C,
+SIGTERM or an error stop every process it started.
 
 What it measures, against the simulator ("direct"), through the gateway as configured by default,
 that is with metering on ("gateway": every call reserves credits before the upstream call and
 settles after, through the ledger in its database), and for scenario A also through a second
-gateway with `NANOGATE_METERING=false` on the same simulator ("unmetered"):
+gateway with `NANOGATE_METERING=false` on the same simulator ("unmetered"). "chat" is the same
+call in the OpenAI dialect, POST /v1/chat/completions with the same model and prompt, through a
+metered gateway: what converting to and from chat completions costs next to the Gemini route
+(`--no-chat` leaves it out):
 
 A. small text `generateContent`, closed loop at concurrency 1 and 32: requests/s, p50/p99
    latency, errors. Each target gets `duration` seconds in total, split into rounds that
@@ -20,24 +23,37 @@ A. small text `generateContent`, closed loop at concurrency 1 and 32: requests/s
    metered minus unmetered gateway CPU ms per request; and unmetered/direct, the relay alone.
    A ledger check then counts, in each gateway's database, the ledger rows and holds the run
    left: about two ledger rows (reserve, settle) per metered request, none unmetered, and no
-   hold still pending. `--only-metering` runs just this scenario.
+   hold still pending. `--only-metering` runs just this scenario (no chat). The chat target
+   runs on the metered gateway in the same alternating rounds; chat/gateway compares it with
+   the Gemini route.
 B. 16 MiB images (about 22 MB of base64 JSON per response), 8 in flight, a fixed number of
    requests, on a fresh simulator (`--image-bytes`) and a fresh gateway: wall time, per-request
    p50/p99, MB/s, and the RSS of the server under test (the simulator for direct, the gateway
    for the relay): the baseline just before, the peak of samples taken every 20 ms, and the
-   kernel's high-water mark VmHWM (since the process started).
+   kernel's high-water mark VmHWM (since the process started). The chat target gets a fresh
+   gateway of its own; its answer carries the image as a data URL in
+   choices[0].message.images[0].image_url.url, checked by a byte search and its length (no
+   JSON parsing in the client).
 C. `streamGenerateContent?alt=sse` of small text at concurrency 32, like A: requests/s, time to
    first byte and total time, p50/p99.
+D. (with chat) peak RSS per in-flight 16 MiB image: K images at once (K = 4, 8), K x waves
+   requests, on the Gemini route and on chat completions, each row on a gateway nothing else
+   has used. Growth = the larger of the sampled peak and VmHWM (reset through
+   /proc/<pid>/clear_refs just before the burst) minus the idle RSS after a small warm-up;
+   reported as growth / K / 16 MiB, the multiple of the image's size each in-flight image
+   costs (the target for chat: under 3x), with the RSS left after the burst.
 
-How to read it: the gateway/direct ratios are the point. For throughput (req/s, MB/s) 1.00x
-means the relay costs nothing; for latency and RSS a ratio above 1 is what the relay adds. B and
-C run through the default (metered) gateway only. The "cpu ms/req" columns show where CPU time
-went per answered request: the gateway process under test (metered or unmetered), the simulator
-process and this load generator. All three share the machine's cores (2 on the reference box),
-so a gateway run has one more busy process than a direct run (the other gateway idles), and the
-gateway serves from a single event loop: when its cpu ms/req times req/s nears 1000 ms/s it is
-saturating one core, and that, not the simulator, is the ceiling. Absolute numbers are only
-comparable within one run; the JSON also has cpu_cores (CPU seconds per wall second).
+How to read it: the gateway/direct ratios are the point, and chat/gateway for the chat dialect.
+For throughput (req/s, MB/s) 1.00x means the relay (or the conversion) costs nothing; for
+latency and RSS a ratio above 1 is what it adds. B, C and D run through metered gateways only.
+The "cpu ms/req" columns show where CPU time went per answered request: the gateway process
+under test (metered or unmetered), the simulator process and this load generator. All three
+share the machine's cores (2 on the reference box), so a gateway run has one more busy process
+than a direct run (the other gateway idles), and the gateway serves from a single event loop:
+when its cpu ms/req times req/s nears 1000 ms/s it is saturating one core, and that, not the
+simulator, is the ceiling. Absolute numbers are only comparable within one run; the JSON also
+has cpu_cores (CPU seconds per wall second). Gateway cpu ms/req is the steadiest measure of
+what the chat conversion costs, req/s and MB/s the noisiest on a shared machine.
 """
 
 from __future__ import annotations
@@ -59,17 +75,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import yaml
 from common import (
     SIM_KEY,
     STARTER_CREDITS,
+    Launch,
     Server,
     cpu_seconds,
     gateway_env,
     interrupt_on_signals,
-    launch_gateway,
     loop_factory,
     percentile,
+    spawn_gateway,
     start_simulator,
     write_json,
 )
@@ -80,8 +98,15 @@ TEXT_MODEL = "gemini-2.5-flash"
 IMAGE_MODEL = "gemini-2.5-flash-image"
 TEXT_BODY = b'{"contents":[{"parts":[{"text":"hello"}]}]}'
 IMAGE_BYTES = 16 * 1024 * 1024
+# A 16 MiB image as base64: what a response carries, in a Gemini inlineData or a data URL.
+IMAGE_B64_CHARS = 4 * -(-IMAGE_BYTES // 3)
+# The chat dialect's image answer: choices[0].message.images[0].image_url.url, a data URL.
+CHAT_IMAGE_MARK = b'"image_url":{"url":"data:image/'
+# The target per in-flight image on the chat route: peak RSS growth under 3x the image's size.
+RSS_TARGET_X = 3.0
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 RSS_INTERVAL_S = 0.020
+SETTLE_S = 0.3  # scenario D: pause before the idle baseline and before the RSS left after
 CLIENT_READ_BUFSIZE = 1 << 20
 MiB = 1024 * 1024
 
@@ -96,6 +121,8 @@ class Knobs:
     image_requests: int
     image_bytes: int
     rounds: int
+    inflight: tuple[int, ...]  # scenario D: images in flight at once, one fresh gateway each
+    inflight_waves: int  # scenario D: requests per in-flight slot
 
     @property
     def round_s(self) -> float:
@@ -113,6 +140,8 @@ def knobs_for(quick: bool, rounds: int | None = None) -> Knobs:
         image_requests=8 if quick else 24,
         image_bytes=IMAGE_BYTES,
         rounds=rounds or (1 if quick else 2),
+        inflight=(4, 8),
+        inflight_waves=1 if quick else 3,
     )
 
 
@@ -146,15 +175,34 @@ def metered_env(tmp: Path, port: int, config: Path, *, metering: bool) -> dict[s
     return gateway_env(tmp, port, config, NANOGATE_METERING="true" if metering else "false")
 
 
-def start_gateway(
+def spawn_gateway_on(
     stack: ExitStack, tmp: Path, sim: Server, *, metering: bool = True, name: str = "gateway"
-) -> Server:
+) -> Launch:
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "nanogate.yaml"
     config.write_text(yaml.safe_dump(gateway_config(sim.url)))
     port = free_port()
     env = metered_env(tmp, port, config, metering=metering)
-    return launch_gateway(stack, tmp, port, env, name)
+    return spawn_gateway(stack, tmp, port, env, name)
+
+
+def start_gateway(
+    stack: ExitStack, tmp: Path, sim: Server, *, metering: bool = True, name: str = "gateway"
+) -> Server:
+    return spawn_gateway_on(stack, tmp, sim, metering=metering, name=name).ready()
+
+
+def start_gateways(
+    stack: ExitStack, tmp: Path, sim: Server, roots: list[str]
+) -> dict[str, tuple[Server, ExitStack]]:
+    """Fresh metered gateways on `sim`, one per data root under `tmp`, booted side by side (a
+    start is ~3 s of CPU); each with an ExitStack of its own inside `stack`, to stop it as soon
+    as it has been measured."""
+    launches = {}
+    for root in roots:
+        own = stack.enter_context(ExitStack())
+        launches[root] = (own, spawn_gateway_on(own, tmp / root, sim))
+    return {root: (launch.ready(), own) for root, (own, launch) in launches.items()}
 
 
 # --- /proc probes -------------------------------------------------------------------------
@@ -167,6 +215,17 @@ def proc_status_kib(pid: int, field_name: str) -> int:
             if line.startswith(field_name + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field_name} not in /proc/{pid}/status")
+
+
+def reset_hwm(pid: int) -> bool:
+    """Reset the kernel's peak RSS (VmHWM) of a process to its current RSS (Linux 4.0+), so
+    VmHWM read later is the peak since now; False where that is not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return False
+    return True
 
 
 class RssSampler:
@@ -229,11 +288,12 @@ class CpuMeter:
 class Target:
     """Where a scenario sends its requests, and which processes serve them."""
 
-    label: str  # "direct", "gateway" (metering on) or "unmetered" (a gateway, metering off)
+    label: str  # "direct", "gateway" (metering on), "unmetered" (metering off) or "chat"
     url: str
     key: str
     server_pid: int  # the process under test
     pids: dict[str, int]  # every process serving the request, for CPU accounting
+    chat: bool = False  # POST /v1/chat/completions (OpenAI dialect) instead of Gemini's route
 
 
 @dataclass
@@ -248,15 +308,25 @@ class Samples:
         return len(self.latencies)
 
 
-Check = Callable[[int, int], bool]  # (status, body length) -> acceptable
+Check = Callable[[int, int, bytes], bool]  # (status, length, body; b"" if streamed) -> ok
 
 
-def text_ok(status: int, size: int) -> bool:
+def text_ok(status: int, size: int, body: bytes) -> bool:
     return status == 200 and size > 0
 
 
-def image_ok(status: int, size: int) -> bool:
+def image_ok(status: int, size: int, body: bytes) -> bool:
     return status == 200 and size > IMAGE_BYTES
+
+
+def chat_image_ok(status: int, size: int, body: bytes) -> bool:
+    """A chat completion carrying the whole image as a data URL: a byte search near the start
+    (where message.images comes) and the length, no JSON parsing of 22 MB per response."""
+    return (
+        status == 200
+        and IMAGE_B64_CHARS <= size <= IMAGE_B64_CHARS + 64 * 1024
+        and body.find(CHAT_IMAGE_MARK, 0, 64 * 1024) >= 0
+    )
 
 
 def session_for(concurrency: int) -> aiohttp.ClientSession:
@@ -277,14 +347,32 @@ class Request:
     check: Check
 
 
-def request_to(target: Target, model: str, *, stream: bool, check: Check) -> Request:
+def chat_body(model: str) -> bytes:
+    """The chat dialect's twin of TEXT_BODY: one user message, the same prompt."""
+    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hello"}]})
+
+
+def request_to(target: Target, *, image: bool = False, stream: bool = False) -> Request:
+    """The small text call (TEXT_MODEL) or, with `image`, the image call (IMAGE_MODEL), in the
+    target's dialect: Gemini's generateContent, or chat completions for a chat target."""
+    model = IMAGE_MODEL if image else TEXT_MODEL
+    if target.chat:
+        if stream:
+            raise ValueError("the chat target has no streaming scenario")
+        return Request(
+            url=f"{target.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {target.key}", "Content-Type": "application/json"},
+            body=chat_body(model),
+            stream=False,
+            check=chat_image_ok if image else text_ok,
+        )
     method = "streamGenerateContent?alt=sse" if stream else "generateContent"
     return Request(
         url=f"{target.url}/v1beta/models/{model}:{method}",
         headers={"x-goog-api-key": target.key, "Content-Type": "application/json"},
         body=TEXT_BODY,
         stream=stream,
-        check=check,
+        check=image_ok if image else text_ok,
     )
 
 
@@ -293,6 +381,7 @@ async def one_request(session: aiohttp.ClientSession, req: Request, out: Samples
     started = time.perf_counter()
     ttfb: float | None = None
     size = 0
+    body = b""
     try:
         async with session.post(req.url, data=req.body, headers=req.headers) as resp:
             if req.stream:
@@ -301,13 +390,14 @@ async def one_request(session: aiohttp.ClientSession, req: Request, out: Samples
                         ttfb = time.perf_counter() - started
                     size += len(piece)
             else:
-                size = len(await resp.read())
+                body = await resp.read()
+                size = len(body)
             status = resp.status
     except (aiohttp.ClientError, TimeoutError) as exc:
         out.errors[type(exc).__name__] += 1
         return
     elapsed = time.perf_counter() - started
-    if not req.check(status, size):
+    if not req.check(status, size, body):
         out.errors[f"HTTP {status}, {size} B"] += 1
         return
     out.latencies.append(elapsed)
@@ -417,7 +507,7 @@ def compare_closed_loop(
         order = targets if index % 2 == 0 else targets[::-1]
         for target in order:
             print(f"  {name}: {target.label}, round {index + 1}/{knobs.rounds}", flush=True)
-            req = request_to(target, TEXT_MODEL, stream=stream, check=text_ok)
+            req = request_to(target, stream=stream)
             runner.run(closed_loop_round(target, req, concurrency, knobs, totals[target.label]))
     return [
         {"scenario": name, "target": label, "concurrency": concurrency, **total.summary()}
@@ -425,19 +515,26 @@ def compare_closed_loop(
     ]
 
 
-async def image_burst(target: Target, knobs: Knobs) -> dict[str, Any]:
-    """`image_requests` big responses, `image_concurrency` in flight, RSS sampled throughout."""
-    concurrency = knobs.image_concurrency
-    req = request_to(target, IMAGE_MODEL, stream=False, check=image_ok)
-    warm = request_to(target, TEXT_MODEL, stream=False, check=text_ok)
+async def image_burst(
+    target: Target, concurrency: int, requests: int, *, fresh_hwm: bool = False
+) -> dict[str, Any]:
+    """`requests` big responses, `concurrency` in flight, RSS sampled throughout. With
+    `fresh_hwm`, the baseline waits for the warm-up to settle and VmHWM is reset just before
+    the burst, so it reads the kernel's peak during the burst rather than since start."""
+    req = request_to(target, image=True)
+    warm = request_to(target)
     total = Measurement()
+    pid = target.server_pid
     async with session_for(concurrency) as session:
-        # Small requests open the pooled connections and fill the key cache without leaving a
-        # big body behind in the baseline.
+        # Small requests (in the target's dialect) open the pooled connections, fill the key
+        # cache and load the route's code without leaving a big body behind in the baseline.
         await run_count(session, warm, concurrency, concurrency)
-        pid = target.server_pid
+        if fresh_hwm:
+            await asyncio.sleep(SETTLE_S)
+        hwm_reset = fresh_hwm and reset_hwm(pid)
         with CpuMeter(target.pids) as cpu, RssSampler(pid) as rss:
-            samples, wall = await run_count(session, req, concurrency, knobs.image_requests)
+            samples, wall = await run_count(session, req, concurrency, requests)
+        hwm_kib = proc_status_kib(pid, "VmHWM")
     total.add(samples, wall, cpu)
     row = total.summary()
     row.update(
@@ -446,22 +543,42 @@ async def image_burst(target: Target, knobs: Knobs) -> dict[str, Any]:
         rss_baseline_mib=rss.baseline_kib / 1024,
         rss_peak_mib=rss.peak_kib / 1024,
         rss_growth_mib=(rss.peak_kib - rss.baseline_kib) / 1024,
-        rss_hwm_mib=proc_status_kib(pid, "VmHWM") / 1024,
+        rss_hwm_mib=hwm_kib / 1024,
+        rss_hwm_reset=hwm_reset,
         rss_samples=rss.samples,
     )
     return row
 
 
 def compare_images(
-    runner: asyncio.Runner, name: str, pair: tuple[Target, Target], knobs: Knobs
+    runner: asyncio.Runner, name: str, targets: tuple[Target, ...], knobs: Knobs
 ) -> list[dict[str, Any]]:
     rows = []
-    for target in pair:
+    concurrency = knobs.image_concurrency
+    for target in targets:
         print(f"  {name}: {target.label}", flush=True)
-        row = runner.run(image_burst(target, knobs))
-        concurrency = knobs.image_concurrency
+        row = runner.run(image_burst(target, concurrency, knobs.image_requests))
         rows.append({"scenario": name, "target": target.label, "concurrency": concurrency, **row})
     return rows
+
+
+async def inflight_burst(target: Target, inflight: int, knobs: Knobs) -> dict[str, Any]:
+    """Scenario D on one fresh gateway: `inflight` images at once, `inflight_waves` times over;
+    what each in-flight image costs in peak RSS, in multiples of the image's size."""
+    requests = inflight * knobs.inflight_waves
+    row = await image_burst(target, inflight, requests, fresh_hwm=True)
+    await asyncio.sleep(SETTLE_S)
+    after_kib = proc_status_kib(target.server_pid, "VmRSS")
+    # The sampled peak can miss a short spike between samples; VmHWM (reset before) cannot.
+    peak = max(row["rss_peak_mib"], row["rss_hwm_mib"] if row["rss_hwm_reset"] else 0.0)
+    growth = peak - row["rss_baseline_mib"]
+    row.update(
+        rss_top_mib=peak,
+        inflight_growth_mib=growth,
+        x_image_per_inflight=growth * MiB / inflight / knobs.image_bytes,
+        rss_after_mib=after_kib / 1024,
+    )
+    return row
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -471,6 +588,12 @@ def relay_target(sim: Server, gateway: Server) -> Target:
     """A gateway as a target; its label is the server's name ("gateway" or "unmetered")."""
     pids = {"gw": gateway.pid, "sim": sim.pid}
     return Target(gateway.name, gateway.url, gateway.key, gateway.pid, pids)
+
+
+def chat_target(sim: Server, gateway: Server) -> Target:
+    """The chat dialect (POST /v1/chat/completions) on a metered gateway, labelled "chat"."""
+    pids = {"gw": gateway.pid, "sim": sim.pid}
+    return Target("chat", gateway.url, gateway.key, gateway.pid, pids, chat=True)
 
 
 def targets_for(sim: Server, gateway: Server) -> tuple[Target, Target]:
@@ -500,10 +623,17 @@ def ledger_check(db: Path) -> dict[str, Any]:
 
 
 def run_small_stack(
-    runner: asyncio.Runner, tmp: Path, knobs: Knobs, *, stream: bool, unmetered: bool
+    runner: asyncio.Runner,
+    tmp: Path,
+    knobs: Knobs,
+    *,
+    stream: bool,
+    unmetered: bool,
+    chat: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Scenarios A and C: one simulator with its small default reply, and one gateway on it
-    (metering on); with `unmetered`, a second gateway with metering off as a third target of A.
+    (metering on); with `unmetered`, a second gateway with metering off as a target of A; with
+    `chat`, chat completions on the metered gateway as one more target of A.
     Returns the rows and, per gateway, what its ledger holds afterwards."""
     rows: list[dict[str, Any]] = []
     with ExitStack() as stack:
@@ -516,6 +646,8 @@ def run_small_stack(
             )
         pair = targets_for(sim, gateways[0][0])
         text_targets = (*pair, *(relay_target(sim, gw) for gw, _ in gateways[1:]))
+        if chat:
+            text_targets += (chat_target(sim, gateways[0][0]),)
         for c in knobs.text_concurrency:
             name = f"A text c={c}"
             rows += compare_closed_loop(runner, name, text_targets, c, knobs, stream=False)
@@ -528,13 +660,55 @@ def run_small_stack(
     return rows, ledgers
 
 
-def run_image_stack(runner: asyncio.Runner, tmp: Path, knobs: Knobs) -> list[dict[str, Any]]:
-    """Scenario B on fresh processes, so each baseline RSS is a clean one."""
+def run_image_stack(
+    runner: asyncio.Runner, tmp: Path, knobs: Knobs, *, chat: bool
+) -> list[dict[str, Any]]:
+    """Scenario B (and, with `chat`, D) on fresh processes, so each baseline RSS is a clean
+    one: the chat target of B gets a gateway of its own, and so does every row of D. They all
+    start side by side before the first measurement, idle until their turn, and each stops
+    once measured."""
+    inflight = [(k, label) for k in knobs.inflight for label in ROUTES] if chat else []
+    roots = ["image", *(["image-chat"] if chat else []), *(inflight_root(*x) for x in inflight)]
     with ExitStack() as stack:
         sim = start_simulator(stack, tmp, knobs.image_bytes)
-        gateway = start_gateway(stack, tmp / "image", sim)
-        pair = targets_for(sim, gateway)
-        return compare_images(runner, "B 16MiB images", pair, knobs)
+        gateways = start_gateways(stack, tmp, sim, roots)
+        gateway, own = gateways["image"]
+        rows = compare_images(runner, "B 16MiB images", targets_for(sim, gateway), knobs)
+        own.close()
+        if chat:
+            gateway, own = gateways["image-chat"]
+            rows += compare_images(runner, "B 16MiB images", (chat_target(sim, gateway),), knobs)
+            own.close()
+            rows += compare_inflight(runner, sim, knobs, gateways)
+        return rows
+
+
+ROUTES = ("gateway", "chat")  # scenario D's targets: the Gemini route, and chat completions
+
+
+def inflight_root(inflight: int, label: str) -> str:
+    return f"inflight-{inflight}-{label}"
+
+
+def compare_inflight(
+    runner: asyncio.Runner,
+    sim: Server,
+    knobs: Knobs,
+    gateways: dict[str, tuple[Server, ExitStack]],
+) -> list[dict[str, Any]]:
+    """Scenario D: for each in-flight count, the Gemini route and then the chat route, each on
+    a gateway of its own that nothing else has used, stopped after its row."""
+    rows = []
+    for inflight in knobs.inflight:
+        name = f"D in-flight K={inflight}"
+        for label in ROUTES:
+            print(f"  {name}: {label}", flush=True)
+            gateway, own = gateways[inflight_root(inflight, label)]
+            make = chat_target if label == "chat" else relay_target
+            row = runner.run(inflight_burst(make(sim, gateway), inflight, knobs))
+            own.close()
+            rows.append({"scenario": name, "target": label, "concurrency": inflight, **row})
+    return rows
 
 
 def environment(knobs: Knobs, loop_name: str, quick: bool) -> dict[str, Any]:
@@ -626,11 +800,26 @@ IMAGE_COLUMNS: list[Column] = [
     ("VmHWM MiB", _get("rss_hwm_mib"), 0),
     *CPU,
 ]
+INFLIGHT_COLUMNS: list[Column] = [
+    *LEAD,
+    ("K", _get("concurrency"), 0),
+    *COUNTS,
+    ("MB/s", _get("mb_per_s"), 0),
+    ("p50 ms", _get("p50_ms"), 0),
+    ("RSS idle MiB", _get("rss_baseline_mib"), 0),
+    ("sampled peak", _get("rss_peak_mib"), 0),
+    ("VmHWM", _get("rss_hwm_mib"), 0),
+    ("growth MiB", _get("inflight_growth_mib"), 0),
+    ("x image/in-flight", _get("x_image_per_inflight"), 2),
+    ("RSS after MiB", _get("rss_after_mib"), 0),
+    ("gw cpu ms/req", _cpu("gw"), 1),
+]
 # Which gateway/direct ratios to show per scenario family (by the scenario's first letter).
 RATIO_KEYS = {
     "A": ["rps", "p50_ms", "p99_ms"],
     "B": ["mb_per_s", "p50_ms", "p99_ms", "rss_peak_mib", "rss_growth_mib"],
     "C": ["rps", "ttfb_p50_ms", "ttfb_p99_ms", "p50_ms", "p99_ms"],
+    "D": ["x_image_per_inflight", "inflight_growth_mib", "mb_per_s"],
 }
 
 
@@ -643,16 +832,16 @@ def by_scenario(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any
 
 
 def ratios(
-    rows: list[dict[str, Any]], label: str = "gateway"
+    rows: list[dict[str, Any]], label: str = "gateway", base: str = "direct"
 ) -> dict[str, dict[str, float | None]]:
-    """`label`/direct for each scenario and metric."""
+    """`label`/`base` for each scenario (that has both) and metric."""
     out: dict[str, dict[str, float | None]] = {}
     for scenario, targets in by_scenario(rows).items():
-        direct, relay = targets.get("direct"), targets.get(label)
-        if direct is None or relay is None:
+        under, relay = targets.get(base), targets.get(label)
+        if under is None or relay is None:
             continue
         out[scenario] = {
-            key: relay[key] / direct[key] if direct.get(key) else None
+            key: relay[key] / under[key] if under.get(key) else None
             for key in RATIO_KEYS.get(scenario[0], [])
         }
     return out
@@ -702,6 +891,50 @@ def print_metering(
         )
 
 
+def print_chat(
+    versus_gemini: dict[str, dict[str, float | None]],
+    versus_direct: dict[str, dict[str, float | None]],
+) -> None:
+    print(
+        "\nchat completions vs the Gemini route through the same gateway config (chat/gateway: "
+        "req/s, MB/s 1.00x = the conversion is free; latency, RSS above 1 = its cost) "
+        "and chat/direct"
+    )
+    for scenario, values in versus_gemini.items():
+        shown = "  ".join(f"{k}={_fmt(v, 2)}x" for k, v in values.items())
+        direct = versus_direct.get(scenario)
+        if direct:
+            shown += "   |  chat/direct " + "  ".join(
+                f"{k}={_fmt(v, 2)}x" for k, v in direct.items()
+            )
+        print(f"  {scenario:<16} {shown}")
+
+
+def inflight_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Scenario D: route -> in-flight count -> peak RSS growth per in-flight image, in
+    multiples of the image's size."""
+    out: dict[str, dict[str, float | None]] = {}
+    for row in rows:
+        if row["scenario"].startswith("D"):
+            out.setdefault(row["target"], {})[str(row["concurrency"])] = row.get(
+                "x_image_per_inflight"
+            )
+    return out
+
+
+def print_inflight(summary: dict[str, dict[str, float | None]]) -> None:
+    print(
+        f"\npeak RSS growth per in-flight {IMAGE_BYTES // MiB} MiB image, in multiples of its "
+        f"size (target: under {RSS_TARGET_X:.0f}x on the chat route)"
+    )
+    for route, by_k in summary.items():
+        worst = max((v for v in by_k.values() if v is not None), default=None)
+        verdict = "" if worst is None else ("  ok" if worst < RSS_TARGET_X else "  OVER TARGET")
+        shown = "  ".join(f"K={k}: {_fmt(v, 2)}x" for k, v in by_k.items())
+        name = "chat" if route == "chat" else "gemini route"
+        print(f"  {name:<13} {shown}{verdict if route == 'chat' else ''}")
+
+
 def print_ledgers(ledgers: dict[str, dict[str, Any]]) -> None:
     print("\nledger check (whole run, warm-ups included; metered: ~2 rows a call, no pending hold)")
     for name, check in ledgers.items():
@@ -732,8 +965,15 @@ def report(
         (
             "B",
             "B. 16 MiB images (~22 MB JSON each); RSS of the server under test: "
-            "simulator for direct, gateway for gateway",
+            "simulator for direct, gateway for gateway (chat: a fresh gateway of its own)",
             IMAGE_COLUMNS,
+        ),
+        (
+            "D",
+            "D. K 16 MiB images in flight, one fresh gateway per row (gateway = Gemini route, "
+            "chat = /v1/chat/completions); growth = max(sampled peak, VmHWM reset before the "
+            "burst) - idle RSS; x image/in-flight = growth / K / 16 MiB",
+            INFLIGHT_COLUMNS,
         ),
     ]
     for letter, title, columns in families:
@@ -751,6 +991,12 @@ def report(
     alone = ratios(rows, "unmetered")
     if cost:
         print_metering(cost, alone)
+    chat_vs_gemini, chat_vs_direct = ratios(rows, "chat", "gateway"), ratios(rows, "chat")
+    per_inflight = inflight_summary(rows)
+    if chat_vs_gemini:
+        print_chat(chat_vs_gemini, chat_vs_direct)
+    if per_inflight:
+        print_inflight(per_inflight)
     if ledgers:
         print_ledgers(ledgers)
     for row in rows:
@@ -761,6 +1007,12 @@ def report(
         "results": rows,
         "ratios": table,
         "metering": {"metered_vs_unmetered": cost, "unmetered_ratios": alone, "ledger": ledgers},
+        "chat": {
+            "vs_gemini_route": chat_vs_gemini,
+            "vs_direct": chat_vs_direct,
+            "rss_x_image_per_inflight": per_inflight,
+            "rss_target_x": RSS_TARGET_X,
+        },
     }
 
 
@@ -778,6 +1030,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-unmetered", action="store_true", help="no unmetered gateway in scenario A"
+    )
+    parser.add_argument(
+        "--no-chat",
+        action="store_true",
+        help="no chat completions target (in A and B) and no scenario D",
     )
     parser.add_argument(
         "--rounds",
@@ -799,6 +1056,8 @@ def main(argv: list[str] | None = None) -> int:
     factory, loop_name = loop_factory()
     env = environment(knobs, loop_name, args.quick)
     env["only_metering"] = args.only_metering
+    chat = not (args.no_chat or args.only_metering)
+    env["chat"] = chat
     env["gateway_env"]["NANOGATE_METERING"] = {"gateway": "true"}
     if not args.no_unmetered:
         env["gateway_env"]["NANOGATE_METERING"]["unmetered"] = "false"
@@ -812,9 +1071,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         stream = not (args.no_stream or args.only_metering)
         unmetered = not args.no_unmetered
-        rows, ledgers = run_small_stack(runner, tmp, knobs, stream=stream, unmetered=unmetered)
+        rows, ledgers = run_small_stack(
+            runner, tmp, knobs, stream=stream, unmetered=unmetered, chat=chat
+        )
         if not args.only_metering:
-            rows += run_image_stack(runner, tmp, knobs)
+            rows += run_image_stack(runner, tmp, knobs, chat=chat)
     doc = report(env, rows, ledgers)
     write_json(RESULTS, doc)
     return 0

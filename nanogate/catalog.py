@@ -68,9 +68,11 @@ class Catalog:
         key = name.removeprefix("models/")
         spec = self._by_name.get(key)
         if spec is None:
+            # Echo a bounded name: a client's junk (or pasted base64) stays out of the error.
+            shown = key if len(key) <= 60 else key[:40] + "..."
             raise NotFound(
-                f"Model '{key}' is not served by this gateway. "
-                "GET /v1beta/models lists the models you can call."
+                f"Model '{shown}' is not served by this gateway. "
+                "GET /v1beta/models (or /v1/models) lists the models you can call."
             )
         return spec
 

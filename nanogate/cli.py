@@ -1,4 +1,4 @@
-"""The `nanogate` command: serve, migrate, accounts, keys, usage."""
+"""The `nanogate` command: serve, migrate, accounts, keys, usage, upstreams."""
 
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ accounts_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(accounts_app, name="accounts")
+upstreams_app = typer.Typer(help="Check the configured upstreams.", no_args_is_help=True)
+app.add_typer(upstreams_app, name="upstreams")
 # Piped output (scripts, tests) gets wide tables instead of elided columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
 # Errors and notes go to stderr, so stdout stays clean for keys, CSV and JSON.
@@ -57,6 +59,11 @@ class OutputFormat(StrEnum):
 class ShowFormat(StrEnum):
     table = "table"
     json = "json"
+
+
+class ImageOutput(StrEnum):
+    data = "data"
+    url = "url"
 
 
 class GroupBy(StrEnum):
@@ -378,6 +385,13 @@ def keys_create(
     ] = None,
     rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
     concurrency: Annotated[int | None, typer.Option(min=1, help="Requests at a time.")] = None,
+    image_output: Annotated[
+        ImageOutput | None,
+        typer.Option(
+            help="How the OpenAI dialect returns images: base64 data URLs (the default) or "
+            "signed result URLs."
+        ),
+    ] = None,
     admin: Annotated[bool, typer.Option(help="An admin key.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -408,6 +422,7 @@ def keys_create(
             concurrency_limit=concurrency,
             daily_cap=daily_cap,
             monthly_cap=monthly_cap,
+            image_output=image_output.value if image_output is not None else None,
         )
 
     plain, record = _with_accounts(settings, work)
@@ -438,6 +453,7 @@ def keys_list(config: ConfigOption = None) -> None:
         "models",
         "rpm",
         "concurrency",
+        "image output",
     )
     for rec in records:
         table.add_row(
@@ -452,6 +468,7 @@ def keys_list(config: ConfigOption = None) -> None:
             ",".join(rec.allowed_models) if rec.allowed_models else "all",
             str(rec.rpm_limit or ""),
             str(rec.concurrency_limit or ""),
+            rec.image_output or "",
         )
     console.print(table)
 
@@ -718,6 +735,64 @@ def usage(
             str(row["cost"]),
         )
     console.print(table)
+
+
+@upstreams_app.command("check")
+def upstreams_check(
+    config: ConfigOption = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds each upstream's health check may take.")
+    ] = 10.0,
+) -> None:
+    """Health-check each configured upstream once and print a table; exit 1 unless all pass."""
+    import secrets
+    import time
+
+    from .config import UpstreamConfig
+    from .egress import EgressGuard, GuardedHttp
+    from .storage import UrlSigner, open_storage
+    from .upstreams import Services, build_upstream
+
+    settings = _settings(config)
+    # A health probe stores and fetches no files: a throwaway signing key will do.
+    signer = UrlSigner(secrets.token_bytes(32))
+    services = Services(
+        open_storage(settings.resolved_storage_dir, settings.resolved_public_base_url, signer),
+        GuardedHttp(EgressGuard(settings.egress_allowlist)),
+        settings.image_url_max_bytes,
+    )
+
+    async def probe(cfg: UpstreamConfig) -> tuple[bool, str, float]:
+        adapter = build_upstream(cfg, services)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                healthy = await adapter.health()
+            result = "healthy" if healthy else "unhealthy"
+        except TimeoutError:
+            healthy, result = False, f"no answer within {timeout:g} s"
+        except Exception as exc:
+            healthy, result = False, f"failed ({type(exc).__name__})"
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        await adapter.close()
+        return healthy, result, elapsed_ms
+
+    async def probe_all() -> list[tuple[bool, str, float]]:
+        return list(await asyncio.gather(*(probe(cfg) for cfg in settings.upstreams)))
+
+    results = asyncio.run(probe_all())
+    table = Table("name", "kind", "base_url", "result", "latency ms", title="upstreams")
+    for cfg, (healthy, result, elapsed_ms) in zip(settings.upstreams, results, strict=True):
+        table.add_row(
+            _cell(cfg.name),
+            _cell(cfg.kind),
+            _cell("(built in)" if cfg.kind == "demo" else cfg.base_url),
+            Text(result, style="green" if healthy else "red"),
+            f"{elapsed_ms:.0f}",
+        )
+    console.print(table)
+    if not all(healthy for healthy, _, _ in results):
+        raise typer.Exit(1)
 
 
 def _usage_summary(

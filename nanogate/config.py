@@ -27,21 +27,30 @@ Feature = Literal["tasks", "callbacks", "image_urls"]
 
 
 class UpstreamConfig(BaseModel):
-    """One upstream. `kind` picks the adapter file in nanogate/upstreams/."""
+    """One upstream. `kind` picks the adapter in nanogate/upstreams/."""
 
     name: str
-    kind: Literal["gemini", "demo"]
+    kind: Literal["gemini", "task", "openai", "demo"]
     base_url: str = "https://generativelanguage.googleapis.com"
     api_key: SecretStr | None = None
     auth_style: Literal["x-goog-api-key", "bearer", "query"] = "x-goog-api-key"
     path_prefix: Literal["/v1beta", "/v1/v1beta"] = "/v1beta"
     models: list[str] = Field(default_factory=lambda: ["*"])
     model_map: dict[str, str] = Field(default_factory=dict)
+    # task kind: which task API form the vendor speaks, and its model names for edits (calls
+    # with input images), where the vendor has separate ones (google/nano-banana-edit).
+    protocol: Literal["taskinfo", "recordinfo"] = "taskinfo"
+    edit_model_map: dict[str, str] = Field(default_factory=dict)
+    # openai kind: Gemini image models offered through chat completions or the images API.
+    mode: Literal["chat", "images"] = "chat"
     priority: int = 0
     weight: int = Field(default=1, ge=1)
     timeout_s: float = Field(default=300.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
-    max_concurrency: int = Field(default=64, ge=1)
+    # No cap unless the operator sets one; with one, a call waits at most queue_timeout_s for
+    # a slot, then fails over to an upstream with room, or gets 429 with Retry-After.
+    max_concurrency: int | None = Field(default=None, ge=1)
+    queue_timeout_s: float = Field(default=30.0, gt=0)
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     latency_ms: int = Field(default=0, ge=0)  # demo only: pretend render time
@@ -93,7 +102,12 @@ class Settings(BaseSettings):
     image_url_max_bytes: int = Field(default=20 * MiB, ge=1024)
     image_url_timeout_seconds: float = Field(default=30.0, gt=0)
     image_max_pixels: int = Field(default=50_000_000, ge=1)
+    # n > 1 on an image model runs n upstream calls at once; at most this many per request.
+    max_images_per_request: int = Field(default=4, ge=1, le=16)
     idempotency_wait_seconds: float = Field(default=300.0, ge=0)
+    # Each call's routing budget: upstream attempts at most, and one deadline across them.
+    max_attempts: int = Field(default=3, ge=1)
+    request_deadline_seconds: float = Field(default=600.0, gt=0)
     maintenance: bool = False
     disabled_features: Annotated[list[Feature], NoDecode] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

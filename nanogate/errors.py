@@ -27,10 +27,14 @@ class GatewayError(Exception):
     status: int = 500
     reason: str = "INTERNAL"
 
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: int | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        # The request field at fault, where the dialect's envelope has room for it (OpenAI's).
+        self.param = param
 
 
 class InvalidArgument(GatewayError):
@@ -86,8 +90,8 @@ class DeadlineExceeded(GatewayError):
     status, reason = 504, "DEADLINE_EXCEEDED"
 
 
-# Upstream statuses worth trying elsewhere (DESIGN: connect errors, timeouts, 429 and 5xx).
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Upstream statuses worth trying elsewhere (DESIGN: connect errors, timeouts, 408, 429 and 5xx).
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class UpstreamError(Exception):
@@ -135,7 +139,7 @@ class UpstreamError(Exception):
             return Unavailable(
                 "The gateway's upstream credentials were rejected; the operator must fix them."
             )
-        if self.status == 504:
+        if self.status in (408, 504):
             return DeadlineExceeded(f"The upstream timed out: {self.message}")
         if self.status >= 500:
             cls: type[GatewayError] = Internal if self.status == 500 else Unavailable

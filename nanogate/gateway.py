@@ -8,6 +8,7 @@ Dialects call `Gateway` and never touch keys, credits, routing or the database t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -118,6 +119,45 @@ class Gateway:
         finally:
             self.limiter.release(key)
         return reply
+
+    async def generate_many(self, ctx: Context, call: Call, copies: int) -> list[Reply]:
+        """`copies` runs of one call at once (a Gemini image model makes one image a call):
+        one reservation for all of them, a charge for those that succeed. Raises only when
+        none succeeded; the answers come back in the order they were started."""
+        if copies == 1:
+            return [await self.generate(ctx, call)]
+        key = ctx.key
+        assert key is not None
+        ctx.method = call.method
+        await self.limiter.acquire(key)
+        try:
+            hold = await self.meter.reserve(ctx.request_id, key, call, copies=copies)
+            try:
+                runs = [self._copy(ctx, call) for _ in range(copies)]
+                outcomes = await asyncio.gather(*runs, return_exceptions=True)
+            except BaseException:
+                await self.meter.refund(hold)
+                raise
+            answers = [o for o in outcomes if isinstance(o, tuple)]
+            if not answers:
+                await self.meter.refund(hold)
+                raise next(o for o in outcomes if isinstance(o, BaseException))
+            for sub, _ in answers:
+                ctx.upstream = ctx.upstream or sub.upstream
+                ctx.usage.add(sub.usage)
+                ctx.error = ctx.error or sub.error
+            failed = [o for o in outcomes if isinstance(o, GatewayError)]
+            if failed and ctx.error is None:
+                ctx.error = f"{len(failed)} of {copies} failed: {failed[0].reason}"
+            ctx.cost = await self.meter.settle(hold, sum(sub.cost for sub, _ in answers))
+        finally:
+            self.limiter.release(key)
+        return [reply for _, reply in answers]
+
+    async def _copy(self, ctx: Context, call: Call) -> tuple[Context, Reply]:
+        sub = Context(ctx.request_id, ctx.dialect, key=ctx.key, model=ctx.model)
+        reply, sub.cost = await self.execute(sub, call)
+        return sub, reply
 
     async def execute(self, ctx: Context, call: Call) -> tuple[Reply, int]:
         """The upstream part alone, for a call whose credits are held elsewhere (a task's are

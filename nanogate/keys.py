@@ -25,7 +25,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 
 from .billing import ledger
 from .billing.runners import EngineTx
-from .db.tables import accounts, api_keys, utcnow
+from .db.tables import IMAGE_OUTPUTS, accounts, api_keys, utcnow
 from .db.tables import ledger as ledger_table
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ class KeyRecord:
     concurrency_limit: int | None
     daily_cap: int | None = None
     monthly_cap: int | None = None
+    # The OpenAI dialect's default for returning images: "data" or "url"; None means "data".
+    image_output: str | None = None
 
     @property
     def capped(self) -> bool:
@@ -109,6 +111,7 @@ class KeyRecord:
             concurrency_limit=row.concurrency_limit,
             daily_cap=row.daily_cap,
             monthly_cap=row.monthly_cap,
+            image_output=row.image_output,
         )
 
 
@@ -125,6 +128,7 @@ class _NewKey:
     concurrency_limit: int | None = None
     daily_cap: int | None = None
     monthly_cap: int | None = None
+    image_output: str | None = None
 
 
 class _Taken(Exception):
@@ -173,6 +177,7 @@ class KeyStore:
         concurrency_limit: int | None = None,
         daily_cap: int | None = None,
         monthly_cap: int | None = None,
+        image_output: str | None = None,
     ) -> tuple[str, KeyRecord]:
         """Issue a key on account `account_id`, or on a new account of its own (named after
         its prefix). `credits` top that account up. The plain key is returned here and never
@@ -188,6 +193,7 @@ class KeyStore:
             concurrency_limit=concurrency_limit,
             daily_cap=daily_cap,
             monthly_cap=monthly_cap,
+            image_output=image_output,
         )
         issued = await self._create([spec], only_if_empty=False)
         assert issued is not None  # only an only_if_empty create can come back empty
@@ -226,7 +232,8 @@ class KeyStore:
         return result.rowcount > 0
 
     async def update(self, prefix: str, **changes: Any) -> KeyRecord | None:
-        """Change a key's limits, caps, expiry or allowed models; None for an unknown key.
+        """Change a key's limits, caps, expiry, allowed models or image output; None for an
+        unknown key.
 
         A cap set where there was none starts counting from the key's spend so far this
         period, read from the ledger, so it cannot be dodged by setting it late.
@@ -238,11 +245,14 @@ class KeyStore:
             "concurrency_limit",
             "daily_cap",
             "monthly_cap",
+            "image_output",
             "name",
         }
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"cannot change {sorted(unknown)}")
+        if "image_output" in changes:
+            _check_image_output(changes["image_output"])
         async with self._engine.begin() as conn:
             key_id = await conn.scalar(select(api_keys.c.id).where(api_keys.c.prefix == prefix))
             if key_id is None:
@@ -308,6 +318,7 @@ class KeyStore:
         for spec in specs:
             if spec.credits < 0:
                 raise ValueError("credits must not be negative")
+            _check_image_output(spec.image_output)
         for attempt in range(1, _PREFIX_ATTEMPTS + 1):
             try:
                 async with self._engine.begin() as conn:
@@ -328,6 +339,12 @@ class KeyStore:
                 self._cache.pop(record.prefix, None)  # drop a cached "no such prefix"
             return issued
         raise AssertionError("unreachable")
+
+
+def _check_image_output(value: str | None) -> None:
+    # Checked here as well as by the table's CHECK: a failed insert would read as a prefix clash.
+    if value is not None and value not in IMAGE_OUTPUTS:
+        raise ValueError(f"image_output must be one of {IMAGE_OUTPUTS} or None, not {value!r}")
 
 
 async def _lock_keys(conn: AsyncConnection) -> None:
@@ -376,6 +393,7 @@ async def _insert_key(
         "concurrency_limit": spec.concurrency_limit,
         "daily_cap": spec.daily_cap,
         "monthly_cap": spec.monthly_cap,
+        "image_output": spec.image_output,
         "day_spend": 0,
         "month_spend": 0,
     }
@@ -411,6 +429,7 @@ async def _insert_key(
         concurrency_limit=spec.concurrency_limit,
         daily_cap=spec.daily_cap,
         monthly_cap=spec.monthly_cap,
+        image_output=spec.image_output,
     )
     return plain, record
 

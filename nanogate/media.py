@@ -8,10 +8,11 @@ _URLSAFE = bytes.maketrans(b"-_", b"+/")
 _WHITESPACE = b" \t\r\n"
 
 
-def decode_base64(data: str) -> bytes | None:
+def decode_base64(data: str | bytes | memoryview) -> bytes | None:
     """Decode standard or URL-safe base64, padded or not (the SDK sends URL-safe)."""
+    encoded = data.encode("ascii", "replace") if isinstance(data, str) else bytes(data)
     # One C-speed pass maps the URL-safe alphabet and drops line breaks (`base64` wraps lines).
-    raw = data.encode("ascii", "replace").translate(_URLSAFE, _WHITESPACE)
+    raw = encoded.translate(_URLSAFE, _WHITESPACE)
     raw += b"=" * (-len(raw) % 4)
     try:
         return binascii.a2b_base64(raw, strict_mode=True)

@@ -29,6 +29,7 @@ from .config import Settings
 from .db.engine import make_engine
 from .egress import EgressGuard, GuardedHttp
 from .gateway import Gateway
+from .inputs import ImageFetcher, Limits
 from .keys import KeyStore
 from .limits import Limiter
 from .results import ResultKeeper
@@ -37,8 +38,8 @@ from .storage import Storage, UrlSigner, open_storage
 from .tasks.callbacks import CallbackSender
 from .tasks.records import TaskRecord
 from .tasks.service import TaskService
-from .tasks.worker import Limits, Worker
-from .upstreams import build_upstream
+from .tasks.worker import Worker
+from .upstreams import Services, build_upstream
 from .usage import UsageRecorder
 
 log = logging.getLogger("nanogate")
@@ -58,6 +59,7 @@ class Runtime:
     callback_secret: bytes
     tasks: TaskService
     results: ResultKeeper
+    images: ImageFetcher
     worker: Worker | None
     callbacks: CallbackSender
 
@@ -69,9 +71,24 @@ async def running(
     """Start the process's parts; `workers` tasks run at once here (0: none)."""
     engine = make_engine(settings.resolved_database_url)
     recorder = UsageRecorder(engine, flush_seconds=settings.usage_flush_seconds)
-    router = Router([(cfg, build_upstream(cfg)) for cfg in settings.upstreams])
     journal = Journal(open_runner(settings.resolved_database_url, engine))
     journal.start()
+    file_key = await _secret(journal, "url_signing_key", None)
+    callback_secret = await _secret(
+        journal,
+        "callback_secret",
+        settings.callback_secret.get_secret_value() if settings.callback_secret else None,
+    )
+    signer = UrlSigner(file_key)
+    storage = open_storage(settings.resolved_storage_dir, settings.resolved_public_base_url, signer)
+    guard = EgressGuard(settings.egress_allowlist)
+    http = GuardedHttp(guard)
+    services = Services(storage, http, settings.image_url_max_bytes)
+    router = Router(
+        [(cfg, build_upstream(cfg, services)) for cfg in settings.upstreams],
+        max_attempts=settings.max_attempts,
+        deadline_s=settings.request_deadline_seconds,
+    )
     meter = Meter(
         journal,
         enabled=settings.metering,
@@ -88,16 +105,14 @@ async def running(
         charge_blocked_prompts=settings.charge_blocked_prompts,
         maintenance=settings.maintenance,
     )
-    file_key = await _secret(journal, "url_signing_key", None)
-    callback_secret = await _secret(
-        journal,
-        "callback_secret",
-        settings.callback_secret.get_secret_value() if settings.callback_secret else None,
+    fetcher = ImageFetcher(
+        http,
+        Limits(
+            settings.image_url_max_bytes,
+            settings.image_url_timeout_seconds,
+            settings.image_max_pixels,
+        ),
     )
-    signer = UrlSigner(file_key)
-    storage = open_storage(settings.resolved_storage_dir, settings.resolved_public_base_url, signer)
-    guard = EgressGuard(settings.egress_allowlist)
-    http = GuardedHttp(guard)
     result_ttl_s = settings.result_ttl_hours * 3600
     worker: Worker | None = None
     tasks = TaskService(
@@ -128,12 +143,7 @@ async def running(
             journal,
             gateway,
             storage,
-            http,
-            Limits(
-                settings.image_url_max_bytes,
-                settings.image_url_timeout_seconds,
-                settings.image_max_pixels,
-            ),
+            fetcher,
             owner=owner or settings.resolved_node_id,
             concurrency=workers,
             lease_s=settings.task_lease_seconds,
@@ -146,6 +156,7 @@ async def running(
     if worker is not None:
         await worker.start()
     callbacks.start_loop()
+    router.start()  # the health prober, and upstream figures in /metrics
     sweeper = asyncio.create_task(_sweep(meter, journal, storage, result_ttl_s), name="sweeper")
     try:
         yield Runtime(
@@ -159,11 +170,13 @@ async def running(
             callback_secret=callback_secret,
             tasks=tasks,
             results=ResultKeeper(journal, storage, ttl_s=result_ttl_s),
+            images=fetcher,
             worker=worker,
             callbacks=callbacks,
         )
     finally:
         sweeper.cancel()
+        await router.stop()
         if worker is not None:
             await worker.stop()
         await callbacks.stop_loop()

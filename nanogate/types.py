@@ -51,6 +51,11 @@ class Usage:
     total: int = 0
     images: int = 0  # image parts in the response
 
+    def add(self, other: Usage) -> None:
+        """Sum another answer's usage into this one (n calls behind one request)."""
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def merge_max(self, other: Usage) -> None:
         """Stream chunks repeat cumulative counts; keep the largest seen."""
         for name in (

@@ -81,10 +81,11 @@ class Meter:
         *,
         node: str | None = None,
         ttl: timedelta | None = None,
+        copies: int = 1,
     ) -> Hold | None:
-        """The reservation `call` needs (its most possible cost), not yet made. None when
-        nothing is held: metering is off, or the call is free (countTokens)."""
-        needed = prices.estimate(call)
+        """The reservation `call` needs (its most possible cost, times `copies` runs of it),
+        not yet made. None when nothing is held: metering is off, or the call is free."""
+        needed = prices.estimate(call) * copies
         if not self.enabled or needed == 0:
             return None
         now = datetime.now(UTC)
@@ -100,9 +101,11 @@ class Meter:
             node=node or self.node,
         )
 
-    async def reserve(self, request_id: str, key: KeyRecord, call: Call) -> Hold | None:
-        """Hold the most `call` can cost on the key's account, or raise 402."""
-        hold = self.hold_for(request_id, key, call)
+    async def reserve(
+        self, request_id: str, key: KeyRecord, call: Call, *, copies: int = 1
+    ) -> Hold | None:
+        """Hold the most `call` (run `copies` times) can cost on the key's account, or 402."""
+        hold = self.hold_for(request_id, key, call, copies=copies)
         if hold is None:
             return None
         future = self.journal.submit(lambda tx: ledger.reserve(tx, hold))

@@ -41,6 +41,8 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 # what the call did not use (or takes an overrun), its refund gives back all of it.
 LEDGER_KINDS = ("topup", "adjustment", "reserve", "settle", "refund")
 HOLD_STATES = ("pending", "settled", "refunded")
+# Per-key image delivery in the OpenAI dialect: base64 data URLs, or signed result URLs.
+IMAGE_OUTPUTS = ("data", "url")
 
 
 def utcnow() -> datetime:
@@ -117,6 +119,13 @@ api_keys = Table(
     Column("day_start", String(10), nullable=True),
     Column("month_spend", BigInteger, nullable=False, default=0),
     Column("month_start", String(7), nullable=True),
+    # How the OpenAI dialect returns this key's images unless a request says otherwise (see
+    # IMAGE_OUTPUTS). NULL means never set, served as "data".
+    Column("image_output", String(8), nullable=True),
+    CheckConstraint(
+        f"image_output IS NULL OR image_output IN ({', '.join(map(repr, IMAGE_OUTPUTS))})",
+        name="image_output",
+    ),
 )
 
 ledger = Table(

@@ -11,6 +11,7 @@ import orjson
 
 from ..catalog import Catalog, ModelSpec
 from ..errors import GatewayError, InvalidArgument, NotFound
+from ..keys import KeyRecord
 from ..types import Call, Method
 from .gemini_validate import validate_count_tokens, validate_generate
 
@@ -90,8 +91,10 @@ def model_resource(spec: ModelSpec) -> dict[str, Any]:
     return resource
 
 
-def list_models(catalog: Catalog) -> bytes:
-    return orjson.dumps({"models": [model_resource(spec) for spec in catalog]})
+def list_models(catalog: Catalog, key: KeyRecord) -> bytes:
+    """The models this key may call."""
+    models = [model_resource(spec) for spec in catalog if key.allows(spec.name)]
+    return orjson.dumps({"models": models})
 
 
 def model_resource_bytes(spec: ModelSpec) -> bytes:

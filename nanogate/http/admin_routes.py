@@ -7,7 +7,7 @@ the rest of the gateway, `{"error": {"code", "message", "status"}}`.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
@@ -46,6 +46,12 @@ async def admin_accounts(request: Request, gateway: AdminGateway) -> AccountStor
 
 AdminAccounts = Annotated[AccountStore, Depends(admin_accounts)]
 
+ImageOutput = Literal["data", "url"]  # nanogate.db.tables.IMAGE_OUTPUTS
+IMAGE_OUTPUT_HELP = (
+    'How the OpenAI dialect returns the key\'s images: "data" (base64 data URLs, also what null '
+    'means) or "url" (signed result URLs).'
+)
+
 
 async def _account(store: AccountStore, ref: str) -> Account:
     found = await store.get(ref)
@@ -67,6 +73,7 @@ class KeyCreate(BaseModel):
     concurrency_limit: int | None = Field(default=None, ge=1)
     daily_cap: int | None = Field(default=None, ge=0, description="Credits per UTC day.")
     monthly_cap: int | None = Field(default=None, ge=0, description="Credits per UTC month.")
+    image_output: ImageOutput | None = Field(default=None, description=IMAGE_OUTPUT_HELP)
     is_admin: bool = False
 
 
@@ -80,6 +87,7 @@ class KeyUpdate(BaseModel):
     concurrency_limit: int | None = Field(default=None, ge=1)
     daily_cap: int | None = Field(default=None, ge=0)
     monthly_cap: int | None = Field(default=None, ge=0)
+    image_output: ImageOutput | None = Field(default=None, description=IMAGE_OUTPUT_HELP)
 
 
 class KeyOut(BaseModel):
@@ -97,6 +105,7 @@ class KeyOut(BaseModel):
     concurrency_limit: int | None
     daily_cap: int | None
     monthly_cap: int | None
+    image_output: ImageOutput | None
 
 
 class KeyCreated(KeyOut):
@@ -119,6 +128,7 @@ def _out(record: KeyRecord) -> dict[str, Any]:
         "concurrency_limit": record.concurrency_limit,
         "daily_cap": record.daily_cap,
         "monthly_cap": record.monthly_cap,
+        "image_output": record.image_output,
     }
 
 
@@ -149,6 +159,7 @@ async def create_key(body: KeyCreate, gateway: AdminGateway, store: AdminAccount
         concurrency_limit=body.concurrency_limit,
         daily_cap=body.daily_cap,
         monthly_cap=body.monthly_cap,
+        image_output=body.image_output,
     )
     return KeyCreated(key=plain, **_out(record))
 
@@ -167,7 +178,9 @@ async def revoke_key(prefix: str, gateway: AdminGateway) -> KeyOut:
     return KeyOut(**_out(record))
 
 
-@router.patch("/keys/{prefix}", summary="Change a key's limits, caps, expiry or models")
+@router.patch(
+    "/keys/{prefix}", summary="Change a key's limits, caps, expiry, models or image output"
+)
 async def update_key(prefix: str, body: KeyUpdate, gateway: AdminGateway) -> KeyOut:
     changes = body.model_dump(exclude_unset=True)
     if not changes:
@@ -328,3 +341,32 @@ async def list_callbacks(
         "state": record.callback_state,
         "attempts": attempts,
     }
+
+
+class UpstreamOut(BaseModel):
+    name: str
+    kind: str
+    breaker: Literal["closed", "open", "half-open"] = Field(
+        description='"open" while cooling down after repeated failures; "half-open" once the '
+        "cooldown has passed, until a health probe lets it back in."
+    )
+    failures_in_a_row: int
+    in_flight: int = Field(description="Calls to it running now.")
+    waiting: int = Field(description="Calls waiting for a slot (only with max_concurrency).")
+    max_concurrency: int | None = Field(description="Its cap; null: none.")
+    p50_ms: float | None = Field(description="Median of its last 500 successful attempts.")
+    p99_ms: float | None = Field(description="99th percentile of the same.")
+    error_rate: float = Field(description="Share of its last 500 attempts that failed retryably.")
+    recent_attempts: int = Field(description="Attempts the error rate is computed over.")
+    skip_until: datetime | None = Field(
+        description="It answered with Retry-After: skipped until then (UTC)."
+    )
+    retry_after: int | None = Field(description="Seconds until then.")
+
+
+@router.get(
+    "/upstreams",
+    summary="Upstreams: breaker state, calls in flight, recent latency (p50/p99) and error rate",
+)
+async def list_upstreams(gateway: AdminGateway) -> list[UpstreamOut]:
+    return [UpstreamOut(**row) for row in gateway.router.status()]

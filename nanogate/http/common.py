@@ -11,6 +11,7 @@ from starlette.requests import Request
 from .. import idempotency
 from ..errors import InvalidArgument, PayloadTooLarge
 
+MiB = 1024 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 # A random per-process prefix and a counter: unique across processes, and no syscall per request.
@@ -49,9 +50,10 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> str:
+    size = f"{limit / MiB:g} MiB" if limit >= MiB else f"{limit / 1024:g} KiB"
     return (
-        f"The request body exceeds this gateway's limit of {limit // (1024 * 1024)} MiB "
-        f"({limit} bytes). Send smaller or fewer inline images."
+        f"The request body exceeds this gateway's limit of {size} ({limit} bytes). "
+        "Send smaller or fewer inline images."
     )
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-# The Gemini native prefixes, and the listing GET /v1/models shared with the OpenAI dialect.
-RELAY_PREFIXES = ("/v1beta/", "/v1/v1beta/", "/v1/models")
+# The Gemini native prefixes, the listing GET /v1/models shared by both dialects, and the
+# OpenAI dialect's calls.
+RELAY_PREFIXES = ("/v1beta/", "/v1/v1beta/", "/v1/models", "/v1/chat/", "/v1/images/")
 
 
 class Front:

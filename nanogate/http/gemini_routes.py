@@ -18,16 +18,13 @@ from ..results import ResultKeeper
 from ..streams import GuardedStream
 from ..types import Call, Chunk
 from . import openai_routes
-from .common import extract_key, idempotency_key, read_body
+from .common import extract_key, read_body
+from .replay import answer_once
 from .streaming import RelayStream
 
 log = logging.getLogger(__name__)
 
 JSON_TYPE = "application/json"
-# What a generateContent call cost, in credits (what it would have cost, with metering off).
-COST_HEADER = "x-nanogate-cost"
-# Set on the stored first answer returned for a repeated Idempotency-Key.
-REPLAY_HEADER = "x-nanogate-idempotent-replay"
 # /v1beta is Google's; /v1/v1beta is seed 003's URL shape; /v1 is where google-genai 3.x sends
 # requests by default (its api_version is "v1"). GET /v1/models is shared with the OpenAI
 # dialect: see list_models.
@@ -91,35 +88,10 @@ async def generate(request: Request) -> Response | RelayStream:
 
 
 async def _generate(request: Request, ctx: Context, call: Call, body: bytes) -> Response:
-    """generateContent, with Idempotency-Key replays and the rescue path (results.py)."""
-    gateway = _gateway(request)
-    keeper: ResultKeeper = request.app.state.results
-    key = ctx.key
-    assert key is not None
-    idem = idempotency_key(request, body)
-    if idem is not None:
-        wait_s = request.app.state.settings.idempotency_wait_seconds
-        replay = await keeper.claim(key.id, idem, ctx.request_id, wait_s=wait_s)
-        if replay is not None:
-            ctx.method = "replay"
-            status, stored = replay
-            headers = {COST_HEADER: "0", REPLAY_HEADER: "true"}
-            return Response(stored, status, headers, JSON_TYPE)
-    # "Running" until the answer is kept, so GET /v1/results never sees neither.
-    with keeper.running(key.id, ctx.request_id):
-        try:
-            reply = await gateway.generate(ctx, call)
-        except BaseException:
-            if idem is not None:
-                await keeper.release(key.id, idem[0], ctx.request_id)
-            raise
-        if idem is not None or await request.is_disconnected():
-            # Kept for a replay, or for a client that left before its answer: it paid for it.
-            try:
-                await keeper.keep(key.id, ctx.request_id, reply.body)
-            except Exception as exc:
-                log.error("could not keep an answer (%s)", type(exc).__name__)
-    return Response(reply.body, headers={COST_HEADER: str(ctx.cost)}, media_type=JSON_TYPE)
+    async def produce() -> bytes:
+        return (await _gateway(request).generate(ctx, call)).body
+
+    return await answer_once(request, ctx, body, produce)
 
 
 def _relay(
@@ -199,12 +171,12 @@ async def list_models(request: Request) -> Response:
     gateway = _gateway(request)
     ctx = _context(request)
     try:
-        await gateway.authenticate(ctx, extract_key(request))
+        key = await gateway.authenticate(ctx, extract_key(request))
     except GatewayError as error:
         return error_response(error)
     finally:
         _note(request, ctx)
-    return Response(gemini.list_models(gateway.catalog), media_type=JSON_TYPE)
+    return Response(gemini.list_models(gateway.catalog, key), media_type=JSON_TYPE)
 
 
 async def get_model(request: Request) -> Response:

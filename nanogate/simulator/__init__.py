@@ -1,5 +1,8 @@
 """Upstream simulator: a local stand-in for Google's Gemini REST API, with fault injection.
 
+It also impersonates the resellers nanogate can route to: both task API forms (tasks.py) and
+OpenAI's chat completions and images generations (openai.py).
+
 Run it with `python -m nanogate.simulator --port 0`, or in-process with `start()`.
 """
 

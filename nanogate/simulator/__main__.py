@@ -15,12 +15,16 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .server import SimState, start
+from .state import CHAT_IMAGES
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m nanogate.simulator",
-        description="Local simulator of Google's Gemini REST API (generateContent and friends).",
+        description=(
+            "Local simulator of Google's Gemini REST API (generateContent and friends), of a "
+            "reseller's task API (both forms) and of its OpenAI chat and images endpoints."
+        ),
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 binds a free port (default)")
@@ -40,9 +44,31 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="don't keep received requests (for benchmarks with big bodies)",
     )
     parser.add_argument("--record-limit", type=int, default=10_000)
+    parser.add_argument(
+        "--task-seconds",
+        type=float,
+        default=0.3,
+        help="seconds a task takes from create to its final state (default 0.3)",
+    )
+    parser.add_argument(
+        "--public-url",
+        default=None,
+        help="base URL result links point at (default: the address the request came in on)",
+    )
+    parser.add_argument(
+        "--credits", type=int, default=1_000_000, help="task API balance; 402 once spent"
+    )
+    parser.add_argument(
+        "--chat-images",
+        choices=CHAT_IMAGES,
+        default="images",
+        help="OpenAI chat: image in message.images[] (default) or markdown in content",
+    )
     args = parser.parse_args(argv)
     if args.image_bytes is not None and args.image_bytes < 0:
         parser.error("--image-bytes must be >= 0")
+    if args.task_seconds < 0:
+        parser.error("--task-seconds must be >= 0")
     return args
 
 
@@ -62,6 +88,10 @@ async def _serve(args: argparse.Namespace) -> None:
         image_tokens=args.image_tokens,
         record=not args.no_record,
         record_limit=args.record_limit,
+        task_seconds=args.task_seconds,
+        public_url=args.public_url,
+        credits=args.credits,
+        chat_images=args.chat_images,
     )
     runner, port = await start(args.host, args.port, state=state)
     stop = asyncio.Event()

@@ -1,4 +1,5 @@
-"""The control API under /_sim/: recording, the fault queue, stats and runtime config.
+"""The control API under /_sim/: recording, the fault queue, stats and runtime config, the
+task API's callback log, and the result files the task and images APIs link to.
 
 These routes need no API key and are not counted, recorded or subject to faults, so a test can
 inspect and steer the simulator without disturbing what it measures.
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from . import responses as r
 from .faults import FaultError, faults_from_json
-from .state import STATE_KEY, SimState
+from .state import CHAT_IMAGES, STATE_KEY, SimState
 from .state import error_response as _error
 from .state import json_response as _json
 
@@ -73,6 +74,40 @@ async def _reset(request: web.Request) -> web.StreamResponse:
     return _json({"reset": True})
 
 
+async def _callbacks_get(request: web.Request) -> web.StreamResponse:
+    return _json(list(request.app[STATE_KEY].callbacks))
+
+
+async def _callbacks_delete(request: web.Request) -> web.StreamResponse:
+    request.app[STATE_KEY].callbacks.clear()
+    return _json({"cleared": True})
+
+
+async def _files_get(request: web.Request) -> web.StreamResponse:
+    return _json(
+        [
+            {
+                "id": f.id,
+                "path": f"/_sim/files/{f.name}",
+                "content_type": f.content_type,
+                "bytes": len(f.data),
+                "downloads": f.downloads,
+            }
+            for f in request.app[STATE_KEY].files.values()
+        ]
+    )
+
+
+async def _file_get(request: web.Request) -> web.StreamResponse:
+    """A result image a task or an images call linked to; each download is counted."""
+    name = request.match_info["name"]
+    file = request.app[STATE_KEY].files.get(name.partition(".")[0])
+    if file is None or file.name != name:
+        return _error(404, f"No file {name[:60]!r} on the simulator.")
+    file.downloads += 1
+    return web.Response(body=file.data, headers={"Content-Type": file.content_type})
+
+
 def _config_view(state: SimState) -> dict[str, Any]:
     # The key itself is never echoed back, only whether one is required.
     return {
@@ -80,6 +115,12 @@ def _config_view(state: SimState) -> dict[str, Any]:
         "image_bytes": state.image_bytes,
         "image_tokens": state.image_tokens,
         "record": state.record,
+        "task_seconds": state.task_seconds,
+        "public_url": state.public_url,
+        "credits": state.credits,
+        "task_cost": state.task_cost,
+        "task_models": list(state.task_models),
+        "chat_images": state.chat_images,
     }
 
 
@@ -102,6 +143,16 @@ async def _config_post(request: web.Request) -> web.StreamResponse:
             state.image_tokens = value
         elif key == "record" and isinstance(value, bool):
             state.record = value
+        elif key == "task_seconds" and _is_seconds(value):
+            state.task_seconds = float(value)
+        elif key == "public_url" and (value is None or _is_base_url(value)):
+            state.public_url = value
+        elif key in ("credits", "task_cost") and _is_count(value):
+            setattr(state, key, value)
+        elif key == "task_models" and _is_names(value):
+            state.task_models = tuple(value)
+        elif key == "chat_images" and value in CHAT_IMAGES:
+            state.chat_images = value
         else:
             return _error(400, f"bad config field {key!r}")
     return _json(_config_view(state))
@@ -109,6 +160,18 @@ async def _config_post(request: web.Request) -> web.StreamResponse:
 
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_seconds(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 3600
+
+
+def _is_base_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
 
 
 def add_control_routes(router: web.UrlDispatcher) -> None:
@@ -122,3 +185,7 @@ def add_control_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/_sim/reset", _reset)
     router.add_get("/_sim/config", _config_get)
     router.add_post("/_sim/config", _config_post)
+    router.add_get("/_sim/callbacks", _callbacks_get)
+    router.add_delete("/_sim/callbacks", _callbacks_delete)
+    router.add_get("/_sim/files", _files_get)
+    router.add_get("/_sim/files/{name}", _file_get)

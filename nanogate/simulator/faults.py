@@ -3,6 +3,9 @@
 A fault reaches the simulator two ways: queued through `POST /_sim/faults` (JSON objects), or
 written into the prompt as `[[sim:status=503,delay=0.2]]`. Both end up as one `Fault`, so the
 request handler applies a single, merged description.
+
+Task faults (`stuck`, `fail`, `task_delay`) describe the life of a task, not an HTTP answer: a
+queued fault carrying one is consumed only by a task creation (CreateTask / createTask).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Any
 # kept narrow ([^\]"\\]) so a directive can never swallow the JSON around it.
 _DIRECTIVE_RE = re.compile(rb"\[\[sim:([^\]\"\\]*)\]\]")
 
-_FLAG_FIELDS = ("reset", "malformed", "stream_break")
-_NUMBER_FIELDS = ("delay", "slow_stream")
+_FLAG_FIELDS = ("reset", "malformed", "stream_break", "stuck", "fail")
+_NUMBER_FIELDS = ("delay", "slow_stream", "task_delay")
+CHAT_IMAGE_SHAPES = ("images", "markdown")
 
 
 class FaultError(ValueError):
@@ -38,11 +42,26 @@ class Fault:
     has_body: bool = False
     # Only requests for this model consume the fault; None means any request.
     model: str | None = None
+    # Only requests whose path is this one or below it (by whole segments) consume the fault.
+    path: str | None = None
+    # Task faults: the task stays running forever / ends failed (501) / takes this much longer.
+    stuck: bool = False
+    fail: bool = False
+    task_delay: float = 0.0
+    # OpenAI chat: the image in message.images[] ("images") or markdown in content ("markdown").
+    chat_images: str | None = None
 
     def is_empty(self) -> bool:
         return self == Fault()
 
-    def matches(self, model: str | None) -> bool:
+    def is_task_fault(self) -> bool:
+        return self.stuck or self.fail or self.task_delay > 0
+
+    def matches(self, model: str | None, path: str | None = None, *, task: bool = False) -> bool:
+        if self.is_task_fault() and not task:
+            return False
+        if self.path is not None and not _under(path, self.path):
+            return False
         if self.model is None:
             return True
         return model is not None and _bare_model(self.model) == _bare_model(model)
@@ -79,6 +98,19 @@ class Fault:
 
 def _bare_model(name: str) -> str:
     return name.removeprefix("models/")
+
+
+def _under(path: str | None, prefix: str) -> bool:
+    if path is None:
+        return False
+    prefix = prefix.rstrip("/")
+    return not prefix or path == prefix or path.startswith(prefix + "/")
+
+
+def _chat_images(value: Any) -> str:
+    if value not in CHAT_IMAGE_SHAPES:
+        raise FaultError("fault field 'chat_images' must be 'images' or 'markdown'")
+    return str(value)
 
 
 def _number(key: str, value: Any) -> float:
@@ -141,6 +173,12 @@ def fault_from_json(obj: Any) -> Fault:
             if not isinstance(value, str):
                 raise FaultError(f"fault field {key!r} must be a string")
             setattr(fault, key, value)
+        elif key == "path":
+            if not isinstance(value, str) or not value.startswith("/"):
+                raise FaultError("fault field 'path' must be a string starting with '/'")
+            fault.path = value
+        elif key == "chat_images":
+            fault.chat_images = _chat_images(value)
         else:
             raise FaultError(f"unknown fault field {key!r}")
     return fault
@@ -177,6 +215,8 @@ def fault_from_body(raw: bytes) -> Fault | None:
                     fault.status = _status(value.strip())
                 elif key == "retry_after" and sep:
                     fault.retry_after = _retry_after(value.strip())
+                elif key == "chat_images" and sep:
+                    fault.chat_images = _chat_images(value.strip())
                 else:
                     continue
             except FaultError:

@@ -98,16 +98,56 @@ def error_body(
 # --- images -------------------------------------------------------------------------------
 
 
+# Output formats the vendor APIs take: name -> (file extension, content type, Pillow format).
+IMAGE_FORMATS: dict[str, tuple[str, str, str]] = {
+    "png": ("png", "image/png", "PNG"),
+    "jpeg": ("jpeg", "image/jpeg", "JPEG"),
+    "webp": ("webp", "image/webp", "WEBP"),
+}
+# The long side of a rendered image; 1:1 is the 64x64 PNG Gemini answers carry.
+_SIDE = 64
+
+
+def _render(width: int, height: int, fmt: str) -> bytes:
+    from PIL import Image
+
+    img = Image.new("RGB", (width, height))
+    img.putdata(
+        [(x * 256 // width, y * 256 // height, 160) for y in range(height) for x in range(width)]
+    )
+    buf = io.BytesIO()
+    img.save(buf, format=IMAGE_FORMATS[fmt][2])
+    return buf.getvalue()
+
+
 @functools.cache
 def small_png() -> bytes:
     """A real 64x64 PNG; Pillow runs once per process, never per request."""
-    from PIL import Image
+    return _render(_SIDE, _SIDE, "png")
 
-    img = Image.new("RGB", (64, 64))
-    img.putdata([(x * 4, y * 4, 160) for y in range(64) for x in range(64)])
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+
+def aspect_size(aspect_ratio: str | None) -> tuple[int, int]:
+    """(width, height) for "W:H", its long side 64 pixels; square when absent or unreadable."""
+    w, _, h = (aspect_ratio or "").partition(":")
+    try:
+        rw, rh = float(w), float(h)
+    except ValueError:
+        return _SIDE, _SIDE
+    if rw <= 0 or rh <= 0:
+        return _SIDE, _SIDE
+    if rw >= rh:
+        return _SIDE, max(1, round(_SIDE * rh / rw))
+    return max(1, round(_SIDE * rw / rh)), _SIDE
+
+
+@functools.cache
+def aspect_image(aspect_ratio: str | None, fmt: str = "png") -> bytes:
+    """The image a task or an images call answers with, at its aspect ratio and format (made
+    once per pair; the square PNG is the very image Gemini answers carry)."""
+    width, height = aspect_size(aspect_ratio)
+    if (width, height, fmt) == (_SIDE, _SIDE, "png"):
+        return small_png()
+    return _render(width, height, fmt)
 
 
 def sized_png(size: int) -> bytes:

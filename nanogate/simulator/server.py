@@ -1,5 +1,8 @@
 """A standalone HTTP server that speaks Google's Gemini REST API, with recording and faults.
 
+It also speaks what resellers of the same models offer: both task API forms (tasks.py) and
+OpenAI's chat completions and images generations (openai.py), with the same faults.
+
 It is the upstream in the gateway's integration tests and "the direct upstream" the benchmark
 compares the gateway against, so the hot path stays lean: no access log, no per-request image
 work, responses serialized once with orjson.
@@ -8,16 +11,15 @@ work, responses serialized once with orjson.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from . import openai, tasks, wire
 from . import responses as r
 from .control import add_control_routes
-from .faults import Fault, fault_from_body
+from .faults import Fault
 from .state import STATE_KEY, SimState
 from .state import error_response as _error
 from .state import json_bytes as _json_bytes
@@ -47,20 +49,6 @@ _BAD_KEY_DETAILS = [
 ]
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _abort(request: web.Request) -> web.StreamResponse:
-    """Drop the connection with a TCP reset and no HTTP response at all.
-
-    The returned response is never sent: aiohttp finds the transport gone, treats it as the
-    client having left (a ConnectionError it swallows), and logs nothing.
-    """
-    if request.transport is not None:
-        request.transport.abort()
-    return web.Response()
-
-
 # --- the Gemini API -----------------------------------------------------------------------
 
 
@@ -68,11 +56,7 @@ def _presented_key(request: web.Request) -> str | None:
     key = request.headers.get("x-goog-api-key")
     if key:
         return key
-    auth = request.headers.get("Authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.query.get("key") or None
+    return wire.bearer_token(request) or request.query.get("key") or None
 
 
 def _auth_error(state: SimState, request: web.Request) -> web.Response | None:
@@ -86,56 +70,6 @@ def _auth_error(state: SimState, request: web.Request) -> web.Response | None:
             400, "API key not valid. Please pass a valid API key.", details=_BAD_KEY_DETAILS
         )
     return None
-
-
-def _record(state: SimState, request: web.Request, raw: bytes, parsed: Any) -> None:
-    state.requests.append(
-        {
-            "method": request.method,
-            "path": request.path,
-            "query": dict(request.query),
-            # CIMultiDict keys are istr, which orjson refuses as dict keys.
-            "headers": {str(k): v for k, v in request.headers.items()},
-            "body": raw.decode("utf-8", "replace"),
-            "json": parsed,
-            "time": time.time(),
-        }
-    )
-
-
-class _BadJson(Exception):
-    pass
-
-
-def _parse(raw: bytes) -> Any:
-    if not raw:
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _BadJson()
-
-
-def _instrumented(
-    inner: Callable[[web.Request, SimState, bytes, Any], Awaitable[web.StreamResponse]],
-) -> Handler:
-    """Wrap an API handler with the bookkeeping every API request gets: stats and recording."""
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        state = request.app[STATE_KEY]
-        state.total += 1
-        state.in_flight += 1
-        state.max_in_flight = max(state.max_in_flight, state.in_flight)
-        try:
-            raw = await request.read()
-            parsed = _parse(raw)
-            if state.record:
-                _record(state, request, raw, None if isinstance(parsed, _BadJson) else parsed)
-            return await inner(request, state, raw, parsed)
-        finally:
-            state.in_flight -= 1
-
-    return handler
 
 
 def _split_tail(tail: str) -> tuple[str, str | None]:
@@ -158,18 +92,12 @@ async def _api(
     if denied is not None:
         return denied
 
-    fault = state.pop_fault(model) or Fault()
-    directive = fault_from_body(raw)
-    if directive is not None:
-        fault = fault.merged_with(directive)
-
-    if fault.delay:
-        await asyncio.sleep(fault.delay)
+    fault = await wire.take_fault(request, state, raw, model)
     if fault.reset:
-        return _abort(request)
+        return wire.abort(request)
     if fault.status is not None:
         return _error(fault.status, fault.message, retry_after=fault.retry_after)
-    extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+    extra = wire.retry_after_header(fault)
     streaming = method == "streamGenerateContent"
     sse = request.query.get("alt") == "sse"
 
@@ -196,7 +124,7 @@ async def _api(
         "countTokens",
     ):
         return _error(404, f"Method {method!r} is not found for model {model!r} in the simulator.")
-    if isinstance(parsed, _BadJson):
+    if isinstance(parsed, wire.BadJson):
         return _error(400, "Invalid JSON payload received. Unexpected token.")
     if parsed is None:
         parsed = {}
@@ -253,7 +181,7 @@ async def _stream(
             else:
                 await resp.write((b"[" if i == 0 else b",\r\n") + chunk)
             if fault.stream_break:
-                await _close_after_flush(request)
+                await wire.close_after_flush(request)
                 return resp
         if not sse and complete:
             await resp.write(b"]")
@@ -262,17 +190,6 @@ async def _stream(
         # The client went away mid-stream; nothing to tell it, and not worth a traceback.
         pass
     return resp
-
-
-async def _close_after_flush(request: web.Request) -> None:
-    """End the connection mid-body. A graceful close (not a reset) makes sure the client gets
-    the bytes already written before it sees the body cut short."""
-    transport = request.transport
-    if transport is None:
-        return
-    transport.close()
-    # Let the loop flush and run connection_lost before aiohttp tries to finish the response.
-    await asyncio.sleep(0)
 
 
 async def _not_found(
@@ -290,12 +207,19 @@ def build_app(state: SimState | None = None) -> web.Application:
     router = app.router
     # Control routes first: the catch-all at the end would otherwise swallow them.
     add_control_routes(router)
-    api = _instrumented(_api)
+    tasks.add_routes(router)
+    openai.add_routes(router)
+    api = wire.instrumented(_api)
     for prefix in PREFIXES:
         router.add_route("*", prefix + "/models", api)
         router.add_route("*", prefix + "/models/{tail:.*}", api)
-    router.add_route("*", "/{path:.*}", _instrumented(_not_found))
+    router.add_route("*", "/{path:.*}", wire.instrumented(_not_found))
+    app.on_cleanup.append(_close_state)
     return app
+
+
+async def _close_state(app: web.Application) -> None:
+    await app[STATE_KEY].close()
 
 
 async def start(

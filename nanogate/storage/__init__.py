@@ -69,8 +69,9 @@ class Storage(Protocol):
         """Remove objects last put before `older_than`; how many were removed."""
         ...
 
-    def url(self, name: str, *, ttl_s: int) -> str:
-        """A signed link to the object that stops working `ttl_s` seconds from now."""
+    def url(self, name: str, *, expires: int) -> str:
+        """A signed link to the object that stops working at the unix time `expires` (a fixed
+        moment, so every rendering of the same result gives the same link)."""
         ...
 
     async def close(self) -> None: ...

@@ -66,10 +66,9 @@ class LocalStorage:
             older_than = older_than.replace(tzinfo=UTC)
         return await asyncio.to_thread(self._sweep, older_than.timestamp())
 
-    def url(self, name: str, *, ttl_s: int) -> str:
+    def url(self, name: str, *, expires: int) -> str:
         if not valid_name(name):
             raise ValueError("not a storage object name")
-        expires = int(time.time()) + ttl_s
         sig = self._signer.sign(name, expires)
         return f"{self._base_url}/files/{name}?expires={expires}&sig={sig}"
 

@@ -187,9 +187,8 @@ class TaskService:
         """Signed result URLs, valid until the results' retention ends."""
         if not record.files or record.completed_at is None:
             return []
-        ends = record.completed_at + self.result_ttl
-        ttl = max(1, int((ends - datetime.now(UTC)).total_seconds()))
-        return [self.storage.url(f.name, ttl_s=ttl) for f in record.files]
+        expires = int((record.completed_at + self.result_ttl).timestamp())
+        return [self.storage.url(f.name, expires=expires) for f in record.files]
 
     def answer(self, record: TaskRecord) -> bytes:
         """The query answer (also the callback's body), in the task's own form."""

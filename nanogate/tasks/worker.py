@@ -30,10 +30,10 @@ from .. import canonical
 from ..billing.runners import Journal
 from ..dialects import gemini
 from ..dialects import tasks as dialect
-from ..egress import EgressRefused, FetchFailed, GuardedHttp
 from ..errors import GatewayError, InvalidArgument
 from ..gateway import Context, Gateway
-from ..images import ImageRejected, convert_image, inspect_image
+from ..images import convert_image
+from ..inputs import ImageFetcher, InputRejected
 from ..media import decode_base64
 from ..storage import Storage
 from . import queue
@@ -44,15 +44,6 @@ logger = logging.getLogger(__name__)
 
 # Gateway statuses worth another attempt later: throttled, unavailable, timed out.
 _PASSING = frozenset({429, 500, 502, 503, 504})
-
-
-@dataclass(slots=True)
-class Limits:
-    """What a task may fetch: per input image bytes, fetch time and pixels."""
-
-    max_bytes: int
-    timeout_s: float
-    max_pixels: int
 
 
 @dataclass(slots=True)
@@ -82,8 +73,7 @@ class Worker(ClaimLoop):
         journal: Journal,
         gateway: Gateway,
         storage: Storage,
-        http: GuardedHttp,
-        limits: Limits,
+        images: ImageFetcher,
         *,
         owner: str,
         concurrency: int,
@@ -96,8 +86,7 @@ class Worker(ClaimLoop):
         self.journal = journal
         self.gateway = gateway
         self.storage = storage
-        self.http = http
-        self.limits = limits
+        self.images = images
         self.owner = owner
         self.lease = timedelta(seconds=lease_s)
         self.max_attempts = max_attempts
@@ -219,15 +208,9 @@ class Worker(ClaimLoop):
     async def _fetch(self, index: int, url: str) -> tuple[str, bytes]:
         name = f"input.image_urls[{index}]"
         try:
-            fetched = await self.http.fetch(
-                url, max_bytes=self.limits.max_bytes, timeout_s=self.limits.timeout_s
-            )
-            mime, _, _ = await asyncio.to_thread(
-                inspect_image, fetched.data, max_pixels=self.limits.max_pixels
-            )
-        except (EgressRefused, FetchFailed, ImageRejected) as exc:
+            return await self.images.fetch(url)
+        except InputRejected as exc:
             raise TaskFailed(422, f"{name}: {exc}") from exc
-        return mime, fetched.data
 
     async def _commit(self, ctx: Context, record: TaskRecord, token: str, outcome: Outcome) -> None:
         now = datetime.now(UTC)

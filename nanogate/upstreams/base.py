@@ -6,9 +6,23 @@ transport or its vendor can throw into `UpstreamError`, so the router sees one e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
+from ..egress import GuardedHttp
+from ..storage import Storage
 from ..types import Call, ChunkStream, Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the process lends adapters of vendors that deal in files: result storage (inline
+    input images go to a vendor as signed URLs) and the guarded client (its results come back
+    as URLs, fetched under the egress guard and this size limit)."""
+
+    storage: Storage
+    files: GuardedHttp
+    max_download_bytes: int
 
 
 class Upstream(Protocol):

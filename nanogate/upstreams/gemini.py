@@ -7,9 +7,7 @@ whole.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import orjson
@@ -17,10 +15,8 @@ import orjson
 from ..canonical import MalformedResponse, usage_from_response
 from ..config import UpstreamConfig
 from ..errors import UpstreamError
-from ..redact import scrub
 from ..types import Call, Chunk, Reply
-
-_READ_BUFSIZE = 1 << 20
+from . import http
 
 
 class GeminiUpstream:
@@ -30,7 +26,7 @@ class GeminiUpstream:
         self.name = config.name
         self.config = config
         self._key = config.api_key.get_secret_value() if config.api_key else ""
-        self._session: aiohttp.ClientSession | None = None
+        self._client = http.Client(config)
 
     # -- the interface ---------------------------------------------------------------------
 
@@ -99,26 +95,9 @@ class GeminiUpstream:
             return False
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._client.close()
 
     # -- plumbing --------------------------------------------------------------------------
-
-    def _http(self) -> aiohttp.ClientSession:
-        # Created lazily so it binds to the server's running loop; one pooled session per upstream.
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.config.max_concurrency, ttl_dns_cache=300, keepalive_timeout=60
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                read_bufsize=_READ_BUFSIZE,
-                json_serialize=lambda obj: orjson.dumps(obj).decode(),
-                skip_auto_headers=("User-Agent",),
-                headers={"User-Agent": "nanogate", "Content-Type": "application/json"},
-            )
-        return self._session
 
     def _url(self, call: Call, *, sse: bool) -> str:
         model = self.config.model_map.get(call.model.name, call.model.name)
@@ -134,7 +113,9 @@ class GeminiUpstream:
 
     def _headers(self, request_id: str | None = None) -> dict[str, str]:
         # The request id lets an operator match our logs with a Gemini-native reseller's.
-        headers = {"x-request-id": request_id} if request_id else {}
+        headers = {"Content-Type": "application/json"}
+        if request_id:
+            headers["x-request-id"] = request_id
         if self._key and self.config.auth_style == "bearer":
             headers["Authorization"] = f"Bearer {self._key}"
         elif self._key and self.config.auth_style == "x-goog-api-key":
@@ -142,8 +123,7 @@ class GeminiUpstream:
         return headers
 
     def _status_error(self, resp: aiohttp.ClientResponse, body: bytes) -> UpstreamError:
-        message, reason = _error_message(body, resp.status)
-        retry_after = resp.headers.get("Retry-After")
+        message, reason = _error_message(body, resp.status, self._key)
         status = resp.status
         # Google answers a bad API key with 400 INVALID_ARGUMENT; it is our credential that is
         # wrong, not the client's request, so treat it like a 401 (fail over, tell the operator).
@@ -154,35 +134,17 @@ class GeminiUpstream:
             status,
             message,
             reason=reason,
-            retry_after=int(retry_after) if retry_after and retry_after.isdigit() else None,
+            retry_after=http.parse_retry_after(resp.headers.get("Retry-After")),
         )
 
-    def _transport_errors(self) -> _TransportErrors:
-        return _TransportErrors(self.name)
+    def _http(self) -> aiohttp.ClientSession:
+        return self._client.session()
+
+    def _transport_errors(self) -> http.TransportErrors:
+        return self._client.errors()
 
 
-class _TransportErrors:
-    """Translate aiohttp and timeout failures into UpstreamError at the adapter boundary."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None or isinstance(exc, UpstreamError):
-            return False
-        if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-            raise UpstreamError(self.upstream, 0, "timed out", timeout=True) from None
-        if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
-            raise UpstreamError(self.upstream, 0, "connection closed mid-response") from None
-        if isinstance(exc, aiohttp.ClientError):
-            raise UpstreamError(self.upstream, 0, scrub(type(exc).__name__)) from None
-        return False
-
-
-def _error_message(body: bytes, status: int) -> tuple[str, str | None]:
+def _error_message(body: bytes, status: int, secret: str | None) -> tuple[str, str | None]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -190,9 +152,8 @@ def _error_message(body: bytes, status: int) -> tuple[str, str | None]:
     error = doc.get("error") if isinstance(doc, dict) else None
     if isinstance(error, dict):
         reason = error.get("status")
-        return scrub(str(error.get("message") or f"HTTP {status}")), (
-            reason if isinstance(reason, str) else None
-        )
+        message = http.vendor_message(str(error.get("message") or f"HTTP {status}"), secret)
+        return message, (reason if isinstance(reason, str) else None)
     return f"HTTP {status}", None
 
 

@@ -72,6 +72,45 @@ def test_validation_errors_are_clear(demo_gateway: Gateway) -> None:
     assert unknown.status_code == 404
 
 
+def test_image_output_on_create_patch_and_list(demo_gateway: Gateway) -> None:
+    url, headers = f"{demo_gateway.url}/admin/keys", admin(demo_gateway)
+    plain = httpx.post(url, headers=headers, json={"name": "plain"})
+    assert plain.status_code == 201 and plain.json()["image_output"] is None
+    created = httpx.post(url, headers=headers, json={"name": "urls", "image_output": "url"})
+    assert created.status_code == 201, created.text
+    prefix = created.json()["prefix"]
+    assert created.json()["image_output"] == "url"
+
+    def shown() -> object:
+        listed = httpx.get(url, headers=headers).json()
+        return next(k["image_output"] for k in listed if k["prefix"] == prefix)
+
+    assert shown() == "url"
+    account = created.json()["account_id"]
+    detail = httpx.get(f"{demo_gateway.url}/admin/accounts/{account}", headers=headers).json()
+    assert [k["image_output"] for k in detail["api_keys"]] == ["url"]
+
+    patched = httpx.patch(f"{url}/{prefix}", headers=headers, json={"image_output": "data"})
+    assert patched.status_code == 200 and patched.json()["image_output"] == "data"
+    assert shown() == "data"
+    # Another field alone leaves it; null clears it (back to the default, "data").
+    renamed = httpx.patch(f"{url}/{prefix}", headers=headers, json={"name": "renamed"})
+    assert renamed.json()["image_output"] == "data"
+    cleared = httpx.patch(f"{url}/{prefix}", headers=headers, json={"image_output": None})
+    assert cleared.status_code == 200 and cleared.json()["image_output"] is None
+    assert shown() is None
+
+    for bad in ("b64_json", "URL", 1):
+        refused = httpx.patch(f"{url}/{prefix}", headers=headers, json={"image_output": bad})
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["status"] == "INVALID_ARGUMENT" and "image_output" in error["message"]
+        again = httpx.post(url, headers=headers, json={"name": "bad", "image_output": bad})
+        assert again.status_code == 400 and "image_output" in again.json()["error"]["message"]
+    assert shown() is None
+    assert "bad" not in {k["name"] for k in httpx.get(url, headers=headers).json()}
+
+
 def test_usage_listing(demo_gateway: Gateway) -> None:
     sdk_client(demo_gateway).models.count_tokens(model="gemini-2.5-flash", contents="hello")
     prefix = "_".join(demo_gateway.client_key.split("_")[:2])

@@ -226,6 +226,25 @@ def test_keys_on_one_account_share_its_balance(cli: Cli) -> None:
     cli.assert_ledger_matches_balances()
 
 
+def test_keys_create_with_image_output(cli: Cli) -> None:
+    urls = cli.key("--name", "urls", "--image-output", "url", "--rpm", "30")
+    data = cli.key("--name", "data", "--image-output", "data")
+    plain = cli.key("--name", "plain")
+    rows = cli.sql(select(api_keys.c.prefix, api_keys.c.image_output).order_by(api_keys.c.id))
+    assert [tuple(r) for r in rows] == [(urls, "url"), (data, "data"), (plain, None)]
+
+    listed = cli.ok("keys", "list")
+    assert "image output" in listed.splitlines()[1], listed
+    assert re.search(rf"│ {urls}\s+│ urls\s+│.*│ 30\s+│\s+│ url\s+│$", listed, re.M), listed
+    assert re.search(rf"│ {data}\s+│ data\s+│.*│ data\s+│$", listed, re.M), listed
+    assert re.search(rf"│ {plain}\s+│ plain\s+│.*│\s+│$", listed, re.M), listed
+
+    proc = cli.run("keys", "create", "--image-output", "b64_json")
+    assert proc.returncode == 2
+    assert "--image-output" in proc.stderr and "'b64_json' is not one of" in proc.stderr
+    assert cli.sql(select(func.count()).select_from(api_keys))[0][0] == 3
+
+
 def _at(day: date, hour: int) -> datetime:
     return datetime.combine(day, time(hour, 0, 0, 123456), UTC)
 

@@ -113,3 +113,12 @@ def test_override_adds_a_model_and_merges_prices() -> None:
     assert flash.prices["output_image"] == 5 and flash.prices["input_text"] == 300000
     assert flash.image_pixels("4:3", None) == (1184, 864)  # pixel table kept
     assert catalog.resolve("mine").name == "my-model"
+
+
+@pytest.mark.parametrize(
+    "example", sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")), ids=str
+)
+def test_every_shipped_config_example_loads(example: Path) -> None:
+    settings = load_settings(example)
+    assert settings.upstreams and all(u.api_key for u in settings.upstreams)
+    assert {u.kind for u in settings.upstreams} <= {"gemini", "task", "openai"}

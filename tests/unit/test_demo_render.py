@@ -1,4 +1,4 @@
-"""demo_render: exact sizes, determinism, visible edits, input formats and ratio matching."""
+"""demo.render: exact sizes, determinism, visible edits, input formats and ratio matching."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from nanogate.catalog import load_catalog
-from nanogate.upstreams.demo_render import (
+from nanogate.upstreams.demo.render import (
     nearest_aspect_ratio,
     probe_size,
     render_image,

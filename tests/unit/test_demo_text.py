@@ -1,4 +1,4 @@
-"""demo_text: schema fakes validate (checked by a small validator below), replies, token counts."""
+"""demo.text: schema fakes validate (checked by a small validator below), replies, token counts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from nanogate.upstreams.demo_text import estimate_tokens, fake_from_schema, text_reply
+from nanogate.upstreams.demo.text import estimate_tokens, fake_from_schema, text_reply
 
 # --- a small validator for the keywords the faker claims to honour (jsonschema is not a dep) ---
 

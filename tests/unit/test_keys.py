@@ -239,6 +239,32 @@ async def test_list_and_count(store: KeyStore) -> None:
     assert listed[0].allowed_models is None
 
 
+async def test_image_output_is_stored_and_changed(engine: AsyncEngine, store: KeyStore) -> None:
+    _, default = await store.create("a")
+    _, urls = await store.create("b", image_output="url")
+    assert (default.image_output, urls.image_output) == (None, "url")
+    assert [r.image_output for r in await store.list()] == [None, "url"]
+    async with engine.connect() as conn:
+        stored = await conn.scalar(select(api_keys.c.image_output).where(api_keys.c.id == urls.id))
+    assert stored == "url"
+
+    changed = await store.update(default.prefix, image_output="data")
+    assert changed is not None and changed.image_output == "data"
+    cleared = await store.update(urls.prefix, image_output=None)
+    assert cleared is not None and cleared.image_output is None
+    found = await store.by_id(default.id)
+    assert found is not None and found.image_output == "data"
+
+    # Refused before any SQL: a failed insert would otherwise be retried as a prefix clash.
+    with pytest.raises(ValueError, match="image_output"):
+        await store.create("c", image_output="b64_json")
+    with pytest.raises(ValueError, match="image_output"):
+        await store.update(default.prefix, image_output="URL")
+    assert await store.count() == 2
+    after = await store.get(default.prefix)
+    assert after is not None and after.image_output == "data"
+
+
 async def test_bootstrap_creates_two_keys_once(store: KeyStore) -> None:
     issued = await bootstrap(store, starter_credits=1000)
     assert issued is not None

@@ -59,7 +59,7 @@ async def test_upgrade_is_idempotent_and_reaches_head(db_url: str) -> None:
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
     finally:
         await engine.dispose()
-    assert version == "0003"
+    assert version == "0004"
 
 
 async def test_downgrade_to_base_drops_tables(db_url: str) -> None:
@@ -80,6 +80,27 @@ async def test_balance_cannot_go_negative(engine: AsyncEngine) -> None:
     with pytest.raises(IntegrityError):
         async with engine.begin() as conn:
             await conn.execute(accounts.update().values(balance=accounts.c.balance - 6))
+
+
+async def test_image_output_allows_only_data_url_or_null(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        account_id = await _account(conn)
+        for n, value in enumerate((None, "data", "url")):
+            await conn.execute(
+                insert(api_keys).values(
+                    prefix=f"ng_3333333{n}",
+                    key_hash="3" * 64,
+                    name="k",
+                    account_id=account_id,
+                    image_output=value,
+                )
+            )
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as conn:
+            await conn.execute(api_keys.update().values(image_output="b64_json"))
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(api_keys.c.image_output).order_by(api_keys.c.prefix))
+        assert [row[0] for row in rows] == [None, "data", "url"]
 
 
 async def test_datetimes_come_back_aware_utc(engine: AsyncEngine) -> None:

@@ -146,7 +146,7 @@ async def test_traversal_names_refused(storage: LocalStorage, name: str) -> None
     assert await storage.delete(name) is False
     assert await storage.local_file(name) is None
     with pytest.raises(ValueError):
-        storage.url(name, ttl_s=60)
+        storage.url(name, expires=int(time.time()) + 60)
 
 
 async def test_sweep_removes_old_keeps_new(storage: LocalStorage, tmp_path: Path) -> None:
@@ -191,7 +191,7 @@ async def test_sweep_of_missing_directory(tmp_path: Path, signer: UrlSigner) -> 
 
 async def test_url_is_signed(storage: LocalStorage, signer: UrlSigner) -> None:
     stored = await storage.put(PNG, "image/png")
-    url = urlsplit(storage.url(stored.name, ttl_s=600))
+    url = urlsplit(storage.url(stored.name, expires=int(time.time()) + 600))
     assert f"{url.scheme}://{url.netloc}" == BASE
     assert url.path == f"/files/{stored.name}"
     query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -263,7 +263,7 @@ def _signed(signer: UrlSigner, name: str, expires: int | None = None) -> str:
 
 async def test_route_serves_the_object(storage: LocalStorage, client: TestClient) -> None:
     stored = await storage.put(PNG, "image/png")
-    response = client.get(_path(storage.url(stored.name, ttl_s=600)))
+    response = client.get(_path(storage.url(stored.name, expires=int(time.time()) + 600)))
     assert response.status_code == 200
     assert response.content == PNG
     assert response.headers["content-type"] == "image/png"
@@ -275,7 +275,7 @@ async def test_route_serves_the_object(storage: LocalStorage, client: TestClient
 
 async def test_route_json_and_revalidation(storage: LocalStorage, client: TestClient) -> None:
     stored = await storage.put(b'{"a": 1}', "application/json")
-    url = _path(storage.url(stored.name, ttl_s=60))
+    url = _path(storage.url(stored.name, expires=int(time.time()) + 60))
     first = client.get(url)
     assert first.headers["content-type"] == "application/json"
     assert first.json() == {"a": 1}
@@ -286,7 +286,7 @@ async def test_route_json_and_revalidation(storage: LocalStorage, client: TestCl
 
 async def test_route_head(storage: LocalStorage, client: TestClient) -> None:
     stored = await storage.put(PNG, "image/png")
-    response = client.head(_path(storage.url(stored.name, ttl_s=60)))
+    response = client.head(_path(storage.url(stored.name, expires=int(time.time()) + 60)))
     assert response.status_code == 200
     assert response.headers["content-length"] == str(len(PNG))
 
@@ -296,7 +296,7 @@ async def test_route_tampered_is_403(
 ) -> None:
     stored = await storage.put(PNG, "image/png")
     other = await storage.put(b"other", "image/png")
-    url = _path(storage.url(stored.name, ttl_s=600))
+    url = _path(storage.url(stored.name, expires=int(time.time()) + 600))
     for bad in (
         url.replace(stored.name, other.name),
         url.replace("sig=", "sig=0"),
@@ -330,7 +330,7 @@ async def test_route_removed_is_404(
     storage: LocalStorage, signer: UrlSigner, client: TestClient
 ) -> None:
     stored = await storage.put(PNG, "image/png")
-    url = _path(storage.url(stored.name, ttl_s=600))
+    url = _path(storage.url(stored.name, expires=int(time.time()) + 600))
     await storage.delete(stored.name)
     response = client.get(url)
     assert response.status_code == 404

@@ -20,13 +20,13 @@ from typing import Any
 
 import orjson
 
-from ..catalog import ModelSpec
-from ..config import UpstreamConfig
-from ..errors import InvalidArgument
-from ..media import decode_base64
-from ..types import JSON, Call, Chunk, Reply, Usage
-from .demo_render import nearest_aspect_ratio, probe_size, render_image, transform_image
-from .demo_text import estimate_tokens, fake_from_schema, text_reply, thought_text
+from ...catalog import ModelSpec
+from ...config import UpstreamConfig
+from ...errors import InvalidArgument
+from ...media import decode_base64
+from ...types import JSON, Call, Chunk, Reply, Usage
+from .render import nearest_aspect_ratio, probe_size, render_image, transform_image
+from .text import estimate_tokens, fake_from_schema, text_reply, thought_text
 
 _PIECES = 3  # a streamed text part arrives in up to this many chunks, as a model's would
 

@@ -1,0 +1,60 @@
+"""One-shot answers made safe to retry: Idempotency-Key replays and the rescue path.
+
+With an Idempotency-Key, the first call's answer is kept and a repeat of the same request gets
+it back (waiting while the first still runs); the same key on another request is a 409. Without
+one, an answer whose client left before it was ready is kept anyway, for GET /v1/results: the
+client paid for it. Every dialect's one-shot route runs its call through `answer_once`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..gateway import Context
+from ..results import ResultKeeper
+from .common import idempotency_key
+
+log = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json"
+# What a call cost, in credits (what it would have cost, with metering off).
+COST_HEADER = "x-nanogate-cost"
+# Set on the stored first answer returned for a repeated Idempotency-Key.
+REPLAY_HEADER = "x-nanogate-idempotent-replay"
+
+
+async def answer_once(
+    request: Request, ctx: Context, body: bytes, produce: Callable[[], Awaitable[bytes]]
+) -> Response:
+    """Run `produce` (the gateway call and the rendering of its answer) under the request's
+    Idempotency-Key, if any, and keep what it made for a replay or for a client that left."""
+    keeper: ResultKeeper = request.app.state.results
+    key = ctx.key
+    assert key is not None
+    idem = idempotency_key(request, body)
+    if idem is not None:
+        wait_s = request.app.state.settings.idempotency_wait_seconds
+        replay = await keeper.claim(key.id, idem, ctx.request_id, wait_s=wait_s)
+        if replay is not None:
+            ctx.method = "replay"
+            status, stored = replay
+            headers = {COST_HEADER: "0", REPLAY_HEADER: "true"}
+            return Response(stored, status, headers, JSON_TYPE)
+    # "Running" until the answer is kept, so GET /v1/results never sees neither.
+    with keeper.running(key.id, ctx.request_id):
+        try:
+            answer = await produce()
+        except BaseException:
+            if idem is not None:
+                await keeper.release(key.id, idem[0], ctx.request_id)
+            raise
+        if idem is not None or await request.is_disconnected():
+            try:
+                await keeper.keep(key.id, ctx.request_id, answer)
+            except Exception as exc:
+                log.error("could not keep an answer (%s)", type(exc).__name__)
+    return Response(answer, headers={COST_HEADER: str(ctx.cost)}, media_type=JSON_TYPE)
