@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -20,14 +21,19 @@ from starlette.routing import Router as StarletteRouter
 from . import __version__
 from .catalog import load_catalog
 from .config import Settings
+from .console.sessions import SessionStore
+from .console.thumbnails import Thumbnails
 from .errors import GatewayError, Internal, InvalidArgument, NotFound
 from .http import (
     admin_routes,
+    console_routes,
     file_routes,
     gemini_routes,
     openai_routes,
     ops,
+    report_routes,
     result_routes,
+    session_routes,
     task_routes,
 )
 from .http.front import Front
@@ -52,6 +58,10 @@ def create_app(settings: Settings) -> Front:
             app.state.url_signer = runtime.signer
             app.state.journal = runtime.journal
             app.state.images = runtime.images
+            app.state.sessions = SessionStore(
+                runtime.engine, timedelta(hours=settings.console_session_hours)
+            )
+            app.state.thumbnails = Thumbnails(runtime.engine, runtime.storage)
             # Everything allocated so far lives as long as the process: move it out of the
             # collector's sight, so full collections stay short (they caused ~90 ms p99 stalls).
             gc.collect()
@@ -75,6 +85,9 @@ def create_app(settings: Settings) -> Front:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(ops.router)
     app.include_router(admin_routes.router)
+    app.include_router(report_routes.router)
+    app.include_router(session_routes.router)
+    app.include_router(console_routes.router)
     app.include_router(task_routes.router)
     app.include_router(file_routes.router)
     app.include_router(result_routes.router)

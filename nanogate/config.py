@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_retry_seconds: float = Field(default=3600.0, gt=0)
     task_workers: int = Field(default=16, ge=0)
+    # The console: how long a login lasts.
+    console_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
     task_lease_seconds: float = Field(default=30.0, ge=1)
     task_timeout_seconds: float = Field(default=900.0, ge=10)
     task_max_attempts: int = Field(default=3, ge=1)

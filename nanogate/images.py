@@ -92,6 +92,22 @@ def convert_image(data: bytes, fmt: Format) -> tuple[bytes, str]:
     return buffer.getvalue(), mime
 
 
+def thumbnail_image(data: bytes, max_side: int) -> bytes:
+    """A WebP no larger than `max_side` on either side, for the console's grids."""
+    try:
+        with _open(data, _readable_mime(data)) as im:
+            im.draft("RGB", (max_side, max_side))  # JPEG decodes at 1/2..1/8 scale: much cheaper
+            im.thumbnail((max_side, max_side))
+            out = im if im.mode in ("RGB", "RGBA") else im.convert("RGBA")
+            buffer = io.BytesIO()
+            out.save(buffer, "WEBP", quality=80, method=4)
+    except ImageRejected:
+        raise
+    except Exception:
+        raise ImageRejected("the stored image is truncated or corrupt") from None
+    return buffer.getvalue()
+
+
 def _readable_mime(data: bytes) -> str:
     mime = sniff_image(data)
     if mime == "image/gif":

@@ -284,3 +284,25 @@ secrets = Table(
     Column("value", String(200), nullable=False),
     Column("created_at", UTCDateTime, nullable=False, default=utcnow),
 )
+
+# Console logins. The cookie carries a random token; only its sha256 is kept, with the CSRF
+# token every state-changing console request must echo in X-CSRF-Token. Logout deletes the row.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
+# The console's thumbnail cache: made once per stored image, then served from storage. A row
+# whose thumbnail was swept is simply made again.
+thumbnails = Table(
+    "thumbnails",
+    metadata,
+    Column("source", String(200), primary_key=True),
+    Column("thumbnail", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+)

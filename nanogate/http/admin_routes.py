@@ -14,8 +14,9 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 
 from ..billing.accounts import Account, AccountError, AccountStore
+from ..console import sessions
 from ..dialects import tasks as tasks_dialect
-from ..errors import Conflict, InvalidArgument, NotFound, PermissionDenied
+from ..errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from ..gateway import Context, Gateway
 from ..keys import KeyRecord
 from ..tasks.service import TaskService
@@ -24,14 +25,49 @@ from .common import extract_key
 router = APIRouter(prefix="/admin", tags=["Admin"])
 
 
-async def admin_gateway(request: Request) -> Gateway:
-    """Dependency: the gateway, once the caller has shown an admin key."""
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def admin_key(request: Request) -> KeyRecord:
+    """The admin key the caller showed: a key in any carrier, or else a console session cookie.
+
+    A session counts only with its CSRF token echoed in X-CSRF-Token on anything that changes
+    state: SameSite=Strict already keeps other sites' requests from carrying the cookie, and the
+    token also covers browsers that ignore SameSite.
+    """
     gateway: Gateway = request.app.state.gateway
-    record = await gateway.authenticate(
-        Context(request.state.request_id, "admin"), extract_key(request)
-    )
+    presented = extract_key(request)
+    token = request.cookies.get(sessions.COOKIE)
+    if presented is None and token:
+        record = await _session_key(request, gateway, token)
+    else:
+        record = await gateway.authenticate(Context(request.state.request_id, "admin"), presented)
     if not record.is_admin:
         raise PermissionDenied("This route needs an admin key.")
+    return record
+
+
+async def _session_key(request: Request, gateway: Gateway, token: str) -> KeyRecord:
+    store: sessions.SessionStore = request.app.state.sessions
+    session = await store.get(token)
+    if session is None:
+        raise Unauthenticated("Your console session has ended (expired or logged out); log in.")
+    if request.method not in SAFE_METHODS and not sessions.csrf_matches(
+        session, request.headers.get(sessions.CSRF_HEADER)
+    ):
+        raise PermissionDenied(
+            "Missing or wrong X-CSRF-Token header: a console request that changes something "
+            "must send the session's CSRF token (GET /admin/session gives it)."
+        )
+    record = await gateway.keys.by_id(session.key_id)
+    if record is None or record.status(datetime.now(UTC)) != "active":
+        raise Unauthenticated("The admin key of this session is no longer active; log in again.")
+    return record
+
+
+async def admin_gateway(request: Request, key: Annotated[KeyRecord, Depends(admin_key)]) -> Gateway:
+    """Dependency: the gateway, once the caller has shown an admin key."""
+    gateway: Gateway = request.app.state.gateway
     return gateway
 
 
@@ -53,7 +89,7 @@ IMAGE_OUTPUT_HELP = (
 )
 
 
-async def _account(store: AccountStore, ref: str) -> Account:
+async def find_account(store: AccountStore, ref: str) -> Account:
     found = await store.get(ref)
     if found is None:
         raise NotFound(f"No account '{ref}' (give its id or its name).")
@@ -147,7 +183,7 @@ def _aware(moment: datetime | None) -> None:
 async def create_key(body: KeyCreate, gateway: AdminGateway, store: AdminAccounts) -> KeyCreated:
     _aware(body.expires_at)
     allowed = _allowed(gateway, body.allowed_models)
-    account_id = (await _account(store, body.account)).id if body.account is not None else None
+    account_id = (await find_account(store, body.account)).id if body.account is not None else None
     plain, record = await gateway.keys.create(
         body.name,
         is_admin=body.is_admin,
@@ -223,7 +259,7 @@ async def topup_key(
     record = await gateway.keys.get(prefix)
     if record is None:
         raise NotFound(f"No key with prefix {prefix}.")
-    account = await _account(store, str(record.account_id))
+    account = await find_account(store, str(record.account_id))
     balance = await _topup(store, account, body, record.id)
     return BalanceOut(account_id=account.id, account=account.name, balance=balance)
 
@@ -269,7 +305,7 @@ async def show_account(
     store: AdminAccounts,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> AccountDetail:
-    found = await _account(store, account)
+    found = await find_account(store, account)
     keys = [KeyOut(**_out(k)) for k in await gateway.keys.list() if k.account_id == found.id]
     entries = await store.entries(found.id, limit=limit)
     return AccountDetail(**found.as_dict(), api_keys=keys, ledger=entries)
@@ -277,7 +313,7 @@ async def show_account(
 
 @router.post("/accounts/{account}/topup", summary="Top up (or adjust) an account")
 async def topup_account(account: str, body: Topup, store: AdminAccounts) -> BalanceOut:
-    found = await _account(store, account)
+    found = await find_account(store, account)
     balance = await _topup(store, found, body, None)
     return BalanceOut(account_id=found.id, account=found.name, balance=balance)
 
@@ -291,7 +327,7 @@ async def list_ledger(
     request_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    account_id = (await _account(store, account)).id if account is not None else None
+    account_id = (await find_account(store, account)).id if account is not None else None
     key_id = None
     if key is not None:
         record = await gateway.keys.get(key)
@@ -299,15 +335,6 @@ async def list_ledger(
             raise NotFound(f"No key with prefix {key}.")
         key_id = record.id
     return await store.entries(account_id, key_id=key_id, request_id=request_id, limit=limit)
-
-
-@router.get("/usage", summary="Recent usage records with their cost, newest first")
-async def recent_usage(
-    gateway: AdminGateway,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    key: Annotated[str | None, Query(description="Only this key prefix")] = None,
-) -> list[dict[str, Any]]:
-    return await gateway.recorder.recent(limit=limit, key_prefix=key)
 
 
 @router.get("/tasks/{task_id}", summary="A task's record, whoever created it")
@@ -370,3 +397,33 @@ class UpstreamOut(BaseModel):
 )
 async def list_upstreams(gateway: AdminGateway) -> list[UpstreamOut]:
     return [UpstreamOut(**row) for row in gateway.router.status()]
+
+
+class ModelOut(BaseModel):
+    name: str
+    display_name: str
+    kind: Literal["image", "text"]
+    max_input_images: int
+    image_sizes: list[str]
+    default_image_size: str
+    aspect_ratios: list[str]
+    prices: dict[str, int] = Field(description="Credits per million tokens, by token kind.")
+    image_prices: dict[str, int] = Field(description="Flat credits per image, by size tier.")
+
+
+@router.get("/models", summary="The model catalog: kinds, input limits, sizes, aspect ratios")
+async def list_models(gateway: AdminGateway) -> list[ModelOut]:
+    return [
+        ModelOut(
+            name=spec.name,
+            display_name=spec.display_name,
+            kind="image" if spec.is_image else "text",
+            max_input_images=spec.max_input_images,
+            image_sizes=list(spec.image_sizes),
+            default_image_size=spec.default_image_size,
+            aspect_ratios=list(spec.aspect_ratios),
+            prices=spec.prices,
+            image_prices=spec.image_prices,
+        )
+        for spec in gateway.catalog
+    ]

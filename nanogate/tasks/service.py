@@ -8,7 +8,7 @@ are written in one transaction, and a worker (worker.py) takes it from there.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -185,10 +185,13 @@ class TaskService:
 
     def urls(self, record: TaskRecord) -> list[str]:
         """Signed result URLs, valid until the results' retention ends."""
-        if not record.files or record.completed_at is None:
+        return self.file_urls([f.name for f in record.files], record.completed_at)
+
+    def file_urls(self, names: Sequence[str], completed_at: datetime | None) -> list[str]:
+        if not names or completed_at is None:
             return []
-        expires = int((record.completed_at + self.result_ttl).timestamp())
-        return [self.storage.url(f.name, expires=expires) for f in record.files]
+        expires = int((completed_at + self.result_ttl).timestamp())
+        return [self.storage.url(name, expires=expires) for name in names]
 
     def answer(self, record: TaskRecord) -> bytes:
         """The query answer (also the callback's body), in the task's own form."""

@@ -1,0 +1,69 @@
+"""The console's pages: HTML shells and their two static files, served by the gateway itself.
+
+A page holds no data: its script reads and changes everything through the admin API, with the
+session cookie and the CSRF token the shell carries. Pages need a live session, so a visitor
+without one lands on the login page.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from ..console import pages, sessions
+from ..errors import NotFound
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+_STATIC = resources.files("nanogate.console") / "static"
+_ASSETS = {"console.css": "text/css", "console.js": "text/javascript"}
+
+
+def _headers(request: Request) -> dict[str, str]:
+    # Result images may live behind the public base URL rather than this origin.
+    images = request.app.state.settings.resolved_public_base_url.rstrip("/")
+    return {
+        "content-security-policy": (
+            f"default-src 'self'; img-src 'self' data: blob: {images}; script-src 'self'; "
+            "style-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+            "form-action 'self'"
+        ),
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "same-origin",
+        "x-frame-options": "DENY",
+        "cache-control": "no-store",
+    }
+
+
+@router.get("/login")
+async def login_page(request: Request) -> Response:
+    return HTMLResponse(pages.login(), headers=_headers(request))
+
+
+@router.get("/static/{name}")
+async def asset(name: str) -> Response:
+    if name not in _ASSETS:
+        raise NotFound(f"No console asset '{name[:60]}'.")
+    return Response(
+        (_STATIC / name).read_bytes(),
+        media_type=_ASSETS[name],
+        headers={"cache-control": "no-cache", "x-content-type-options": "nosniff"},
+    )
+
+
+@router.get("")
+@router.get("/")
+@router.get("/{page}")
+async def console_page(request: Request, page: str = "overview") -> Response:
+    if page not in pages.PAGES:
+        raise NotFound(f"No console page '{page[:60]}'.")
+    store: sessions.SessionStore = request.app.state.sessions
+    session = await store.get(request.cookies.get(sessions.COOKIE, ""))
+    if session is None:
+        return RedirectResponse("/console/login", status_code=303)
+    record = await request.app.state.gateway.keys.by_id(session.key_id)
+    prefix = record.prefix if record is not None else "?"
+    return HTMLResponse(pages.render(page, session.csrf_token, prefix), headers=_headers(request))
