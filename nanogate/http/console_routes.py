@@ -7,6 +7,7 @@ without one lands on the login page.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from importlib import resources
 
 from fastapi import APIRouter
@@ -62,8 +63,8 @@ async def console_page(request: Request, page: str = "overview") -> Response:
         raise NotFound(f"No console page '{page[:60]}'.")
     store: sessions.SessionStore = request.app.state.sessions
     session = await store.get(request.cookies.get(sessions.COOKIE, ""))
-    if session is None:
+    record = None if session is None else await request.app.state.gateway.keys.by_id(session.key_id)
+    if session is None or record is None or record.status(datetime.now(UTC)) != "active":
         return RedirectResponse("/console/login", status_code=303)
-    record = await request.app.state.gateway.keys.by_id(session.key_id)
-    prefix = record.prefix if record is not None else "?"
-    return HTMLResponse(pages.render(page, session.csrf_token, prefix), headers=_headers(request))
+    html = pages.render(page, session.csrf_token, record.prefix)
+    return HTMLResponse(html, headers=_headers(request))

@@ -124,6 +124,8 @@ def test_revoking_the_admin_key_ends_its_sessions(gw: Gateway) -> None:
     httpx.post(f"{gw.url}/admin/keys/{made['prefix']}/revoke", headers=admin(gw))
     after = httpx.get(f"{gw.url}/admin/keys", cookies={"nanogate_session": token})
     assert after.status_code == 401 and "no longer active" in after.json()["error"]["message"]
+    page = httpx.get(f"{gw.url}/console/overview", cookies={"nanogate_session": token})
+    assert page.status_code == 303 and page.headers["location"] == "/console/login"
 
 
 def test_pages_need_a_session_and_carry_its_csrf_token(gw: Gateway) -> None:
