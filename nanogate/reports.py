@@ -200,27 +200,6 @@ async def usage_csv(engine: AsyncEngine, where: UsageFilter) -> AsyncIterator[by
 TaskState = Literal["pending", "running", "succeeded", "failed"]
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSummary:
-    id: str
-    form: str
-    model: str
-    state: str
-    prompt: str
-    account_id: int
-    key_id: int
-    files: list[dict[str, str]]
-    cost: int
-    error_code: int | None
-    error_message: str | None
-    created_at: datetime
-    started_at: datetime | None
-    completed_at: datetime | None
-    callback_url: str | None
-    callback_state: str
-    callback_attempts: int
-
-
 async def recent_tasks(
     engine: AsyncEngine,
     *,
@@ -228,12 +207,12 @@ async def recent_tasks(
     before: datetime | None = None,
     state: TaskState | None = None,
     account_id: int | None = None,
-) -> list[TaskSummary]:
-    """The newest tasks first (the console's gallery): `before` a created_at pages on."""
+) -> list[dict[str, Any]]:
+    """The newest tasks first (the console's gallery): `before` a created_at pages on. Each
+    with its prompt (from the create request) and its stored files, parsed from their JSON."""
     c = tasks.c
     stmt = select(
         c.id,
-        c.form,
         c.model,
         c.state,
         c.param,
@@ -260,29 +239,12 @@ async def recent_tasks(
         rows = (await conn.execute(stmt.limit(limit))).all()
     summaries = []
     for row in rows:
-        result = orjson.loads(row.result) if row.result else {}
-        param = orjson.loads(row.param)
+        task = dict(row._mapping)
+        result = orjson.loads(task.pop("result") or b"{}")
+        param = orjson.loads(task.pop("param"))
         raw_input = param.get("input") if isinstance(param, dict) else None
         prompt = raw_input.get("prompt") if isinstance(raw_input, dict) else None
-        summaries.append(
-            TaskSummary(
-                id=row.id,
-                form=row.form,
-                model=row.model,
-                state=row.state,
-                prompt=prompt[:300] if isinstance(prompt, str) else "",
-                account_id=row.account_id,
-                key_id=row.key_id,
-                files=[{"name": f["name"], "type": f["type"]} for f in result.get("files", ())],
-                cost=int(row.cost),
-                error_code=row.error_code,
-                error_message=row.error_message,
-                created_at=row.created_at,
-                started_at=row.started_at,
-                completed_at=row.completed_at,
-                callback_url=row.callback_url,
-                callback_state=row.callback_state,
-                callback_attempts=int(row.callback_attempts),
-            )
-        )
+        task["prompt"] = prompt[:300] if isinstance(prompt, str) else ""
+        task["files"] = [{"name": f["name"], "type": f["type"]} for f in result.get("files", ())]
+        summaries.append(task)
     return summaries

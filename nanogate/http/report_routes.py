@@ -178,29 +178,20 @@ async def list_tasks(
     )
     cards = []
     for task in found:
-        urls = service.file_urls([f["name"] for f in task.files], task.completed_at)
+        urls = service.file_urls([f["name"] for f in task["files"]], task["completed_at"])
         files = [
             TaskFile(
                 url=url,
-                thumbnail=f"/admin/tasks/{task.id}/thumbnail?index={index}",
+                thumbnail=f"/admin/tasks/{task['id']}/thumbnail?index={index}",
                 content_type=f["type"],
             )
-            for index, (f, url) in enumerate(zip(task.files, urls, strict=False))
+            for index, (f, url) in enumerate(zip(task.pop("files"), urls, strict=False))
         ]
-        cards.append(
-            TaskCard(
-                **{
-                    name: getattr(task, name)
-                    for name in TaskCard.model_fields
-                    if name not in ("files", "queued_ms", "run_ms")
-                },
-                files=files,
-                queued_ms=_ms(task.created_at, task.started_at),
-                run_ms=_ms(task.started_at, task.completed_at),
-            )
-        )
+        queued = _ms(task["created_at"], task["started_at"])
+        ran = _ms(task["started_at"], task["completed_at"])
+        cards.append(TaskCard(**task, files=files, queued_ms=queued, run_ms=ran))
     if len(found) == limit:
-        response.headers["x-next-before"] = found[-1].created_at.isoformat()
+        response.headers["x-next-before"] = found[-1]["created_at"].isoformat()
     return cards
 
 
