@@ -13,6 +13,14 @@ $(BIN)/nanogate: pyproject.toml
 
 $(VENV)/.test-deps: $(BIN)/nanogate
 	$(BIN)/pip install --quiet -e '.[test]'
+# The console tests drive Debian's Chromium through Playwright (never a downloaded browser
+# build): install the package when it is missing, refreshing the package lists only if the
+# first try fails, with sudo only when not already root.
+	@if [ ! -x /usr/bin/chromium ]; then \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get install -y --no-install-recommends chromium \
+		|| { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }; \
+	fi
 	@touch $@
 
 serve: $(BIN)/nanogate

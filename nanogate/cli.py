@@ -1,4 +1,4 @@
-"""The `nanogate` command: serve, migrate, accounts, keys, usage, upstreams."""
+"""The `nanogate` command: serve, migrate, accounts, keys, usage, upstreams, generate."""
 
 from __future__ import annotations
 
@@ -30,6 +30,16 @@ from .catalog import load_catalog
 from .config import Settings, load_settings
 from .db.engine import make_engine, run_migrations
 from .errors import NotFound
+from .generate import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MODEL,
+    DEFAULT_URL,
+    KEY_ENV,
+    URL_ENV,
+    GenerateError,
+    Options,
+)
+from .generate import run as run_generate
 from .keys import KeyRecord, KeyStore, bootstrap
 from .logs import setup_logging
 from .usage import RECORD_COLUMNS, SUMMARY_TOTALS, UsageRecorder, summarize
@@ -793,6 +803,107 @@ def upstreams_check(
     console.print(table)
     if not all(healthy for healthy, _, _ in results):
         raise typer.Exit(1)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[
+        str | None,
+        typer.Argument(help="What to draw (leave it out with --batch).", show_default=False),
+    ] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="The model.")] = DEFAULT_MODEL,
+    aspect: Annotated[
+        str | None, typer.Option(help="Aspect ratio W:H, e.g. 16:9.", show_default=False)
+    ] = None,
+    size: Annotated[
+        str | None, typer.Option(help="Image size: 512, 1K, 2K or 4K.", show_default=False)
+    ] = None,
+    images: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--image",
+            "-i",
+            metavar="FILE",
+            help="A reference image (repeat for several).",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="The image file (overwritten; more images: NAME-2, NAME-3...). Default: a "
+            "name from the prompt in the current folder, never overwriting.",
+            show_default=False,
+        ),
+    ] = None,
+    url: Annotated[
+        str,
+        typer.Option(
+            envvar=URL_ENV,
+            help="Base URL: this gateway, or e.g. https://gateway.theturbo.ai/v1 or "
+            "https://generativelanguage.googleapis.com.",
+        ),
+    ] = DEFAULT_URL,
+    key: Annotated[
+        str | None, typer.Option(envvar=KEY_ENV, help="The API key.", show_default=False)
+    ] = None,
+    batch: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Run a file of prompts: .jsonl (one JSON object a line: prompt, model, aspect, "
+            "size, images, name) or text (one prompt a line, # for comments).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Batch output folder (default: the current one). Items whose file is already "
+            "there are skipped, so a re-run resumes.",
+            show_default=False,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Batch calls at a time (default {DEFAULT_CONCURRENCY}).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Generate images from a prompt, or from a file of prompts with --batch.
+
+    Calls POST URL/v1beta/models/MODEL:generateContent on this gateway or any Gemini-native
+    endpoint, retrying 429 and 5xx answers and dropped connections a couple of times, and saves
+    every image of the answer.
+
+    Exit codes: 0 all done; 1 a call failed (a batch lists its failures); 2 a usage error,
+    found before any call; 3 the key, a model or the credits were refused (401, 402, 403), and
+    a batch stops starting new items; 130 interrupted.
+    """
+    options = Options(
+        prompt=prompt,
+        model=model,
+        aspect=aspect,
+        size=size,
+        images=images or [],
+        output=output,
+        url=url,
+        key=key,
+        batch=batch,
+        out_dir=out,
+        concurrency=concurrency,
+    )
+    try:
+        code = run_generate(options, console, err_console)
+    except GenerateError as exc:
+        _fail(exc.message, exc.code)
+    raise typer.Exit(code)
 
 
 def _usage_summary(

@@ -25,9 +25,12 @@ TITLES: dict[str, str] = {
 # left out (too pale on white).
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#6b6b6b", "#000000")
 
-WIDTH, PLOT_HEIGHT = 720, 220
+WIDTH, MIN_WIDTH, MAX_WIDTH, PLOT_HEIGHT = 720, 280, 1600, 220
 LEFT, RIGHT, TOP, AXIS = 56, 16, 14, 26
-LEGEND_ROW, LEGEND_COLUMNS = 20, 3
+LEGEND_ROW, CHAR_WIDTH, SWATCH = 20, 7.0, 24  # 12 px system-ui runs about 7 px per character
+TICK_SPACING = 90  # px between time labels, so "16:30" never collides with its neighbour
+# Error-rate axis tops: each splits into round quarters (1%, 2%, 5%, 10%, 20%, 25%).
+RATE_TOPS = (0.04, 0.08, 0.2, 0.4, 0.8, 1.0)
 
 
 def values_for(figures: dict[str, Any], metric: Metric) -> list[tuple[str, list[float | None]]]:
@@ -45,14 +48,16 @@ def values_for(figures: dict[str, Any], metric: Metric) -> list[tuple[str, list[
     return out
 
 
-def chart(figures: dict[str, Any], metric: Metric) -> str:
-    """The SVG chart of one metric of `reports.series(...)`, one line per series."""
+def chart(figures: dict[str, Any], metric: Metric, width: int = WIDTH) -> str:
+    """The SVG chart of one metric of `reports.series(...)`, one line per series, drawn for
+    `width` pixels so its text stays 12 px on a phone as on a desktop."""
     lines = values_for(figures, metric)
     start = datetime.fromisoformat(figures["start"])
     step = timedelta(seconds=figures["bucket_seconds"])
     count = figures["buckets"]
     title = f"{TITLES[metric]} per {figures['by']}, last {figures['window']}"
-    return line_chart(title, [start + step * i for i in range(count)], lines, metric)
+    moments = [start + step * i for i in range(count)]
+    return line_chart(title, moments, lines, metric, width=max(MIN_WIDTH, min(width, MAX_WIDTH)))
 
 
 def line_chart(
@@ -60,10 +65,15 @@ def line_chart(
     moments: Sequence[datetime],
     lines: Sequence[tuple[str, Sequence[float | None]]],
     metric: Metric,
+    *,
+    width: int = WIDTH,
 ) -> str:
-    legend_rows = math.ceil(len(lines) / LEGEND_COLUMNS) if lines else 0
+    plot_w = width - LEFT - RIGHT
+    labels = [f"{name}: {_format(_total(points, metric), metric)}" for name, points in lines]
+    widest = max((len(label) for label in labels), default=0) * CHAR_WIDTH + SWATCH
+    columns = max(1, min(3, int(plot_w // widest) if widest else 3))
+    legend_rows = math.ceil(len(lines) / columns) if lines else 0
     height = TOP + PLOT_HEIGHT + AXIS + legend_rows * LEGEND_ROW + 6
-    plot_w = WIDTH - LEFT - RIGHT
     present = [v for _, points in lines for v in points if v is not None]
     top = _nice_ceiling(max(present, default=0.0), metric)
     n = len(moments)
@@ -75,7 +85,7 @@ def line_chart(
         return TOP + PLOT_HEIGHT - (PLOT_HEIGHT * v / top)
 
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
         f'role="img" aria-labelledby="{metric}-t {metric}-d" class="chart" '
         'font-family="system-ui, sans-serif" font-size="12">',
         # Ids carry the metric: the overview shows four charts inline in one document.
@@ -86,14 +96,14 @@ def line_chart(
         value = top * i / 4
         gy = y(value)
         out.append(
-            f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{gy:.1f}" y2="{gy:.1f}" '
+            f'<line x1="{LEFT}" x2="{width - RIGHT}" y1="{gy:.1f}" y2="{gy:.1f}" '
             f'stroke="{"#767676" if i == 0 else "#e3e3e3"}" stroke-width="1"/>'
         )
         out.append(
             f'<text x="{LEFT - 6}" y="{gy + 4:.1f}" text-anchor="end" fill="#333">'
             f"{_format(value, metric)}</text>"
         )
-    for i in _tick_indexes(n):
+    for i in _tick_indexes(n, max(2, plot_w // TICK_SPACING)):
         label = _time_label(moments[i], moments[1] - moments[0] if n > 1 else timedelta(0))
         out.append(
             f'<text x="{x(i):.1f}" y="{TOP + PLOT_HEIGHT + 17}" text-anchor="middle" '
@@ -106,7 +116,7 @@ def line_chart(
         )
     for index, (name, points) in enumerate(lines):
         colour = COLOURS[index % len(COLOURS)]
-        label = escape(f"{name}: {_format(_total(points, metric), metric)}")
+        label = escape(labels[index])
         out.append(f'<g class="series" data-series="{escape(name)}"><title>{label}</title>')
         for run in _runs(points):
             coords = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in run)
@@ -119,8 +129,8 @@ def line_chart(
                     'stroke-width="2" stroke-linejoin="round"/>'
                 )
         out.append("</g>")
-        lx = LEFT + (index % LEGEND_COLUMNS) * (plot_w / LEGEND_COLUMNS)
-        ly = TOP + PLOT_HEIGHT + AXIS + (index // LEGEND_COLUMNS) * LEGEND_ROW + 12
+        lx = LEFT + (index % columns) * (plot_w / columns)
+        ly = TOP + PLOT_HEIGHT + AXIS + (index // columns) * LEGEND_ROW + 12
         out.append(f'<rect x="{lx:.1f}" y="{ly - 9}" width="12" height="12" fill="{colour}"/>')
         out.append(f'<text x="{lx + 17:.1f}" y="{ly + 1}" fill="#222">{label}</text>')
     out.append("</svg>")
@@ -142,7 +152,7 @@ def _runs(points: Sequence[float | None]) -> list[list[tuple[int, float]]]:
 def _nice_ceiling(value: float, metric: Metric) -> float:
     """The smallest 1-2-5 step times 4 that holds `value`, so grid labels are round numbers."""
     if metric == "error_rate":
-        return 1.0 if value > 0.5 else max(0.05, math.ceil(value * 20) / 20)
+        return next(top for top in RATE_TOPS if top >= value or top == RATE_TOPS[-1])
     if value <= 0:
         return 4.0
     raw = value / 4
@@ -175,10 +185,10 @@ def _describe(lines: Sequence[tuple[str, Sequence[float | None]]], metric: Metri
     return "; ".join(parts) + "."
 
 
-def _tick_indexes(n: int) -> list[int]:
+def _tick_indexes(n: int, most: int) -> list[int]:
     if n <= 1:
         return list(range(n))
-    step = max(1, round((n - 1) / 6))
+    step = max(1, math.ceil((n - 1) / most))
     return list(range(0, n, step))
 
 

@@ -46,10 +46,13 @@ async def stats_chart(
     metric: Annotated[charts.Metric, Query()] = "requests",
     window: WindowQuery = "day",
     by: ByQuery = "model",
+    width: Annotated[
+        int, Query(ge=charts.MIN_WIDTH, le=charts.MAX_WIDTH, description="Pixels to draw for")
+    ] = charts.WIDTH,
 ) -> Response:
     figures = await reports.series(request.app.state.engine, window, by)
     return Response(
-        charts.chart(figures, metric),
+        charts.chart(figures, metric, width),
         media_type="image/svg+xml",
         # Opened on its own, the SVG may draw and nothing else.
         headers={"content-security-policy": "default-src 'none'; style-src 'unsafe-inline'"},

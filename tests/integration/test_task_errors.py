@@ -28,7 +28,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, simulator: Simulator) -> Iterat
     gateway = start_gateway(
         tmp_path_factory.mktemp("task-errors"),
         config,
-        NANOGATE_RESULT_TTL_HOURS="0.0005",  # 1.8 s: result links expire within the test
+        # 7.2 s: result links expire within the test, yet outlive a slow poll on a busy machine.
+        NANOGATE_RESULT_TTL_HOURS="0.002",
         NANOGATE_TASK_MAX_ATTEMPTS="2",
         **TASK_ENV,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -66,7 +67,7 @@ def test_error_rate_breaks_the_line_where_nothing_ran() -> None:
     assert group is not None
     # Bucket 0 stands alone (a dot); buckets 2-3 make a line.
     assert len(group.findall(f"{SVG}circle")) == 1 and len(group.findall(f"{SVG}polyline")) == 1
-    assert "50%" in [t.text for t in root.findall(f"{SVG}text")]
+    assert "80%" in [t.text for t in root.findall(f"{SVG}text")], "the axis tops out above 50%"
 
 
 def test_names_are_escaped() -> None:
@@ -90,3 +91,28 @@ def test_large_numbers_are_abbreviated_and_days_label_dates() -> None:
     labels = [t.text or "" for t in root.findall(f"{SVG}text")]
     assert any(label.endswith("G") for label in labels)  # 1.2e9 credits on the y axis
     assert "11-21" in labels and "11-22" in labels
+
+
+def test_a_narrow_chart_keeps_its_text_size_and_stacks_long_legends() -> None:
+    names = ["gemini-3-pro-image-preview", "gemini-3.1-flash-image-preview", "gemini-2.5-flash"]
+    data = figures([entry(name, [1, 2, 3, 4]) for name in names], buckets=60)
+    wide, narrow = parse(charts.chart(data, "requests")), parse(charts.chart(data, "requests", 340))
+    assert (
+        wide.get("viewBox", "").split()[2] == "720"
+        and narrow.get("viewBox", "").split()[2] == "340"
+    )
+    assert narrow.get("font-size") == "12"
+
+    def legend_rows(root: ET.Element) -> set[str | None]:
+        return {r.get("y") for r in root.findall(f"{SVG}rect")}
+
+    assert len(legend_rows(narrow)) == 3, "one legend entry per row when names are long"
+    assert len(legend_rows(wide)) <= 2
+    times = [t for t in narrow.findall(f"{SVG}text") if re.fullmatch(r"\d\d:\d\d", t.text or "")]
+    assert 2 <= len(times) <= 4, "fewer time labels on a narrow chart"
+
+
+def test_error_rate_axis_splits_into_round_quarters() -> None:
+    root = parse(charts.chart(figures([entry("a", [10, 10, 10, 10], [1, 3, 0, 0])]), "error_rate"))
+    labels = [t.text for t in root.findall(f"{SVG}text")]
+    assert {"0%", "10%", "20%", "30%", "40%"} <= set(labels)

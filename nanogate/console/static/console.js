@@ -106,18 +106,25 @@ function loginPage() {
 
 function overviewPage() {
   const form = $("#overview-controls");
+  let latest = 0;  // loads overlap (a quick second choice, the timer): only the newest is shown
   const load = () => guarded(async () => {
+    const mine = ++latest;
     const params = new URLSearchParams(new FormData(form));
-    const { data } = await api("GET", `/admin/stats?${params}`);
+    const boxes = $$(".chart-box");
+    const [{ data }, ...charts] = await Promise.all([
+      api("GET", `/admin/stats?${params}`),
+      // Drawn for the slot's real width, so chart text stays readable on a phone.
+      ...boxes.map((box) => api("GET", `/admin/stats/chart?${params}&metric=${encodeURIComponent(box.dataset.metric)}` +
+        `&width=${Math.max(280, Math.min(1600, Math.round($(".chart-slot", box).clientWidth) || 720))}`)),
+    ]);
+    if (mine !== latest) return;
     for (const [name, value] of Object.entries(data.totals)) {
       const slot = $(`[data-total="${name}"]`);
       if (slot) slot.textContent = name === "error_rate" ? pct(value) : num(value);
     }
-    await Promise.all($$(".chart-box").map(async (box) => {
-      params.set("metric", box.dataset.metric);
-      const { data: svg } = await api("GET", `/admin/stats/chart?${params}`);
-      $(".chart-slot", box).innerHTML = svg;  // our own server-drawn SVG, text escaped there
-    }));
+    boxes.forEach((box, i) => {
+      $(".chart-slot", box).innerHTML = charts[i].data;  // our own server-drawn SVG, text escaped there
+    });
     document.body.dataset.loaded = "overview";
   });
   form.addEventListener("change", load);

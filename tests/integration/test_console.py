@@ -1,0 +1,483 @@
+"""The operator console in a real browser: Debian's headless Chromium, driven by Playwright's
+sync API, against a real gateway process on the demo upstream.
+
+Every test fails on a script error or a console error the page did not expect. Full-page
+screenshots of every page, at desktop and phone widths, land in test-artifacts/console/.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from PIL import Image
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Error,
+    FilePayload,
+    Page,
+    Playwright,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
+
+import nanogate
+from nanogate.simulator.processes import stop
+
+from .conftest import Gateway, start_gateway
+
+CHROMIUM = "/usr/bin/chromium"
+# The machine's network is closed: no background connections, no component updates.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
+PAGES = ("overview", "keys", "usage", "tasks", "upstreams", "playground")
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+COOKIE = "nanogate_session"
+MODEL = "gemini-2.5-flash-image"
+
+
+@dataclass
+class BrowserConsole:
+    """Script errors and console errors of one test's page; `allow` names the expected ones."""
+
+    messages: list[str] = field(default_factory=list)
+    allowed: list[re.Pattern[str]] = field(default_factory=list)
+
+    def allow(self, pattern: str) -> None:
+        self.allowed.append(re.compile(pattern))
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.messages.append(f"console.error: {message.text} ({message.location})")
+
+    def on_page_error(self, error: Error) -> None:
+        self.messages.append(f"pageerror: {error}")
+
+    def unexpected(self) -> list[str]:
+        return [m for m in self.messages if not any(p.search(m) for p in self.allowed)]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway of this module's own (demo upstream), so its charts and lists hold only what
+    these tests did."""
+    gw = start_gateway(tmp_path_factory.mktemp("console"))
+    yield gw
+    stop(gw.proc)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture
+def console() -> BrowserConsole:
+    return BrowserConsole()
+
+
+def new_page(browser: Browser, console: BrowserConsole, viewport: ViewportSize) -> Page:
+    context = browser.new_context(viewport=viewport)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.on("console", console.on_console)
+    page.on("pageerror", console.on_page_error)
+    return page
+
+
+@pytest.fixture
+def page(browser: Browser, console: BrowserConsole) -> Iterator[Page]:
+    """A fresh browser context (no cookies) at desktop width; the test fails on any browser
+    console error it did not allow."""
+    tab = new_page(browser, console, DESKTOP)
+    yield tab
+    tab.context.close()
+    if unexpected := console.unexpected():
+        pytest.fail("browser console errors:\n" + "\n".join(unexpected))
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def admin(gw: Gateway) -> dict[str, str]:
+    return {"Authorization": f"Bearer {gw.admin_key}"}
+
+
+def log_in(page: Page, gw: Gateway) -> str:
+    """A console session opened through the API, its cookie put in the page's context."""
+    resp = httpx.post(f"{gw.url}/admin/session", json={"key": gw.admin_key})
+    assert resp.status_code == 200, resp.text
+    token = resp.cookies[COOKIE]
+    page.context.add_cookies([{"name": COOKIE, "value": token, "url": gw.url}])
+    return token
+
+
+def open_page(page: Page, gw: Gateway, name: str) -> None:
+    page.goto(f"{gw.url}/console/{name}")
+    page.locator(f'body[data-loaded="{name}"]').wait_for(state="attached")
+
+
+def create_account(gw: Gateway, name: str, credits: int) -> None:
+    resp = httpx.post(
+        f"{gw.url}/admin/accounts", headers=admin(gw), json={"name": name, "credits": credits}
+    )
+    assert resp.status_code == 201, resp.text
+
+
+def generate(gw: Gateway, key: str, prompt: str = "a lighthouse") -> httpx.Response:
+    return httpx.post(
+        f"{gw.url}/v1beta/models/{MODEL}:generateContent",
+        headers={"x-goog-api-key": key},
+        json={"contents": [{"role": "user", "parts": [{"text": prompt}]}]},
+        timeout=30,
+    )
+
+
+def image_size(page: Page, selector: str) -> tuple[int, int]:
+    """The natural size of an <img>, once it has loaded (fails if it never does)."""
+    image = page.locator(selector).first
+    image.wait_for()
+    page.wait_for_function(
+        "(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle()
+    )
+    width, height = image.evaluate("(img) => [img.naturalWidth, img.naturalHeight]")
+    return int(width), int(height)
+
+
+def catalog_pixels(model: str, aspect: str) -> tuple[int, int]:
+    """The demo upstream's pixel size for `aspect` at the model's default image size."""
+    path = Path(nanogate.__file__).parent / "data" / "catalog.yaml"
+    spec: dict[str, Any] = yaml.safe_load(path.read_text())["models"][model]
+    width, height = spec["pixels"][spec["default_image_size"]][aspect].split("x")
+    return int(width), int(height)
+
+
+def png(width: int = 64, height: int = 48) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 80, 40)).save(out, "PNG")
+    return out.getvalue()
+
+
+# ---- tests -----------------------------------------------------------------------------------
+
+
+def test_login_refuses_client_keys_and_logout_ends_the_session(
+    page: Page, console: BrowserConsole, gateway: Gateway
+) -> None:
+    console.allow(r"status of 403")  # the refused login's response, logged by Chromium
+    page.goto(f"{gateway.url}/console/login")
+    page.fill("#admin-key", gateway.client_key)
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#login-error")).to_contain_text("client key cannot log in")
+    expect(page.locator("#login-error")).to_be_visible()
+    assert page.url.endswith("/console/login")
+    assert page.context.cookies() == []
+
+    page.fill("#admin-key", gateway.admin_key)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url("**/console/overview")
+    page.locator('body[data-loaded="overview"]').wait_for(state="attached")
+    expect(page.locator("h1")).to_have_text("Overview")
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies[COOKIE]["httpOnly"] and cookies[COOKIE]["sameSite"] == "Strict"
+    header = {"Cookie": f"{COOKIE}={cookies[COOKIE]['value']}"}
+    assert httpx.get(f"{gateway.url}/admin/keys", headers=header).status_code == 200
+
+    page.click("#logout")
+    page.wait_for_url("**/console/login")
+    expect(page.locator("#admin-key")).to_be_visible()
+    assert COOKIE not in {c["name"] for c in page.context.cookies()}
+    assert httpx.get(f"{gateway.url}/admin/keys", headers=header).status_code == 401
+    page.goto(f"{gateway.url}/console/keys")  # the browser is not let back in either
+    assert page.url.endswith("/console/login")
+
+
+def test_a_new_key_is_shown_once_and_works(page: Page, gateway: Gateway) -> None:
+    log_in(page, gateway)
+    open_page(page, gateway, "keys")
+    page.click("#key-create summary")
+    form = page.locator("#key-form")
+    form.locator("input[name=name]").fill("made-in-browser")
+    form.locator("input[name=credits]").fill("1000000")
+    form.get_by_role("button", name="Create key").click()
+
+    dialog = page.locator("#key-shown")
+    expect(dialog).to_be_visible()
+    key = page.locator("#new-key").inner_text().strip()
+    assert re.fullmatch(r"ng_\w+_\S{16,}", key), key
+    page.screenshot(path=ARTIFACTS / "keys-new-key-1280.png")
+    dialog.get_by_role("button", name="Done").click()
+    expect(dialog).to_be_hidden()
+    assert page.locator("#new-key").inner_text() == ""
+
+    open_page(page, gateway, "keys")  # a reload: the key is gone for good
+    assert key not in page.content()
+    prefixes = page.locator("#keys-table tr[data-key]").evaluate_all(
+        "(rows) => rows.map((r) => r.dataset.key)"
+    )
+    mine = [p for p in prefixes if key.startswith(p + "_")]
+    assert len(mine) == 1, prefixes
+    row = page.locator(f'#keys-table tr[data-key="{mine[0]}"]')
+    expect(row).to_contain_text("made-in-browser")
+    expect(row).to_contain_text("1,000,000")
+
+    resp = generate(gateway, key)
+    assert resp.status_code == 200, resp.text
+    assert any("inlineData" in part for part in resp.json()["candidates"][0]["content"]["parts"])
+
+
+def test_top_up_an_account(page: Page, gateway: Gateway) -> None:
+    create_account(gateway, "topup-target", 1000)
+    log_in(page, gateway)
+    open_page(page, gateway, "keys")
+    row = page.locator('#accounts-table tr[data-account="topup-target"]')
+    expect(row.locator("td.num").first).to_have_text("1,000")
+    row.get_by_label("Credits for topup-target").fill("2500")
+    row.get_by_label("Reason for topup-target").fill("browser top-up")
+    row.get_by_role("button", name="Top up").click()
+    expect(page.locator("#status")).to_have_text("topup-target: balance is now 3,500 credits.")
+    expect(row.locator("td.num").first).to_have_text("3,500")  # the table re-read
+
+    accounts = httpx.get(f"{gateway.url}/admin/accounts", headers=admin(gateway)).json()
+    assert {a["name"]: a["balance"] for a in accounts}["topup-target"] == 3500
+    ledger = httpx.get(
+        f"{gateway.url}/admin/ledger", headers=admin(gateway), params={"account": "topup-target"}
+    ).json()
+    assert any(e["note"] == "browser top-up" and e["amount"] == 2500 for e in ledger), ledger
+
+
+def test_playground_generates_an_image(page: Page, gateway: Gateway) -> None:
+    create_account(gateway, "play-account", 5_000_000)
+    log_in(page, gateway)
+    open_page(page, gateway, "playground")
+    page.select_option("#play-account", "play-account")
+    page.click("#play-issue")
+    expect(page.locator("#play-key")).to_have_value(re.compile(r"^ng_\w+_"))
+    expect(page.locator("#status")).to_contain_text("on account play-account")
+
+    page.fill("#play-prompt", "A lighthouse at dusk, oil painting")
+    page.select_option("#play-model", MODEL)
+    page.select_option("#play-aspect", "16:9")
+    reference: FilePayload = {"name": "ref.png", "mimeType": "image/png", "buffer": png()}
+    page.set_input_files("#play-files", files=[reference])
+    expect(page.locator("#refs img")).to_have_count(1)
+    page.click("#play-go")
+
+    assert image_size(page, "#play-result img") == catalog_pixels(MODEL, "16:9")
+    meta = page.locator("#play-meta")
+    expect(meta).to_be_visible()
+    cost = meta.locator("dt:text-is('Cost') + dd").inner_text()
+    latency = meta.locator("dt:text-is('Latency') + dd").inner_text()
+    assert re.fullmatch(r"[\d,]+ credits", cost) and int(cost.split()[0].replace(",", "")) > 0
+    assert re.fullmatch(r"\d+\.\d\d s", latency), latency
+    expect(page.locator("#status")).to_be_hidden()  # no error was shown
+    page.screenshot(path=ARTIFACTS / "playground-result-1280.png", full_page=True)
+
+    # The call went out with the reference image, and was billed to the chosen account.
+    record = httpx.get(
+        f"{gateway.url}/admin/usage", headers=admin(gateway), params={"account": "play-account"}
+    ).json()[0]
+    assert record["status"] == 200 and record["model"] == MODEL
+    assert record["cost"] == int(cost.split()[0].replace(",", ""))
+
+
+def test_a_task_shows_in_the_gallery(page: Page, gateway: Gateway) -> None:
+    key = {"x-api-key": gateway.client_key}
+    created = httpx.post(
+        f"{gateway.url}/api/v1/client/job/CreateTask",
+        headers=key,
+        json={"model": "google/nano-banana", "input": {"prompt": "a red fox in the snow"}},
+    )
+    assert created.status_code == 200, created.text
+    task_id = created.json()["data"]["task_id"]
+    deadline = time.monotonic() + 20
+    while True:
+        info = httpx.get(
+            f"{gateway.url}/api/v1/client/job/TaskInfo", headers=key, params={"task_id": task_id}
+        ).json()["data"]
+        if info["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert info["status"] == "succeeded", info
+    full = Image.open(io.BytesIO(httpx.get(info["result"]["urls"][0]).content)).size
+
+    log_in(page, gateway)
+    open_page(page, gateway, "tasks")
+    card = page.locator(f'#gallery li[data-task="{task_id}"]')
+    expect(card.locator(".badge")).to_have_text("succeeded")
+    expect(card).to_contain_text("a red fox in the snow")
+    width, height = image_size(page, f'#gallery li[data-task="{task_id}"] .thumb img')
+    assert 0 < width <= 384 and 0 < height <= 384
+
+    card.get_by_role("button").click()
+    dialog = page.locator("#task-dialog")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#task-dialog-h")).to_have_text(f"Task {task_id}")
+    assert image_size(page, "#task-images img") == full
+    record = page.locator("#task-record").inner_text()
+    assert f'"id": "{task_id}"' in record or task_id in record
+    assert "succeeded" in record
+    page.screenshot(path=ARTIFACTS / "tasks-dialog-1280.png")
+    dialog.get_by_role("button", name="Close").click()
+    expect(dialog).to_be_hidden()
+
+
+# True once the four charts' titles all contain the argument.
+CHARTS_TITLED = """(words) => {
+    const titles = [...document.querySelectorAll(".chart-slot svg > title")];
+    return titles.length === 4 && titles.every((t) => t.textContent.includes(words));
+}"""
+
+
+def test_charts_render_with_data(page: Page, gateway: Gateway) -> None:
+    for prompt in ("one", "two"):
+        assert generate(gateway, gateway.client_key, prompt).status_code == 200
+    log_in(page, gateway)
+    deadline = time.monotonic() + 10
+    while True:  # usage records are flushed in the background, every 0.2 s here
+        open_page(page, gateway, "overview")
+        requests = page.locator('[data-total="requests"]').inner_text().replace(",", "")
+        if (requests.isdigit() and int(requests) > 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert requests.isdigit() and int(requests) >= 2, requests
+
+    boxes = page.locator("figure.chart-box")
+    expect(boxes).to_have_count(4)
+    for metric in ("requests", "images", "credits", "error_rate"):
+        box = page.locator(f'figure.chart-box[data-metric="{metric}"]')
+        expect(box.locator(".chart-slot svg")).to_have_count(1)
+        marks = box.locator(".chart-slot svg g.series polyline, .chart-slot svg g.series circle")
+        assert marks.count() >= 1, metric
+
+    page.get_by_label("Last hour").check()
+    page.wait_for_function(CHARTS_TITLED, arg="per model, last hour")
+    page.get_by_label("Upstream", exact=True).check()
+    page.wait_for_function(CHARTS_TITLED, arg="per upstream, last hour")
+    for box in boxes.all():
+        expect(box.locator("g.series")).to_have_attribute("data-series", "demo")
+        expect(box.locator("svg")).to_contain_text("demo:")
+        assert box.locator("g.series polyline, g.series circle").count() >= 1
+
+
+def test_keyboard_login_and_navigation(page: Page, gateway: Gateway) -> None:
+    page.goto(f"{gateway.url}/console/login")
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    focused = ""
+    for _ in range(6):
+        page.keyboard.press("Tab")
+        focused = page.evaluate("() => document.activeElement.id")
+        if focused == "admin-key":
+            break
+    assert focused == "admin-key"
+    page.keyboard.type(gateway.admin_key)
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/console/overview")
+
+    open_page(page, gateway, "keys")
+    nav = page.locator("nav[aria-label='Console pages'] a")
+    expect(nav).to_have_count(len(PAGES))
+    current = page.locator("nav a[aria-current='page']")
+    expect(current).to_have_count(1)
+    expect(current).to_have_attribute("href", "/console/keys")
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    reached: dict[str, str | None] = {}
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        href, aria, outline = page.evaluate(
+            """() => { const el = document.activeElement;
+                 return [el.getAttribute('href'), el.getAttribute('aria-current'),
+                         getComputedStyle(el).outlineStyle]; }"""
+        )
+        if href and href.startswith("/console/"):
+            reached[href] = aria
+            assert outline != "none", f"no visible focus on {href}"
+    assert set(reached) >= {f"/console/{name}" for name in PAGES}, reached
+    assert {h for h, aria in reached.items() if aria == "page"} == {"/console/keys"}
+
+
+def test_csrf_token_is_required_from_the_page(
+    page: Page, console: BrowserConsole, gateway: Gateway
+) -> None:
+    console.allow(r"status of 403")
+    log_in(page, gateway)
+    open_page(page, gateway, "keys")
+    script = """async ([name, withToken]) => {
+        const headers = { "content-type": "application/json" };
+        if (withToken) headers["X-CSRF-Token"] =
+            document.querySelector('meta[name="csrf-token"]').content;
+        const resp = await fetch("/admin/accounts", {
+            method: "POST", headers, body: JSON.stringify({ name, credits: 1 }) });
+        return [resp.status, await resp.text()];
+    }"""
+    status, body = page.evaluate(script, ["csrf-probe", False])
+    assert status == 403 and "X-CSRF-Token" in body, body
+    accounts = httpx.get(f"{gateway.url}/admin/accounts", headers=admin(gateway)).json()
+    assert "csrf-probe" not in {a["name"] for a in accounts}
+    status, body = page.evaluate(script, ["csrf-probe", True])  # the same call, with the token
+    assert status == 201, body
+
+
+def test_every_page_fits_a_phone_and_is_screenshotted(
+    browser: Browser, console: BrowserConsole, gateway: Gateway
+) -> None:
+    overflowing = []
+    for viewport in (DESKTOP, PHONE):
+        page = new_page(browser, console, viewport)
+        try:
+            for name in ("login", *PAGES):
+                if name == "login":
+                    page.goto(f"{gateway.url}/console/login")
+                    expect(page.locator("#admin-key")).to_be_focused()
+                else:
+                    open_page(page, gateway, name)
+                if name == "tasks":  # the thumbnails the screenshot shows
+                    page.wait_for_function(
+                        "() => [...document.querySelectorAll('#gallery img')]"
+                        ".every((img) => img.complete && img.naturalWidth > 0)"
+                    )
+                page.screenshot(path=ARTIFACTS / f"{name}-{viewport['width']}.png", full_page=True)
+                width, inner = page.evaluate(
+                    "() => [document.documentElement.scrollWidth, window.innerWidth]"
+                )
+                if width > inner + 1:
+                    overflowing.append(f"{name} at {viewport['width']} px: {width} > {inner}")
+                if name == "upstreams":  # a checkbox sits beside its words, not above them
+                    box = page.locator("label:has(#auto-refresh)").bounding_box()
+                    assert box is not None and box["height"] < 30, box
+                if name == "login":
+                    log_in(page, gateway)
+        finally:
+            page.context.close()
+    assert not overflowing
+    assert not console.unexpected(), console.unexpected()
+    for name in ("login", *PAGES):
+        for viewport in (DESKTOP, PHONE):
+            assert (ARTIFACTS / f"{name}-{viewport['width']}.png").stat().st_size > 5000
