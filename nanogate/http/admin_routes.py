@@ -1,6 +1,7 @@
 """The admin API: accounts, keys, the ledger and usage, for operators' scripts (and the console).
 
-Every route takes the admin key (any carrier the relay accepts). Errors use the same envelope as
+Every route takes the admin key in a header (x-api-key, x-goog-api-key or Bearer), or a console
+session cookie. Errors use the same envelope as
 the rest of the gateway, `{"error": {"code", "message", "status"}}`.
 """
 
@@ -36,7 +37,8 @@ async def admin_key(request: Request) -> KeyRecord:
     token also covers browsers that ignore SameSite.
     """
     gateway: Gateway = request.app.state.gateway
-    presented = extract_key(request)
+    # On /admin, `?key=` is the usage and ledger filter (a key prefix), never a credential.
+    presented = extract_key(request, query=False)
     token = request.cookies.get(sessions.COOKIE)
     if presented is None and token:
         record = await _session_key(request, gateway, token)

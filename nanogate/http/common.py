@@ -19,8 +19,9 @@ _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
 
 
-def extract_key(request: Request) -> str | None:
-    """The client's key from any of the four carriers Gemini clients use."""
+def extract_key(request: Request, *, query: bool = True) -> str | None:
+    """The client's key from any of the four carriers Gemini clients use (`query=False`: the
+    three headers only)."""
     headers = request.headers
     key = headers.get("x-goog-api-key") or headers.get("x-api-key")
     if key:
@@ -30,7 +31,7 @@ def extract_key(request: Request) -> str | None:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    query_key = request.query_params.get("key")
+    query_key = request.query_params.get("key") if query else None
     return query_key.strip() if query_key else None
 
 

@@ -213,6 +213,12 @@ def test_usage_filters_pages_and_exports_csv(gw: Gateway) -> None:
     assert naive.status_code == 400 and "time zone" in naive.json()["error"]["message"]
     unknown = httpx.get(f"{gw.url}/admin/usage?account=nobody-{time.time_ns()}", headers=admin(gw))
     assert unknown.status_code == 404
+    # From the console: `key` is the filter, never taken for the caller's credential.
+    with login(gw) as (client, _):
+        assert len(client.get(f"/admin/usage?key={prefix}").json()) == 5
+        assert client.get(f"/admin/usage.csv?key={prefix}").text.count(prefix) == 5
+    as_credential = httpx.get(f"{gw.url}/admin/keys?key={gw.admin_key}")
+    assert as_credential.status_code == 401
     exported = httpx.get(f"{gw.url}/admin/usage.csv?key={prefix}", headers=admin(gw))
     assert exported.status_code == 200 and exported.headers["content-type"].startswith("text/csv")
     assert "attachment" in exported.headers["content-disposition"]

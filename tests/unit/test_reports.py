@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nanogate import reports
@@ -130,3 +131,29 @@ async def test_csv_export_streams_every_row_and_defuses_formulas(
     bad = next(r for r in table if r["key_prefix"] == "ng_x")
     assert bad["error"].startswith("'=HYPERLINK")
     assert datetime.fromisoformat(table[0]["created_at"]).tzinfo is not None
+
+
+async def test_concurrent_identical_series_share_one_query(engine: AsyncEngine) -> None:
+    await seed(engine, [row(datetime.now(UTC) - timedelta(minutes=1))])
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "GROUP BY" in statement:
+            statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        # A caller that gives up (a closed tab) must not cancel the query for the others.
+        quitter = asyncio.ensure_future(reports.series(engine, "day", "model"))
+        together = [reports.series(engine, "day", "model") for _ in range(4)]
+        await asyncio.sleep(0)
+        quitter.cancel()
+        results = await asyncio.gather(*together)
+        assert len(statements) == 1
+        assert all(r is results[0] for r in results) and results[0]["totals"]["requests"] == 1
+        # Once the query is done nothing is kept: the next call reads afresh.
+        await reports.series(engine, "day", "model")
+        await reports.series(engine, "day", "upstream")
+        assert len(statements) == 3
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
