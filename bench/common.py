@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import queue
 import re
 import resource
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+import aiohttp
 
 from nanogate.simulator.processes import pump_stdout, stop, wait_for_line
 
@@ -277,3 +280,16 @@ class RssPeak:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def machine(loop_name: str, **extra: Any) -> dict[str, Any]:
+    """What a result file says about where it was measured, plus the benchmark's own `extra`."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "aiohttp": aiohttp.__version__,
+        "client_loop": loop_name,
+        **extra,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

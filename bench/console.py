@@ -53,7 +53,6 @@ import contextlib
 import io
 import math
 import os
-import platform
 import random
 import secrets
 import sys
@@ -74,6 +73,7 @@ from common import (
     gateway_env,
     interrupt_on_signals,
     loop_factory,
+    machine,
     percentile,
     spawn_gateway,
     wait_healthy,
@@ -1121,18 +1121,6 @@ def parse_args(argv: list[str] | None) -> Knobs:
     )
 
 
-def environment(knobs: Knobs, loop_name: str) -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "aiohttp": aiohttp.__version__,
-        "client_loop": loop_name,
-        "knobs": {**asdict(knobs), "database_url": make_url(knobs.database_url).render_as_string()},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
 def run(runner: asyncio.Runner, root: Path, knobs: Knobs) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     with ExitStack() as stack:
@@ -1170,7 +1158,10 @@ def run(runner: asyncio.Runner, root: Path, knobs: Knobs) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     knobs = parse_args(argv)
     factory, loop_name = loop_factory()
-    env = environment(knobs, loop_name)
+    env = machine(
+        loop_name,
+        knobs={**asdict(knobs), "database_url": make_url(knobs.database_url).render_as_string()},
+    )
     print(f"nanogate console benchmark on {knobs.backend}")
     with ExitStack() as stack:
         stack.enter_context(interrupt_on_signals())

@@ -60,8 +60,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import sqlite3
 import sys
 import tempfile
@@ -86,6 +84,7 @@ from common import (
     gateway_env,
     interrupt_on_signals,
     loop_factory,
+    machine,
     percentile,
     spawn_gateway,
     start_simulator,
@@ -711,25 +710,6 @@ def compare_inflight(
     return rows
 
 
-def environment(knobs: Knobs, loop_name: str, quick: bool) -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "aiohttp": aiohttp.__version__,
-        "client_loop": loop_name,
-        "quick": quick,
-        "knobs": asdict(knobs),
-        "gateway_env": {
-            "NANOGATE_LOG_LEVEL": "warning",
-            "NANOGATE_KEY_CACHE_SECONDS": "60",
-            "upstream": {"max_concurrency": 256, "breaker_failures": 1000},
-        },
-        "note": "client (this process), gateway and simulator share the same CPUs",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
 # --- output -------------------------------------------------------------------------------
 
 Column = tuple[str, Callable[[dict[str, Any]], Any], int]  # header, value, decimals
@@ -1054,7 +1034,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     knobs = knobs_for(args.quick, args.rounds)
     factory, loop_name = loop_factory()
-    env = environment(knobs, loop_name, args.quick)
+    env = machine(
+        loop_name,
+        quick=args.quick,
+        knobs=asdict(knobs),
+        gateway_env={
+            "NANOGATE_LOG_LEVEL": "warning",
+            "NANOGATE_KEY_CACHE_SECONDS": "60",
+            "upstream": {"max_concurrency": 256, "breaker_failures": 1000},
+        },
+        note="client (this process), gateway and simulator share the same CPUs",
+    )
     env["only_metering"] = args.only_metering
     chat = not (args.no_chat or args.only_metering)
     env["chat"] = chat

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -62,6 +60,7 @@ from common import (
     interrupt_on_signals,
     launch_gateway,
     loop_factory,
+    machine,
     percentile,
     raise_fd_limit,
     start_simulator,
@@ -518,14 +517,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"open-file limit {fds} is too low for {args.requests} connections", file=sys.stderr)
         return 2
     make_loop, loop_name = loop_factory()
-    env = {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "client_loop": loop_name,
-        "open_file_limit": fds,
-        "args": {k: v for k, v in vars(args).items() if k != "serve_simulator"},
-    }
+    env = machine(
+        loop_name,
+        open_file_limit=fds,
+        args={k: v for k, v in vars(args).items() if k != "serve_simulator"},
+    )
     print(f"nanogate slow-upstream benchmark: {env}")
     rows: list[dict[str, Any]] = []
     with (

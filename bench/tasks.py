@@ -58,8 +58,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
-import platform
 import secrets
 import sys
 import tempfile
@@ -82,6 +80,7 @@ from common import (
     interrupt_on_signals,
     launch_gateway,
     loop_factory,
+    machine,
     percentile,
     start_simulator,
     write_json,
@@ -818,23 +817,14 @@ def parse_args(argv: list[str] | None) -> Knobs:
     )
 
 
-def environment(knobs: Knobs, loop_name: str) -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "aiohttp": aiohttp.__version__,
-        "client_loop": loop_name,
-        "upstream": "demo, latency_ms 0" if knobs.upstream == "demo" else "simulator",
-        "knobs": asdict(knobs),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     knobs = parse_args(argv)
     factory, loop_name = loop_factory()
-    env = environment(knobs, loop_name)
+    env = machine(
+        loop_name,
+        upstream="demo, latency_ms 0" if knobs.upstream == "demo" else "simulator",
+        knobs=asdict(knobs),
+    )
     database = "PostgreSQL" if knobs.database_url else "SQLite"
     print(f"nanogate task benchmark on {database}, upstream {env['upstream']}")
     with (

@@ -100,7 +100,7 @@ def thumbnail_image(data: bytes, max_side: int) -> bytes:
             im.thumbnail((max_side, max_side))
             out = im if im.mode in ("RGB", "RGBA") else im.convert("RGBA")
             buffer = io.BytesIO()
-            out.save(buffer, "WEBP", quality=80, method=4)
+            out.save(buffer, "WEBP", quality=80, method=2)  # 4+ triples the time for ~3% smaller
     except ImageRejected:
         raise
     except Exception:
