@@ -14,6 +14,7 @@ import platform
 import queue
 import re
 import resource
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,6 +29,10 @@ from types import FrameType
 from typing import Any
 
 import aiohttp
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from nanogate.simulator.processes import pump_stdout, stop, wait_for_line
 
@@ -293,3 +298,35 @@ def machine(loop_name: str, **extra: Any) -> dict[str, Any]:
         **extra,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+async def _postgres(server_url: str, statement: str) -> None:
+    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await admin.dispose()
+
+
+def postgres_database(
+    stack: ExitStack,
+    runner: asyncio.Runner,
+    server_url: str,
+    name: str | None = None,
+    keep: bool = False,
+) -> str:
+    """A fresh database on the server at `server_url` (its own database is only connected to):
+    `name` (one left by an earlier run is replaced) or a random one, dropped when `stack`
+    closes unless `keep`; returns its URL."""
+    server = make_url(server_url)
+    if not server.database:
+        server = server.set(database="postgres")
+    admin_url = server.render_as_string(hide_password=False)
+    name = name or f"nanogate_bench_{secrets.token_hex(6)}"
+    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    runner.run(_postgres(admin_url, drop))
+    runner.run(_postgres(admin_url, f'CREATE DATABASE "{name}"'))
+    if not keep:
+        stack.callback(lambda: runner.run(_postgres(admin_url, drop)))
+    return server.set(database=name).render_as_string(hide_password=False)

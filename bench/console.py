@@ -75,6 +75,7 @@ from common import (
     loop_factory,
     machine,
     percentile,
+    postgres_database,
     spawn_gateway,
     wait_healthy,
     write_json,
@@ -85,8 +86,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nanogate import reports
 from nanogate.catalog import ModelSpec, load_catalog
@@ -663,30 +663,6 @@ async def seed(url: str, storage_dir: Path, knobs: Knobs) -> Seeded:
 # --- the database and the gateway ---------------------------------------------------------
 
 
-async def _postgres(server_url: str, statement: str) -> None:
-    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await admin.dispose()
-
-
-def postgres_database(stack: ExitStack, runner: asyncio.Runner, knobs: Knobs) -> str:
-    """A fresh `nanogate_bench_console` on the server (one left by an earlier `--keep` run is
-    replaced), dropped when `stack` closes unless `--keep`; returns its URL."""
-    server = make_url(knobs.database_url)
-    if not server.database:
-        server = server.set(database="postgres")
-    admin_url = server.render_as_string(hide_password=False)
-    drop = f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)'
-    runner.run(_postgres(admin_url, drop))
-    runner.run(_postgres(admin_url, f'CREATE DATABASE "{PG_DATABASE}"'))
-    if not knobs.keep:
-        stack.callback(lambda: runner.run(_postgres(admin_url, drop)))
-    return server.set(database=PG_DATABASE).render_as_string(hide_password=False)
-
-
 def start_gateway(stack: ExitStack, root: Path, url: str, knobs: Knobs) -> str:
     """`nanogate serve` on the seeded database; its base URL once healthy. It creates no
     first keys (there are keys already), so this waits on /healthz alone."""
@@ -1125,7 +1101,7 @@ def run(runner: asyncio.Runner, root: Path, knobs: Knobs) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     with ExitStack() as stack:
         if knobs.backend == "postgres":
-            url = postgres_database(stack, runner, knobs)
+            url = postgres_database(stack, runner, knobs.database_url, PG_DATABASE, knobs.keep)
         else:
             url = f"sqlite+aiosqlite:///{(root / 'data' / 'nanogate.db').resolve()}"
         # The app's own migrations first, so the seeded schema is exactly what it runs on.

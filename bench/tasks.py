@@ -58,7 +58,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import secrets
 import sys
 import tempfile
 import time
@@ -82,13 +81,13 @@ from common import (
     loop_factory,
     machine,
     percentile,
+    postgres_database,
     start_simulator,
     write_json,
 )
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -617,30 +616,6 @@ async def measure(gateway: Server, database_url: str, knobs: Knobs) -> list[dict
         await receiver.stop()
 
 
-async def _postgres(server_url: str, statement: str) -> None:
-    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await admin.dispose()
-
-
-def fresh_postgres(stack: ExitStack, runner: asyncio.Runner, server_url: str) -> str:
-    """A new database on the server at `server_url` (its own database is only connected to),
-    dropped when `stack` closes; returns its URL."""
-    server = make_url(server_url)
-    if not server.database:
-        server = server.set(database="postgres")
-    admin_url = server.render_as_string(hide_password=False)
-    name = f"nanogate_bench_{secrets.token_hex(6)}"
-    runner.run(_postgres(admin_url, f'CREATE DATABASE "{name}"'))
-    stack.callback(
-        lambda: runner.run(_postgres(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    )
-    return server.set(database=name).render_as_string(hide_password=False)
-
-
 def run_all(runner: asyncio.Runner, tmp: Path, knobs: Knobs) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with ExitStack() as outer:
@@ -651,7 +626,7 @@ def run_all(runner: asyncio.Runner, tmp: Path, knobs: Knobs) -> list[dict[str, A
             with ExitStack() as stack:
                 root = tmp / f"run-{index}-workers-{workers}"
                 if knobs.database_url:
-                    url = fresh_postgres(stack, runner, knobs.database_url)
+                    url = postgres_database(stack, runner, knobs.database_url)
                     database = "postgresql"
                 else:
                     url = f"sqlite+aiosqlite:///{(root / 'data' / 'nanogate.db').resolve()}"

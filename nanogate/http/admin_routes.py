@@ -61,6 +61,7 @@ async def _session_key(request: Request, gateway: Gateway, token: str) -> KeyRec
             "Missing or wrong X-CSRF-Token header: a console request that changes something "
             "must send the session's CSRF token (GET /admin/session gives it)."
         )
+    request.state.console_session = session  # GET /admin/session answers from it
     record = await gateway.keys.by_id(session.key_id)
     if record is None or record.status(datetime.now(UTC)) != "active":
         raise Unauthenticated("The admin key of this session is no longer active; log in again.")

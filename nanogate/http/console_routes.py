@@ -8,6 +8,7 @@ without one lands on the login page.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cache
 from importlib import resources
 
 from fastapi import APIRouter
@@ -44,12 +45,17 @@ async def login_page(request: Request) -> Response:
     return HTMLResponse(pages.login(), headers=_headers(request))
 
 
+@cache
+def _asset(name: str) -> bytes:
+    return (_STATIC / name).read_bytes()
+
+
 @router.get("/static/{name}")
 async def asset(name: str) -> Response:
     if name not in _ASSETS:
         raise NotFound(f"No console asset '{name[:60]}'.")
     return Response(
-        (_STATIC / name).read_bytes(),
+        _asset(name),
         media_type=_ASSETS[name],
         headers={"cache-control": "no-cache", "x-content-type-options": "nosniff"},
     )

@@ -81,9 +81,7 @@ async def login(request: Request, body: Login, response: Response) -> SessionOut
 
 @router.get("/session", summary="The console session of this cookie, with its CSRF token")
 async def current(request: Request, key: Annotated[KeyRecord, Depends(admin_key)]) -> SessionOut:
-    token = request.cookies.get(sessions.COOKIE, "")
-    store: sessions.SessionStore = request.app.state.sessions
-    session = await store.get(token)
+    session: sessions.Session | None = getattr(request.state, "console_session", None)
     if session is None:
         raise Unauthenticated("No console session: log in with POST /admin/session.")
     return SessionOut(
