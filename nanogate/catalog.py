@@ -23,6 +23,9 @@ class ModelSpec:
     edit_aliases: tuple[str, ...] = ()
     input_token_limit: int = 32768
     output_token_limit: int = 8192
+    # The output text a call holds credits for when it sets no maxOutputTokens (see
+    # billing/prices.py `quote`): a caption for image models, a few thousand for text.
+    hold_output_tokens: int = 4096
     max_input_images: int = 16
     input_image_tokens: int = 258
     input_mime_types: frozenset[str] = frozenset()
@@ -112,6 +115,7 @@ def _build_spec(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> Mod
         edit_aliases=tuple(str(a) for a in merged.get("edit_aliases", ())),
         input_token_limit=int(merged.get("input_token_limit", 32768)),
         output_token_limit=int(merged.get("output_token_limit", 8192)),
+        hold_output_tokens=int(merged.get("hold_output_tokens", 4096)),
         max_input_images=int(merged.get("max_input_images", 16)),
         input_image_tokens=int(merged.get("input_image_tokens", 258)),
         input_mime_types=frozenset(str(m) for m in merged.get("input_mime_types", ())),

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     metering: bool = True
     charge_blocked_prompts: bool = False
     reservation_ttl_seconds: float = Field(default=3600.0, ge=60)
+    # What a call holds (billing/ledger.py): "fair" holds its certain cost plus an output
+    # allowance; "worst_case" the most it could cost. Accounts may override it.
+    hold_policy: Literal["fair", "worst_case"] = "fair"
+    # Under "fair": calls an account whose balance cannot cover their worst case runs at once;
+    # what can be written off is bounded by this many calls. Further calls wait for one to end.
+    uncovered_calls_per_account: int = Field(default=4, ge=1, le=1000)
+    hold_wait_seconds: float = Field(default=30.0, ge=0)
     node_id: str | None = None
     # Tasks, stored results, callbacks and the egress guard (the task API).
     public_base_url: str | None = None

@@ -44,6 +44,7 @@ class Context:
     error: str | None = None
     usage: Usage = field(default_factory=Usage)
     cost: int = 0  # credits charged (or, with metering off, what would have been)
+    quote: int = 0  # the certain cost: what the call needs available to be admitted
     finished: bool = False
 
     def fail(self, error: GatewayError) -> None:
@@ -108,7 +109,7 @@ class Gateway:
         ctx.method = call.method
         await self.limiter.acquire(key)
         try:
-            hold = await self.meter.reserve(ctx.request_id, key, call)
+            hold = await self.meter.reserve(ctx.request_id, key, self.quote(ctx, call))
             try:
                 reply, cost = await self.execute(ctx, call)
             except BaseException:
@@ -131,7 +132,7 @@ class Gateway:
         ctx.method = call.method
         await self.limiter.acquire(key)
         try:
-            hold = await self.meter.reserve(ctx.request_id, key, call, copies=copies)
+            hold = await self.meter.reserve(ctx.request_id, key, self.quote(ctx, call, copies))
             try:
                 runs = [self._copy(ctx, call) for _ in range(copies)]
                 outcomes = await asyncio.gather(*runs, return_exceptions=True)
@@ -179,7 +180,7 @@ class Gateway:
         ctx.method = call.method
         await self.limiter.acquire(key)
         try:
-            hold = await self.meter.reserve(ctx.request_id, key, call)
+            hold = await self.meter.reserve(ctx.request_id, key, self.quote(ctx, call))
             try:
                 upstream, first, rest = await self.router.open_stream(call)
             except BaseException:
@@ -208,6 +209,13 @@ class Gateway:
                     self.finish(ctx)
 
         return first, GuardedStream(bill.metered(rest), cleanup)
+
+    @staticmethod
+    def quote(ctx: Context, call: Call, copies: int = 1) -> prices.Quote:
+        """The call's quote (`copies` runs of it); its certain cost is told to the client."""
+        quote = prices.quote(call).times(copies)
+        ctx.quote = quote.certain
+        return quote
 
     def charge(self, ctx: Context, call: Call, body: bytes, *, complete: bool = True) -> int:
         """What an answer costs: its usage at the model's rates, or nothing (by default) when

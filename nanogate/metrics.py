@@ -41,6 +41,15 @@ UPSTREAM_ERRORS = Counter(
 IMAGES = Counter(
     "nanogate_images_total", "Images returned, by model.", ["model"], registry=REGISTRY
 )
+WRITTEN_OFF = Counter(
+    "nanogate_credits_written_off_total",
+    "Credits of overruns an account's balance could not pay (the fair hold policy).",
+    registry=REGISTRY,
+)
+
+
+def observe_writeoff(credits: int) -> None:
+    WRITTEN_OFF.inc(credits)
 
 
 _request_counters: dict[tuple[str, str, int], Counter] = {}

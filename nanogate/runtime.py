@@ -94,6 +94,9 @@ async def running(
         enabled=settings.metering,
         node=settings.resolved_node_id,
         hold_ttl_s=settings.reservation_ttl_seconds,
+        policy=settings.hold_policy,
+        uncovered_calls=settings.uncovered_calls_per_account,
+        wait_s=settings.hold_wait_seconds,
     )
     gateway = Gateway(
         catalog,

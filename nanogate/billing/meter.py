@@ -16,41 +16,53 @@ import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from ..errors import GatewayError, InsufficientCredits, Unavailable
+from ..errors import GatewayError, InsufficientCredits, RateLimited, Unavailable
 from ..keys import KeyRecord
-from ..types import Call
-from . import ledger, prices
-from .ledger import Hold, Refusal, Resolution, Tx
+from ..metrics import observe_writeoff
+from . import ledger
+from .ledger import Hold, Policy, Refusal, Resolution, Tx
+from .prices import Quote
 from .runners import Journal
 
 logger = logging.getLogger(__name__)
 
+# How often a call waiting on a busy account tries again when nothing wakes it sooner.
+WAIT_POLL_S = 0.5
 
-def refusal_message(refusal: Refusal, needed: int, key: KeyRecord) -> str:
+
+def refusal_message(refusal: Refusal, quote: int, key: KeyRecord) -> str:
     if refusal.reason == "daily_cap":
         return (
-            f"API key {key.prefix} has a daily spend cap of {refusal.cap} credits and has spent "
-            f"{refusal.spent} today (UTC); this request needs up to {needed}. "
+            f"API key {key.prefix} has a daily spend cap of {refusal.cap:,} credits and has "
+            f"spent {refusal.spent:,} today (UTC); this request costs at least {quote:,}. "
             "Wait for tomorrow, or ask the operator to raise the cap."
         )
     if refusal.reason == "monthly_cap":
         return (
-            f"API key {key.prefix} has a monthly spend cap of {refusal.cap} credits and has "
-            f"spent {refusal.spent} this month (UTC); this request needs up to {needed}. "
+            f"API key {key.prefix} has a monthly spend cap of {refusal.cap:,} credits and has "
+            f"spent {refusal.spent:,} this month (UTC); this request costs at least {quote:,}. "
             "Ask the operator to raise the cap."
         )
     return (
-        f"Insufficient credits: this request needs up to {needed} credits and the account has "
-        f"{refusal.balance}. Top up the account, or ask for less (a smaller maxOutputTokens, "
-        "imageSize or candidateCount lowers what is reserved)."
+        f"Insufficient credits: this request costs at least {quote:,} credits (its input and "
+        f"the images it asks for) and the account has {refusal.balance:,} available. Top up "
+        "the account, or ask for less (a smaller imageSize or candidateCount, or a shorter "
+        "prompt)."
     )
 
 
-def refused(refusal: Refusal, needed: int, key: KeyRecord) -> GatewayError:
+def refused(refusal: Refusal, quote: int, key: KeyRecord) -> GatewayError:
     """The error a refused reservation answers with."""
     if refusal.reason == "no_account":
         return Unavailable("This key's account no longer exists; ask the operator.")
-    return InsufficientCredits(refusal_message(refusal, needed, key))
+    if refusal.reason == "busy":
+        return RateLimited(
+            "This account's balance does not cover the worst case of any more calls at once; "
+            "retry when one of its calls has finished, set maxOutputTokens to hold less, or "
+            "top up the account.",
+            retry_after=1,
+        )
+    return InsufficientCredits(refusal_message(refusal, quote, key))
 
 
 def database_unavailable(doing: str) -> GatewayError:
@@ -67,26 +79,33 @@ class Meter:
         enabled: bool,
         node: str,
         hold_ttl_s: float,
+        policy: Policy = "fair",
+        uncovered_calls: int = 4,
+        wait_s: float = 30.0,
     ) -> None:
         self.journal = journal
         self.enabled = enabled
         self.node = node
         self.hold_ttl = timedelta(seconds=hold_ttl_s)
+        self.policy: Policy = policy
+        self.uncovered_calls = uncovered_calls
+        self.wait_s = wait_s
+        # Set when a hold of the account resolves on this node: a busy account's waiting calls
+        # try again at once (and every WAIT_POLL_S anyway, for holds resolved on other nodes).
+        self._resolved: dict[int, asyncio.Event] = {}
 
     def hold_for(
         self,
         request_id: str,
         key: KeyRecord,
-        call: Call,
+        quote: Quote,
         *,
         node: str | None = None,
         ttl: timedelta | None = None,
-        copies: int = 1,
     ) -> Hold | None:
-        """The reservation `call` needs (its most possible cost, times `copies` runs of it),
-        not yet made. None when nothing is held: metering is off, or the call is free."""
-        needed = prices.estimate(call) * copies
-        if not self.enabled or needed == 0:
+        """The reservation a call of that `quote` needs, not yet made. None when nothing is
+        held: metering is off, or the call is free."""
+        if not self.enabled or quote.worst == 0:
             return None
         now = datetime.now(UTC)
         return Hold(
@@ -94,20 +113,47 @@ class Meter:
             request_id=request_id,
             account_id=key.account_id,
             key_id=key.id,
-            amount=needed,
+            amount=quote.likely,
             capped=key.capped,
             created_at=now,
             expires_at=now + (ttl or self.hold_ttl),
             node=node or self.node,
+            floor=quote.certain,
+            worst=quote.worst,
+            policy=self.policy,
+            uncovered_limit=self.uncovered_calls,
         )
 
-    async def reserve(
-        self, request_id: str, key: KeyRecord, call: Call, *, copies: int = 1
-    ) -> Hold | None:
-        """Hold the most `call` (run `copies` times) can cost on the key's account, or 402."""
-        hold = self.hold_for(request_id, key, call, copies=copies)
+    async def reserve(self, request_id: str, key: KeyRecord, quote: Quote) -> Hold | None:
+        """Hold what a call of that `quote` needs on the key's account, or 402. While the
+        account is busy (see ledger.py) it waits, up to `wait_s`, then answers 429."""
+        hold = self.hold_for(request_id, key, quote)
         if hold is None:
             return None
+        deadline = self.wait_deadline()
+        while True:
+            refusal = await self._reserve(hold)
+            if refusal is None:
+                return hold
+            if refusal.reason != "busy" or not await self.wait_turn(hold.account_id, deadline):
+                raise refused(refusal, hold.floor, key)
+
+    def wait_deadline(self) -> float:
+        """When a call that finds its account busy stops waiting (event loop time)."""
+        return asyncio.get_running_loop().time() + self.wait_s
+
+    async def wait_turn(self, account_id: int, deadline: float) -> bool:
+        """After a "busy" refusal: wait until a hold of the account closes here, or for
+        WAIT_POLL_S (it may close on another node). False, at once, past `deadline`."""
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return False
+        event = self._resolved.setdefault(account_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), min(left, WAIT_POLL_S))
+        return True
+
+    async def _reserve(self, hold: Hold) -> Refusal | None:
         future = self.journal.submit(lambda tx: ledger.reserve(tx, hold))
         try:
             refusal = await asyncio.shield(future)
@@ -117,9 +163,7 @@ class Meter:
             raise
         except Exception as exc:
             raise database_unavailable("check your credits") from exc
-        if refusal is not None:
-            raise refused(refusal, hold.amount, key)
-        return hold
+        return refusal
 
     async def settle(self, hold: Hold | None, cost: int) -> int:
         """Post the hold at `cost`; what was charged (the cost itself when nothing is held)."""
@@ -139,7 +183,7 @@ class Meter:
     async def _resolve(self, hold: Hold, cost: int | None) -> Resolution | None:
         future = self.journal.submit(_resolver(hold.id, cost))
         try:
-            return await asyncio.shield(future)
+            resolution = await asyncio.shield(future)
         except asyncio.CancelledError:
             raise  # the journal still commits it
         except Exception as exc:
@@ -153,6 +197,17 @@ class Meter:
                 "The gateway could not record this call's charge (its database did not "
                 "answer), so it is not returned; retry shortly. You were not charged."
             ) from exc
+        self.resolved(hold.account_id, resolution)
+        return resolution
+
+    def resolved(self, account_id: int, resolution: Resolution | None) -> None:
+        """A hold of the account closed (here, or by a task worker): wake its waiting calls,
+        and count what was written off."""
+        event = self._resolved.pop(account_id, None)
+        if event is not None:
+            event.set()
+        if resolution is not None and resolution.shortfall:
+            observe_writeoff(resolution.shortfall)
 
     def _refund_later(self, hold: Hold) -> None:
         with contextlib.suppress(RuntimeError):  # the journal has stopped: recovery will do it

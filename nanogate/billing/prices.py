@@ -7,6 +7,7 @@ Every modality is priced at its own rate: output image tokens never at the text 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..catalog import ModelSpec
@@ -72,15 +73,30 @@ def input_price(spec: ModelSpec, usage: Usage) -> int:
     return _ceil_div(micro, PER_MILLION)
 
 
-def estimate(call: Call) -> int:
-    """The most `call` can cost, to reserve before it goes upstream.
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What a call may cost, before it runs, for its hold (see billing/ledger.py).
 
-    Input: the body's text (everything but inline data) at three characters a token, plus the
-    catalog's tokens per input image. Output: maxOutputTokens (or the model's output limit) at
-    the dearer of the text and thinking rates, plus candidateCount images at the requested size.
+    `certain`: its input and the images it asks for, which it costs if it succeeds at all.
+    `likely`: that plus the output text it asked for (maxOutputTokens), or else the catalog's
+    `hold_output_tokens` allowance. `worst`: that plus the model's whole output budget.
     """
+
+    certain: int = 0
+    likely: int = 0
+    worst: int = 0
+
+    def times(self, copies: int) -> Quote:
+        return Quote(self.certain * copies, self.likely * copies, self.worst * copies)
+
+
+def quote(call: Call) -> Quote:
+    """The call's Quote. Input: the body's text (everything but inline data) at three
+    characters a token, plus the catalog's tokens per input image. Images: candidateCount at
+    the requested size. Output text is priced at the dearer of the text and thinking rates,
+    since thinking shares the output budget."""
     if call.method == "countTokens":
-        return 0
+        return Quote()
     spec = call.model
     config = field(call.request, "generationConfig", "generation_config")
     config = config if isinstance(config, dict) else {}
@@ -88,19 +104,28 @@ def estimate(call: Call) -> int:
     candidates = _positive_int(field(config, "candidateCount", "candidate_count")) or 1
     text_chars = max(0, len(call.body) - _inline_chars(call.request))
     images = candidates if expects_image(call) else 0
-    usage = Usage(
+    size = image_size(call)
+    certain = Usage(
         input_text=_ceil_div(text_chars, CHARS_PER_TOKEN),
         input_image=call.input_images * spec.input_image_tokens,
-        output_image=images * spec.image_tokens(image_size(call)),
+        output_image=images * spec.image_tokens(size),
         images=images,
     )
-    output_budget = min(max_output or spec.output_token_limit, spec.output_token_limit)
-    # Thinking shares the output budget; price the budget at whichever rate is higher.
-    if spec.prices["thoughts"] > spec.prices["output_text"]:
-        usage.thoughts = output_budget
-    else:
-        usage.output_text = output_budget
-    return price(spec, usage, image_size(call))
+    budget = min(max_output or spec.output_token_limit, spec.output_token_limit)
+    allowance = min(max_output or spec.hold_output_tokens, budget)
+    rate = max(spec.prices["output_text"], spec.prices["thoughts"])
+    base = price(spec, certain, size)
+    # Each output text token costs at most `rate`; rounding up once per quote keeps it high.
+    return Quote(
+        certain=base,
+        likely=base + _ceil_div(allowance * rate, PER_MILLION),
+        worst=base + _ceil_div(budget * rate, PER_MILLION),
+    )
+
+
+def estimate(call: Call) -> int:
+    """The most `call` can cost: its worst case."""
+    return quote(call).worst
 
 
 def _inline_chars(request: Any) -> int:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
 )
 
 # Deterministic constraint names, so a migration can name what it creates and later drop it.
@@ -37,10 +38,15 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-# Money moves only as ledger rows. A reserve debits the whole estimate; its settle gives back
-# what the call did not use (or takes an overrun), its refund gives back all of it.
-LEDGER_KINDS = ("topup", "adjustment", "reserve", "settle", "refund")
+# Money moves only as ledger rows. A reserve debits the hold; its settle gives back what the call
+# did not use (or takes an overrun), its refund gives back all of it. An overrun the balance
+# cannot cover is forgiven by a `writeoff` row (+) just before the settle (-) that takes the
+# whole price, so the rows still sum to the balance and it never goes below zero.
+LEDGER_KINDS = ("topup", "adjustment", "reserve", "settle", "refund", "writeoff")
 HOLD_STATES = ("pending", "settled", "refunded")
+# How much a call holds: its certain cost plus an output allowance ("fair", the default), or
+# the most it could ever cost ("worst_case": never a write-off). See billing/ledger.py.
+HOLD_POLICIES = ("fair", "worst_case")
 # Per-key image delivery in the OpenAI dialect: base64 data URLs, or signed result URLs.
 IMAGE_OUTPUTS = ("data", "url")
 
@@ -88,8 +94,18 @@ accounts = Table(
     # Available credits: reservations are already taken out (see LEDGER_KINDS).
     Column("balance", BigInteger, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    # NULL: the gateway's `hold_policy` setting (see HOLD_POLICIES).
+    Column("hold_policy", String(16), nullable=True),
+    # Over the pending holds: how much more than held they could still cost, and how many of
+    # them the balance did not cover when they were made. Moved with every reserve and resolve.
+    Column("exposure", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("uncovered", Integer, nullable=False, default=0, server_default="0"),
     # The last line of defence for "the balance never goes negative" under concurrency.
     CheckConstraint("balance >= 0", name="balance_nonnegative"),
+    CheckConstraint(
+        f"hold_policy IS NULL OR hold_policy IN ({', '.join(map(repr, HOLD_POLICIES))})",
+        name="hold_policy",
+    ),
 )
 
 api_keys = Table(
@@ -155,6 +171,10 @@ holds = Table(
     Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=True),
     Column("amount", BigInteger, nullable=False),
     Column("capped", Boolean, nullable=False, default=False),  # counted in the key's spend
+    # The most the call could cost beyond `amount`, and whether the account's balance did not
+    # cover that when the hold was made (see accounts.exposure).
+    Column("exposure", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("uncovered", Boolean, nullable=False, default=False, server_default=false()),
     Column("state", String(16), nullable=False, index=True),
     Column("cost", BigInteger, nullable=True),
     Column("node", String(200), nullable=False),  # the process that holds it (crash recovery)

@@ -19,7 +19,7 @@ from ..streams import GuardedStream
 from ..types import Call, Chunk
 from . import openai_routes
 from .common import extract_key, read_body
-from .replay import answer_once
+from .replay import answer_once, quoted
 from .streaming import RelayStream
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,8 @@ def _relay(
                 ctx.status, ctx.error = 499, "CLIENT_CLOSED"
         await rest.aclose()
 
-    return RelayStream(frames(), "text/event-stream" if sse else JSON_TYPE, cleanup)
+    media_type = "text/event-stream" if sse else JSON_TYPE
+    return RelayStream(frames(), media_type, cleanup, quoted(ctx))
 
 
 async def _finish_for_later(

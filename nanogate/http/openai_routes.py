@@ -38,7 +38,7 @@ from ..storage import Storage, UrlSigner
 from ..streams import GuardedStream
 from ..types import Call, Chunk, Method
 from .common import extract_key, idempotency_key, read_body
-from .replay import answer_once
+from .replay import answer_once, quoted
 from .streaming import RelayStream
 
 JSON_TYPE = "application/json"
@@ -285,7 +285,7 @@ def _chat_events(
     async def cleanup() -> None:
         return None
 
-    return RelayStream(frames(), "text/event-stream", cleanup)
+    return RelayStream(frames(), "text/event-stream", cleanup, quoted(ctx))
 
 
 def _chat_stream(
@@ -333,7 +333,7 @@ def _chat_stream(
             ctx.status, ctx.error = 499, "CLIENT_CLOSED"
         await rest.aclose()
 
-    return RelayStream(frames(), "text/event-stream", cleanup)
+    return RelayStream(frames(), "text/event-stream", cleanup, quoted(ctx))
 
 
 # -- images ------------------------------------------------------------------------------------

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 JSON_TYPE = "application/json"
 # What a call cost, in credits (what it would have cost, with metering off).
 COST_HEADER = "x-nanogate-cost"
+# What the call needed available to be admitted (its input and the images it asked for): what
+# the next such call will need. On every metered answer, streams included.
+QUOTE_HEADER = "x-nanogate-quote"
 # Set on the stored first answer returned for a repeated Idempotency-Key.
 REPLAY_HEADER = "x-nanogate-idempotent-replay"
 
@@ -57,4 +60,10 @@ async def answer_once(
                 await keeper.keep(key.id, ctx.request_id, answer)
             except Exception as exc:
                 log.error("could not keep an answer (%s)", type(exc).__name__)
-    return Response(answer, headers={COST_HEADER: str(ctx.cost)}, media_type=JSON_TYPE)
+    headers = {COST_HEADER: str(ctx.cost), **quoted(ctx)}
+    return Response(answer, headers=headers, media_type=JSON_TYPE)
+
+
+def quoted(ctx: Context) -> dict[str, str]:
+    """The quote header, for an answer whose call was quoted."""
+    return {QUOTE_HEADER: str(ctx.quote)} if ctx.quote else {}

@@ -23,6 +23,7 @@ class RelayStream:
         body: AsyncIterator[bytes],
         media_type: str,
         cleanup: Callable[[], Awaitable[None]],
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.body = body
         self.cleanup = cleanup
@@ -30,6 +31,7 @@ class RelayStream:
             (b"content-type", media_type.encode()),
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
+            *((k.encode(), v.encode()) for k, v in (headers or {}).items()),
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -18,6 +18,7 @@ from ..keys import KeyRecord
 from ..tasks.records import Form
 from ..tasks.service import TaskService
 from .common import extract_key, idempotency_key, read_body
+from .replay import quoted
 
 router = APIRouter(tags=["Task API"])
 
@@ -72,7 +73,7 @@ async def _create(request: Request, form: Form) -> Response:
     task_id = await service.create(ctx, key, task, idempotency_key(request, body))
     request.state.model = ctx.model or None
     data = {"task_id": task_id} if form == "message" else {"taskId": task_id}
-    return Response(tasks.envelope(data, form), media_type=JSON_TYPE)
+    return Response(tasks.envelope(data, form), headers=quoted(ctx), media_type=JSON_TYPE)
 
 
 async def _info(request: Request, param: str) -> Response:

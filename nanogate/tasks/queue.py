@@ -175,10 +175,10 @@ async def finish(
     files: Sequence[StoredFile] = (),
     text: str | None = None,
     error: tuple[int, str] | None = None,
-) -> int | None:
+) -> ledger.Resolution | None:
     """End a task: succeeded with `files`, or failed with `error` (code, message). Settles its
     hold at `cost` (None: refund) and queues its callback; `lease_owner` stays, naming the
-    worker that finished it. Returns what was charged, or None
+    worker that finished it. Returns how the hold closed (what was charged), or None
     when the lease is no longer ours (someone else finishes it; nothing changed here)."""
     result = None
     if error is None:
@@ -203,13 +203,15 @@ async def finish(
     )
     if not ended:
         return None
-    charged = cost or 0
+    resolution = ledger.Resolution(cost or 0, 0)
     if hold_id is not None:
-        resolution = await ledger.resolve(tx, hold_id, cost, now)
         # None: the sweeper already refunded an expired hold; nothing was charged.
-        charged = resolution.charged if resolution else 0
-    await tx.exec("UPDATE tasks SET cost = :cost WHERE id = :id", {"cost": charged, "id": task_id})
-    return charged
+        resolution = await ledger.resolve(tx, hold_id, cost, now) or ledger.Resolution(0, 0)
+    await tx.exec(
+        "UPDATE tasks SET cost = :cost WHERE id = :id",
+        {"cost": resolution.charged, "id": task_id},
+    )
+    return resolution
 
 
 # -- callbacks ---------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ class TaskService:
         hold = self.gateway.meter.hold_for(
             ctx.request_id,
             key,
-            call,
+            self.gateway.quote(ctx, call),
             node=TASK_HOLD_NODE,
             ttl=self.task_timeout + HOLD_MARGIN,
         )
@@ -106,10 +106,16 @@ class TaskService:
                     return found
             return await queue.create(tx, record, hold, deadline, remember)
 
-        try:
-            outcome = await self.journal.submit(work)
-        except Exception as exc:
-            raise database_unavailable("queue the task") from exc
+        meter = self.gateway.meter
+        wait_until = meter.wait_deadline()
+        while True:
+            try:
+                outcome = await self.journal.submit(work)
+            except Exception as exc:
+                raise database_unavailable("queue the task") from exc
+            busy = isinstance(outcome, Refusal) and outcome.reason == "busy"
+            if not busy or not await meter.wait_turn(key.account_id, wait_until):
+                break
         if isinstance(outcome, tuple):
             fingerprint, task_id = outcome
             if idem is not None and fingerprint != idem[1]:
@@ -119,7 +125,7 @@ class TaskService:
                 )
             return task_id
         if outcome is not None:
-            raise refused(outcome, hold.amount if hold else 0, key)
+            raise refused(outcome, hold.floor if hold else 0, key)
         self.wake()
         return record.id
 

@@ -220,7 +220,7 @@ class Worker(ClaimLoop):
             after = now + timedelta(seconds=delay)
             await self.journal.submit(lambda tx: queue.retry_later(tx, record.id, token, after))
             return
-        charged = await self.journal.submit(
+        resolution = await self.journal.submit(
             lambda tx: queue.finish(
                 tx,
                 record.id,
@@ -233,10 +233,11 @@ class Worker(ClaimLoop):
                 error=outcome.error,
             )
         )
-        if charged is None:
+        if resolution is None:
             logger.warning("task finished elsewhere; result dropped", extra={"task_id": record.id})
             return
-        ctx.cost = charged
+        self.gateway.meter.resolved(record.account_id, resolution)
+        ctx.cost = resolution.charged
         if outcome.error is not None and ctx.status == 200:
             ctx.status, ctx.error = outcome.error[0], outcome.error[1][:200]
         self.gateway.finish(ctx)

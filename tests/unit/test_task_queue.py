@@ -105,7 +105,9 @@ async def _claim(
 async def _finish(
     runner: Runner, task_id: str, token: str, now: datetime = T0, **kw: Any
 ) -> int | None:
-    return await _run(runner, lambda tx: queue.finish(tx, task_id, token, now, **kw))
+    """What was charged, or None when the task was not ours to finish."""
+    resolution = await _run(runner, lambda tx: queue.finish(tx, task_id, token, now, **kw))
+    return None if resolution is None else resolution.charged
 
 
 async def _balance(engine: AsyncEngine, account_id: int) -> int:
