@@ -76,6 +76,11 @@ class ImageOutput(StrEnum):
     url = "url"
 
 
+class HoldPolicy(StrEnum):  # nanogate.db.tables.HOLD_POLICIES
+    fair = "fair"
+    worst_case = "worst_case"
+
+
 class GroupBy(StrEnum):
     account = "account"
     key = "key"
@@ -89,6 +94,13 @@ DEFAULT_ADJUSTMENT_REASON = "adjustment from the command line"
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="YAML settings file (or set NANOGATE_CONFIG)."),
+]
+HoldPolicyOption = Annotated[
+    HoldPolicy | None,
+    typer.Option(
+        help="How much the account's calls hold (default: the hold_policy setting).",
+        show_default=False,
+    ),
 ]
 T = TypeVar("T")
 
@@ -538,6 +550,7 @@ def accounts_create(
         str | None,
         typer.Option(help="Why, for the ledger (default: 'starting credits').", show_default=False),
     ] = None,
+    hold_policy: HoldPolicyOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Create an account; keys made with `keys create --account NAME` draw on it."""
@@ -547,7 +560,8 @@ def accounts_create(
     _migrate(settings)
 
     async def work(store: AccountStore, _: AsyncEngine) -> Account:
-        return await store.create(name, credits, reason or "")
+        policy = hold_policy.value if hold_policy else None
+        return await store.create(name, credits, reason or "", policy)
 
     account = _with_accounts(settings, work)
     console.print(_cell(f"created account {account.id} {account.name}: balance {account.balance}"))
@@ -632,6 +646,8 @@ def accounts_show(
             f"{found.keys} keys, created {_when(found.created_at)}"
         )
     )
+    policy = found.hold_policy or f"{settings.hold_policy} (the gateway's setting)"
+    console.print(_cell(f"hold policy: {policy}; written off over its life: {found.written_off}"))
     key_table = Table("prefix", "name", "status", "daily cap", "monthly cap", title="keys")
     for key_row in key_rows:
         key_table.add_row(*(_cell(key_row[c]) for c in _KEY_COLUMNS))
@@ -649,6 +665,33 @@ def accounts_show(
             _cell(row["note"]),
         )
     console.print(ledger_table)
+
+
+@accounts_app.command("policy")
+def accounts_policy(
+    account: Annotated[str, typer.Argument(help="The account's id or name.")],
+    policy: Annotated[
+        str,
+        typer.Argument(
+            help="fair (certain cost plus an output allowance), worst_case (the most a call "
+            "could cost; nothing is ever written off) or default (the hold_policy setting)."
+        ),
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Set how much an account's calls hold."""
+    choices = [*HoldPolicy, "default"]
+    if policy not in choices:
+        _fail(f"policy must be one of {', '.join(choices)}", 2)
+    settings = _settings(config)
+
+    async def work(store: AccountStore, _: AsyncEngine) -> Account:
+        found = await _find_account(store, account)
+        await store.set_hold_policy(found.id, None if policy == "default" else policy)
+        return found
+
+    found = _with_accounts(settings, work)
+    console.print(_cell(f"account {found.id} {found.name}: hold policy {policy}"))
 
 
 @accounts_app.command(

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..db.tables import accounts, api_keys, holds
+from ..db.tables import HOLD_POLICIES, accounts, api_keys, holds
 from ..db.tables import ledger as ledger_table
 from . import ledger
 from .runners import Runner
@@ -33,6 +33,8 @@ class Account:
     created_at: datetime
     keys: int = 0
     held: int = 0  # credits reserved by calls in flight (already out of the balance)
+    hold_policy: str | None = None  # None: the gateway's setting
+    written_off: int = 0  # overruns the balance could not pay, over the account's life
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +43,8 @@ class Account:
             "balance": self.balance,
             "held": self.held,
             "keys": self.keys,
+            "hold_policy": self.hold_policy,
+            "written_off": self.written_off,
             "created_at": self.created_at,
         }
 
@@ -57,11 +61,36 @@ _HELD = (
     .correlate(accounts)
     .scalar_subquery()
 )
-_ACCOUNTS = select(accounts, _KEY_COUNT.label("keys"), _HELD.label("held"))
+_WRITTEN_OFF = (
+    select(func.coalesce(func.sum(ledger_table.c.amount), 0))
+    .where(ledger_table.c.account_id == accounts.c.id, ledger_table.c.kind == "writeoff")
+    .correlate(accounts)
+    .scalar_subquery()
+)
+_ACCOUNTS = select(
+    accounts,
+    _KEY_COUNT.label("keys"),
+    _HELD.label("held"),
+    _WRITTEN_OFF.label("written_off"),
+)
 
 
 def _account(row: Any) -> Account:
-    return Account(row.id, row.name, int(row.balance), row.created_at, int(row.keys), int(row.held))
+    return Account(
+        row.id,
+        row.name,
+        int(row.balance),
+        row.created_at,
+        int(row.keys),
+        int(row.held),
+        row.hold_policy,
+        int(row.written_off),
+    )
+
+
+def _check_policy(policy: str | None) -> None:
+    if policy is not None and policy not in HOLD_POLICIES:
+        raise AccountError(f"hold_policy must be one of {', '.join(HOLD_POLICIES)} (or unset).")
 
 
 class AccountStore:
@@ -69,17 +98,25 @@ class AccountStore:
         self._engine = engine
         self._runner = runner
 
-    async def create(self, name: str, credits: int = 0, reason: str = "") -> Account:
+    async def create(
+        self, name: str, credits: int = 0, reason: str = "", hold_policy: str | None = None
+    ) -> Account:
         name = name.strip()
         if not name:
             raise AccountError("An account needs a name.")
         if credits < 0:
             raise AccountError("Starting credits cannot be negative.")
+        _check_policy(hold_policy)
         try:
             async with self._engine.begin() as conn:
                 account_id = await conn.scalar(
                     insert(accounts)
-                    .values(name=name, balance=0, created_at=datetime.now(UTC))
+                    .values(
+                        name=name,
+                        balance=0,
+                        hold_policy=hold_policy,
+                        created_at=datetime.now(UTC),
+                    )
                     .returning(accounts.c.id)
                 )
         except IntegrityError:
@@ -110,6 +147,14 @@ class AccountStore:
                 select(api_keys.c.account_id).where(api_keys.c.prefix == prefix)
             )
         return await self.get(str(account_id)) if account_id is not None else None
+
+    async def set_hold_policy(self, account_id: int, policy: str | None) -> None:
+        """How much the account's calls hold (HOLD_POLICIES); None follows the setting."""
+        _check_policy(policy)
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(accounts).where(accounts.c.id == account_id).values(hold_policy=policy)
+            )
 
     async def balance(self, account_id: int) -> int:
         async with self._engine.connect() as conn:

@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from ..errors import GatewayError, InsufficientCredits, RateLimited, Unavailable
 from ..keys import KeyRecord
@@ -25,6 +27,8 @@ from .prices import Quote
 from .runners import Journal
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # How often a call waiting on a busy account tries again when nothing wakes it sooner.
 WAIT_POLL_S = 0.5
@@ -90,9 +94,10 @@ class Meter:
         self.policy: Policy = policy
         self.uncovered_calls = uncovered_calls
         self.wait_s = wait_s
-        # Set when a hold of the account resolves on this node: a busy account's waiting calls
-        # try again at once (and every WAIT_POLL_S anyway, for holds resolved on other nodes).
-        self._resolved: dict[int, asyncio.Event] = {}
+        # The calls waiting on a busy account, first come first served. A hold of the account
+        # closing here wakes the first; one that gets in wakes the next. The first also tries
+        # every WAIT_POLL_S, for holds closed on other nodes. One wake a closing: no herd.
+        self._waiting: dict[int, deque[asyncio.Future[None]]] = {}
 
     def hold_for(
         self,
@@ -130,28 +135,53 @@ class Meter:
         hold = self.hold_for(request_id, key, quote)
         if hold is None:
             return None
-        deadline = self.wait_deadline()
+        refusal = await self.admit(hold.account_id, lambda: self._reserve(hold))
+        if refusal is not None:
+            raise refused(refusal, hold.floor, key)
+        return hold
+
+    async def admit(self, account_id: int, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt` (a reservation on the account) until it is not refused as busy, or
+        `wait_s` has passed; the last outcome."""
+        deadline = asyncio.get_running_loop().time() + self.wait_s
+        waited = False
         while True:
-            refusal = await self._reserve(hold)
-            if refusal is None:
-                return hold
-            if refusal.reason != "busy" or not await self.wait_turn(hold.account_id, deadline):
-                raise refused(refusal, hold.floor, key)
+            outcome = await attempt()
+            busy = isinstance(outcome, Refusal) and outcome.reason == "busy"
+            if not busy:
+                if waited and not isinstance(outcome, Refusal):
+                    self.wake(account_id)  # there may be room for the next one too
+                return outcome
+            if not await self._wait_turn(account_id, deadline):
+                return outcome
+            waited = True
 
-    def wait_deadline(self) -> float:
-        """When a call that finds its account busy stops waiting (event loop time)."""
-        return asyncio.get_running_loop().time() + self.wait_s
-
-    async def wait_turn(self, account_id: int, deadline: float) -> bool:
-        """After a "busy" refusal: wait until a hold of the account closes here, or for
-        WAIT_POLL_S (it may close on another node). False, at once, past `deadline`."""
-        left = deadline - asyncio.get_running_loop().time()
+    async def _wait_turn(self, account_id: int, deadline: float) -> bool:
+        """After a "busy" refusal: wait for this call's turn (see `_waiting`). False, at once,
+        past `deadline`."""
+        loop = asyncio.get_running_loop()
+        left = deadline - loop.time()
         if left <= 0:
             return False
-        event = self._resolved.setdefault(account_id, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), min(left, WAIT_POLL_S))
+        queue = self._waiting.setdefault(account_id, deque())
+        turn: asyncio.Future[None] = loop.create_future()
+        queue.append(turn)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(turn, min(left, WAIT_POLL_S) if queue[0] is turn else left)
+        finally:
+            with contextlib.suppress(ValueError):
+                queue.remove(turn)
+            if not queue:
+                self._waiting.pop(account_id, None)
         return True
+
+    def wake(self, account_id: int) -> None:
+        """Give the account's first waiting call its turn."""
+        for turn in self._waiting.get(account_id, ()):
+            if not turn.done():
+                turn.set_result(None)
+                return
 
     async def _reserve(self, hold: Hold) -> Refusal | None:
         future = self.journal.submit(lambda tx: ledger.reserve(tx, hold))
@@ -203,9 +233,7 @@ class Meter:
     def resolved(self, account_id: int, resolution: Resolution | None) -> None:
         """A hold of the account closed (here, or by a task worker): wake its waiting calls,
         and count what was written off."""
-        event = self._resolved.pop(account_id, None)
-        if event is not None:
-            event.set()
+        self.wake(account_id)
         if resolution is not None and resolution.shortfall:
             observe_writeoff(resolution.shortfall)
 

@@ -86,6 +86,7 @@ async def admin_accounts(request: Request, gateway: AdminGateway) -> AccountStor
 AdminAccounts = Annotated[AccountStore, Depends(admin_accounts)]
 
 ImageOutput = Literal["data", "url"]  # nanogate.db.tables.IMAGE_OUTPUTS
+HoldPolicy = Literal["fair", "worst_case"]  # nanogate.db.tables.HOLD_POLICIES
 IMAGE_OUTPUT_HELP = (
     'How the OpenAI dialect returns the key\'s images: "data" (base64 data URLs, also what null '
     'means) or "url" (signed result URLs).'
@@ -267,10 +268,22 @@ async def topup_key(
     return BalanceOut(account_id=account.id, account=account.name, balance=balance)
 
 
+_POLICY_HELP = (
+    "How much the account's calls hold: 'fair' (their certain cost plus an output allowance) "
+    "or 'worst_case' (the most they could cost; nothing is ever written off). null: the "
+    "gateway's hold_policy setting."
+)
+
+
 class AccountCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     credits: int = Field(default=0, ge=0)
     reason: str = Field(default="starting credits", min_length=1, max_length=500)
+    hold_policy: HoldPolicy | None = Field(default=None, description=_POLICY_HELP)
+
+
+class AccountPatch(BaseModel):
+    hold_policy: HoldPolicy | None = Field(description=_POLICY_HELP)
 
 
 class AccountOut(BaseModel):
@@ -279,6 +292,11 @@ class AccountOut(BaseModel):
     balance: int = Field(description="Credits available now (holds already taken out).")
     held: int = Field(description="Credits reserved by calls in flight.")
     keys: int
+    hold_policy: HoldPolicy | None = Field(description=_POLICY_HELP)
+    written_off: int = Field(
+        description="Credits of overruns the balance could not pay, written off (ledger "
+        "rows of kind 'writeoff')."
+    )
     created_at: datetime
 
 
@@ -290,7 +308,7 @@ class AccountDetail(AccountOut):
 @router.post("/accounts", status_code=201, summary="Create an account")
 async def create_account(body: AccountCreate, store: AdminAccounts) -> AccountOut:
     try:
-        account = await store.create(body.name, body.credits, body.reason)
+        account = await store.create(body.name, body.credits, body.reason, body.hold_policy)
     except AccountError as exc:
         raise Conflict(str(exc)) from None
     return AccountOut(**account.as_dict())
@@ -312,6 +330,13 @@ async def show_account(
     keys = [KeyOut(**_out(k)) for k in await gateway.keys.list() if k.account_id == found.id]
     entries = await store.entries(found.id, limit=limit)
     return AccountDetail(**found.as_dict(), api_keys=keys, ledger=entries)
+
+
+@router.patch("/accounts/{account}", summary="Change an account's hold policy")
+async def patch_account(account: str, body: AccountPatch, store: AdminAccounts) -> AccountOut:
+    found = await find_account(store, account)
+    await store.set_hold_policy(found.id, body.hold_policy)
+    return AccountOut(**(await find_account(store, str(found.id))).as_dict())
 
 
 @router.post("/accounts/{account}/topup", summary="Top up (or adjust) an account")

@@ -106,16 +106,13 @@ class TaskService:
                     return found
             return await queue.create(tx, record, hold, deadline, remember)
 
-        meter = self.gateway.meter
-        wait_until = meter.wait_deadline()
-        while True:
+        async def attempt() -> tuple[str, str] | Refusal | None:
             try:
-                outcome = await self.journal.submit(work)
+                return await self.journal.submit(work)
             except Exception as exc:
                 raise database_unavailable("queue the task") from exc
-            busy = isinstance(outcome, Refusal) and outcome.reason == "busy"
-            if not busy or not await meter.wait_turn(key.account_id, wait_until):
-                break
+
+        outcome = await self.gateway.meter.admit(key.account_id, attempt)
         if isinstance(outcome, tuple):
             fingerprint, task_id = outcome
             if idem is not None and fingerprint != idem[1]:

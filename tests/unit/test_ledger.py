@@ -248,3 +248,123 @@ async def test_a_failing_operation_does_not_sink_its_batch(
     )
     assert isinstance(results[0], Exception) and results[1] is None
     assert await _balance(engine, key.account_id) == 990
+
+
+# -- fair holds ---------------------------------------------------------------------------------
+
+
+def _fair(key: KeyRecord, certain: int, likely: int, worst: int, limit: int = 2) -> Hold:
+    hold = _hold(key, likely)
+    hold.floor, hold.worst, hold.uncovered_limit = certain, worst, limit
+    return hold
+
+
+async def _exposure(engine: AsyncEngine, account_id: int) -> tuple[int, int]:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(accounts.c.exposure, accounts.c.uncovered).where(accounts.c.id == account_id)
+            )
+        ).one()
+    return int(row[0]), int(row[1])
+
+
+async def test_fair_hold_takes_the_allowance_as_far_as_the_balance_goes(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await _key(engine, 1_000)
+    full = _fair(key, 300, 400, 400)
+    assert await _reserve(journal, full) is None and full.amount == 400
+    partial = _fair(key, 300, 700, 700)
+    assert await _reserve(journal, partial) is None
+    assert partial.amount == 600  # the rest of the balance, above its certain 300
+    assert await _reserve(journal, _fair(key, 1, 5, 5)) == Refusal("balance", 0)
+    await _resolve(journal, partial, 650)  # 50 over its hold; nothing left to take
+    assert await _balance(engine, key.account_id) == 0
+
+
+async def test_below_the_certain_cost_is_refused(engine: AsyncEngine, journal: Journal) -> None:
+    key = await _key(engine, 299)
+    assert await _reserve(journal, _fair(key, 300, 400, 9_000)) == Refusal("balance", 299)
+    assert await _balance(engine, key.account_id) == 299
+    assert await _exposure(engine, key.account_id) == (0, 0)
+
+
+async def test_uncovered_calls_are_bounded_and_free_up_when_one_ends(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    # 1,000 credits cannot cover a call that could cost 5,000: each is uncovered.
+    key = await _key(engine, 1_000)
+    first, second = _fair(key, 100, 200, 5_000), _fair(key, 100, 200, 5_000)
+    assert await _reserve(journal, first) is None
+    assert await _reserve(journal, second) is None
+    assert await _exposure(engine, key.account_id) == (9_600, 2)
+    assert await _reserve(journal, _fair(key, 100, 200, 5_000)) == Refusal("busy", 600)
+    await _resolve(journal, first, 150)
+    assert await _exposure(engine, key.account_id) == (4_800, 1)
+    assert await _reserve(journal, _fair(key, 100, 200, 5_000)) is None
+
+
+async def test_a_balance_that_covers_every_worst_case_is_never_busy(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await _key(engine, 100_000)
+    holds_made = [_fair(key, 10, 20, 1_000, limit=1) for _ in range(90)]
+    results = await asyncio.gather(*(_reserve(journal, h) for h in holds_made))
+    assert results == [None] * 90
+    exposure, uncovered = await _exposure(engine, key.account_id)
+    assert (exposure, uncovered) == (90 * 980, 0)
+    # The 91st leaves 98,180 against 89,180 of exposure: still covered, so not busy.
+    assert await _reserve(journal, _fair(key, 10, 20, 1_000, limit=1)) is None
+    for hold in holds_made:
+        await _resolve(journal, hold, 1_000)  # every one runs to its worst case
+    assert await _balance(engine, key.account_id) == 100_000 - 90 * 1_000 - 20
+
+
+async def test_an_overrun_the_balance_cannot_pay_is_written_off(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await _key(engine, 500)
+    hold = _fair(key, 100, 200, 5_000)
+    await _reserve(journal, hold)
+    resolution = await _resolve(journal, hold, 900)  # 700 over; 300 left to take
+    assert resolution is not None
+    assert (resolution.charged, resolution.balance, resolution.shortfall) == (500, 0, 400)
+    assert await _balance(engine, key.account_id) == 0
+    assert await _exposure(engine, key.account_id) == (0, 0)
+    store = AccountStore(engine, journal.runner)
+    rows = await store.entries(key.account_id)
+    # Newest first: the settle takes the whole price right after the write-off forgives the
+    # part the balance could not pay; no row's balance is below zero.
+    assert [(r["kind"], r["amount"], r["balance_after"]) for r in rows[:3]] == [
+        ("settle", -700, 0),
+        ("writeoff", 400, 700),
+        ("reserve", -200, 300),
+    ]
+    account = await store.get(str(key.account_id))
+    assert account is not None and account.written_off == 400
+
+
+async def test_worst_case_policy_holds_the_worst_case(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await _key(engine, 1_000)
+    store = AccountStore(engine, journal.runner)
+    await store.set_hold_policy(key.account_id, "worst_case")
+    assert await _reserve(journal, _fair(key, 100, 200, 1_001)) == Refusal("balance", 1_000)
+    hold = _fair(key, 100, 200, 600)
+    assert await _reserve(journal, hold) is None and hold.amount == 600
+    assert await _exposure(engine, key.account_id) == (0, 0)
+    with pytest.raises(AccountError):
+        await store.set_hold_policy(key.account_id, "generous")
+
+
+async def test_caps_bound_the_hold_and_refuse_below_the_certain_cost(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await _key(engine, 10_000, daily_cap=500)
+    hold = _fair(key, 100, 800, 800)
+    assert await _reserve(journal, hold) is None and hold.amount == 500
+    assert await _reserve(journal, _fair(key, 1, 2, 2)) == Refusal("daily_cap", 9_500, 500, 500)
+    await _resolve(journal, hold, 300)
+    assert await _balance(engine, key.account_id) == 9_700

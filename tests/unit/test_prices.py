@@ -136,3 +136,38 @@ def test_input_price_is_the_prompt_alone() -> None:
     spec = CATALOG.resolve("gemini-2.5-flash-image")
     usage = Usage(input_text=1000, input_image=258, output_text=50)
     assert prices.input_price(spec, usage) == -(-(1258 * 300_000) // 1_000_000) == 378
+
+
+def test_quote_certain_is_the_input_and_the_images_asked_for() -> None:
+    call = _call("gemini-2.5-flash-image", _prompt())
+    quote = prices.quote(call)
+    text_tokens = -(-len(call.body) // 3)
+    assert quote.certain == -(-(text_tokens * 300_000 + 1290 * 30_000_000) // 1_000_000)
+    # Likely: the catalog's caption allowance (1,024 tokens) at the output text rate.
+    assert quote.likely == quote.certain + 1024 * 2_500_000 // 1_000_000
+    # Worst: the whole 32,768-token output budget.
+    assert quote.worst == quote.certain + 32_768 * 2_500_000 // 1_000_000
+    assert quote.worst == prices.estimate(call)
+
+
+def test_quote_takes_max_output_tokens_as_the_allowance() -> None:
+    call = _call("gemini-2.5-flash", _prompt(maxOutputTokens=100))
+    quote = prices.quote(call)
+    assert quote.likely == quote.worst == quote.certain + 100 * 2_500_000 // 1_000_000
+
+
+def test_quote_of_a_text_model_holds_a_few_thousand_tokens() -> None:
+    quote = prices.quote(_call("gemini-2.5-flash", _prompt()))
+    assert quote.likely - quote.certain == 4096 * 2_500_000 // 1_000_000
+    assert quote.worst - quote.certain == 65_536 * 2_500_000 // 1_000_000
+
+
+def test_quote_with_flat_image_prices_and_copies() -> None:
+    catalog = load_catalog({"gemini-2.5-flash-image": {"image_prices": {"1K": 50_000}}})
+    spec = catalog.resolve("gemini-2.5-flash-image")
+    call = parse_call("r1", "generateContent", spec, orjson.dumps(_prompt(candidateCount=2)))
+    quote = prices.quote(call)
+    text = -(-(-(-len(call.body) // 3) * 300_000) // 1_000_000)
+    assert quote.certain == text + 2 * 50_000
+    assert quote.times(3).certain == 3 * quote.certain
+    assert prices.quote(_call("gemini-2.5-flash", _prompt(), "countTokens")) == prices.Quote()

@@ -1,0 +1,74 @@
+"""The meter's waiting room: calls an account's balance leaves uncovered run a few at a time;
+the next waits its turn (first come, first served), and gives up with a 429 after wait_s."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from nanogate.billing.meter import Meter
+from nanogate.billing.prices import Quote
+from nanogate.billing.runners import Journal, open_runner
+from nanogate.errors import InsufficientCredits, RateLimited
+from nanogate.keys import KeyRecord, KeyStore
+
+
+@pytest.fixture
+async def journal(db_url: str, engine: AsyncEngine) -> AsyncIterator[Journal]:
+    journal = Journal(open_runner(db_url, engine))
+    journal.start()
+    yield journal
+    await journal.stop()
+    await journal.runner.close()
+
+
+async def _key(engine: AsyncEngine, credits: int) -> KeyRecord:
+    _, record = await KeyStore(engine, 0).create("k", credits=credits)
+    return record
+
+
+def _meter(journal: Journal, wait_s: float) -> Meter:
+    return Meter(journal, enabled=True, node="n", hold_ttl_s=60, uncovered_calls=1, wait_s=wait_s)
+
+
+# Each call could cost 5,000 on an account of 1,000: none is covered.
+BIG = Quote(certain=100, likely=200, worst=5_000)
+
+
+async def test_an_uncovered_call_waits_for_the_one_before_it(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    meter = _meter(journal, wait_s=10)
+    key = await _key(engine, 1_000)
+    first = await meter.reserve("a", key, BIG)
+    second = asyncio.create_task(meter.reserve("b", key, BIG))
+    third = asyncio.create_task(meter.reserve("c", key, BIG))
+    await asyncio.sleep(0.2)
+    assert not second.done() and not third.done()
+    await meter.settle(first, 150)
+    held = await asyncio.wait_for(second, 2)
+    assert held is not None and not third.done()  # one closing wakes one call
+    await meter.settle(held, 150)
+    assert await asyncio.wait_for(third, 2) is not None
+
+
+async def test_a_call_that_waits_too_long_gets_429(engine: AsyncEngine, journal: Journal) -> None:
+    meter = _meter(journal, wait_s=0.3)
+    key = await _key(engine, 1_000)
+    await meter.reserve("a", key, BIG)
+    with pytest.raises(RateLimited) as caught:
+        await meter.reserve("b", key, BIG)
+    assert caught.value.retry_after == 1
+    assert "set maxOutputTokens" in caught.value.message
+
+
+async def test_402_names_the_quote_and_the_balance(engine: AsyncEngine, journal: Journal) -> None:
+    meter = _meter(journal, wait_s=0)
+    key = await _key(engine, 99_999)
+    with pytest.raises(InsufficientCredits) as caught:
+        await meter.reserve("a", key, Quote(certain=100_000, likely=101_000, worst=200_000))
+    assert "costs at least 100,000 credits" in caught.value.message
+    assert "has 99,999 available" in caught.value.message
