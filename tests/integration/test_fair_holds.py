@@ -18,7 +18,7 @@ from nanogate.simulator.processes import stop
 
 from .conftest import Gateway, Simulator, simulator_upstream, start_gateway
 from .test_credits import balance, ledger_matches_balances, new_key, query
-from .test_tasks import FORMS, create, task_id, wait_final
+from .test_tasks import create, task_id, wait_final
 
 IMAGE_MODEL = "gemini-2.5-flash-image"
 TEXT_MODEL = "gemini-2.5-flash"
