@@ -134,7 +134,8 @@ def test_short_balance_is_a_402_in_googles_envelope_through_the_sdk(gw: Gateway)
         client.models.generate_content(model=IMAGE_MODEL, contents="an otter")
     assert caught.value.code == 402
     assert caught.value.status == "RESOURCE_EXHAUSTED"
-    assert "needs up to" in str(caught.value.message) and "has 10" in str(caught.value.message)
+    assert "costs at least" in str(caught.value.message)
+    assert "has 10 available" in str(caught.value.message)
     raw = generate(gw, key)
     assert raw.status_code == 402
     assert raw.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
@@ -142,10 +143,10 @@ def test_short_balance_is_a_402_in_googles_envelope_through_the_sdk(gw: Gateway)
 
 
 def test_a_daily_cap_is_a_402_naming_the_cap(gw: Gateway) -> None:
-    key = new_key(gw, 10_000_000, daily_cap=20_000)  # one image needs ~41,300
+    key = new_key(gw, 10_000_000, daily_cap=20_000)  # one image costs at least ~38,700
     response = generate(gw, key)
     assert response.status_code == 402
-    assert "daily spend cap of 20000" in response.json()["error"]["message"]
+    assert "daily spend cap of 20,000 credits" in response.json()["error"]["message"]
 
 
 def test_upstream_failure_refunds_everything(gw: Gateway, simulator: Simulator) -> None:

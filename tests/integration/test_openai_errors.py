@@ -373,9 +373,9 @@ def test_an_unknown_model_is_404_model_not_found(sim_gateway: Gateway, sim: Simu
 
 
 def _needed(exc: openai.APIStatusError) -> int:
-    found = re.search(r"needs up to (\d+) credits", exc.response.json()["error"]["message"])
+    found = re.search(r"costs at least ([\d,]+) credits", exc.response.json()["error"]["message"])
     assert found, exc.response.text
-    return int(found[1])
+    return int(found[1].replace(",", ""))
 
 
 def test_too_few_credits_is_a_402(sim_gateway: Gateway, sim: Simulator) -> None:
@@ -402,7 +402,7 @@ def test_too_few_credits_is_a_402(sim_gateway: Gateway, sim: Simulator) -> None:
 def test_n_images_are_refused_up_front_when_the_balance_covers_fewer(
     sim_gateway: Gateway, sim: Simulator
 ) -> None:
-    # What one image and three images hold, read off the refusals of a nearly empty key.
+    # What one image and three images need, read off the refusals of a nearly empty key.
     poor = client(sim_gateway, new_key(sim_gateway, 10))
     with pytest.raises(openai.APIStatusError) as one:
         poor.images.generate(model=IMAGE_MODEL, prompt="a kite")
@@ -419,7 +419,7 @@ def test_n_images_are_refused_up_front_when_the_balance_covers_fewer(
     message = check_envelope(
         images.value, 402, "insufficient_quota", "insufficient_credits", None, key
     )
-    assert f"needs up to {3 * single}" in message and f"has {credits}" in message
+    assert f"costs at least {3 * single:,}" in message and f"has {credits:,}" in message
     with pytest.raises(openai.APIStatusError) as chat:
         sdk.chat.completions.create(model=IMAGE_MODEL, messages=DRAW, n=3)
     check_envelope(chat.value, 402, "insufficient_quota", "insufficient_credits", None, key)
