@@ -173,6 +173,25 @@ def test_accounts_create_list_show_topup(cli: Cli) -> None:
     cli.assert_ledger_matches_balances()
 
 
+def test_accounts_hold_policy(cli: Cli) -> None:
+    cli.ok("accounts", "create", "careful", "--hold-policy", "worst_case")
+    shown = cli.json("accounts", "show", "careful", "--format", "json")
+    assert shown["account"]["hold_policy"] == "worst_case"
+    assert shown["account"]["written_off"] == 0
+    assert "hold policy: worst_case" in cli.ok("accounts", "show", "careful")
+    assert cli.ok("accounts", "policy", "careful", "default").strip().endswith("default")
+    shown = cli.json("accounts", "show", "careful", "--format", "json")
+    assert shown["account"]["hold_policy"] is None
+    assert "hold policy: fair (the gateway's setting)" in cli.ok("accounts", "show", "careful")
+    cli.ok("accounts", "policy", "careful", "fair")
+    assert (
+        cli.json("accounts", "show", "careful", "--format", "json")["account"]["hold_policy"]
+        == "fair"
+    )
+    assert "policy must be one of" in cli.fails(2, "accounts", "policy", "careful", "lavish")
+    assert cli.run("accounts", "create", "x", "--hold-policy", "lavish").returncode == 2
+
+
 def test_keys_on_one_account_share_its_balance(cli: Cli) -> None:
     cli.ok("accounts", "create", "acme", "--credits", "100")
     one = cli.key("--account", "acme", "--name", "one", "--daily-cap", "40")
