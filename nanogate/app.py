@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> Front:
             app.state.url_signer = runtime.signer
             app.state.journal = runtime.journal
             app.state.images = runtime.images
+            app.state.callback_secret = runtime.callback_secret
             app.state.sessions = SessionStore(
                 runtime.engine, timedelta(hours=settings.console_session_hours)
             )

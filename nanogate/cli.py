@@ -54,6 +54,10 @@ accounts_app = typer.Typer(
 app.add_typer(accounts_app, name="accounts")
 upstreams_app = typer.Typer(help="Check the configured upstreams.", no_args_is_help=True)
 app.add_typer(upstreams_app, name="upstreams")
+callbacks_app = typer.Typer(
+    help="Task callbacks: the secret that signs them.", no_args_is_help=True
+)
+app.add_typer(callbacks_app, name="callbacks")
 # Piped output (scripts, tests) gets wide tables instead of elided columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
 # Errors and notes go to stderr, so stdout stays clean for keys, CSV and JSON.
@@ -846,6 +850,42 @@ def upstreams_check(
     console.print(table)
     if not all(healthy for healthy, _, _ in results):
         raise typer.Exit(1)
+
+
+@callbacks_app.command("secret")
+def callbacks_secret(config: ConfigOption = None) -> None:
+    """Print the secret that signs callbacks (what a receiver verifies x-nanogate-signature
+    with): the callback_secret setting, else the one generated on first start."""
+    from .runtime import CALLBACK_SECRET, configured_callback_secret, stored_secret
+
+    settings = _settings(config)
+    secret = configured_callback_secret(settings)
+    if secret is not None:
+        source = "the callback_secret setting (NANOGATE_CALLBACK_SECRET)"
+    else:
+        # Migrated first: on a fresh database this generates the secret a first start would.
+        _migrate(settings)
+
+        async def read(engine: AsyncEngine) -> str:
+            runner = open_runner(settings.resolved_database_url, engine)
+            try:
+                return await runner.run(lambda tx: stored_secret(tx, CALLBACK_SECRET))
+            finally:
+                await runner.close()
+
+        secret = _with_engine(settings, read)
+        source = "the database (generated on first start)"
+    # The secret alone on stdout, for `SECRET=$(nanogate callbacks secret)`; the rest on stderr.
+    print(secret, flush=True)
+    err_console.print(
+        f"from {source}. x-nanogate-signature is the hex HMAC-SHA256 of "
+        '`x-nanogate-timestamp + "." + body`, keyed with this string\'s UTF-8 bytes as printed '
+        "(not hex-decoded). A gateway started with other settings may use another secret: "
+        "GET /admin/callbacks/secret asks the running one.",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -5,14 +5,16 @@ vector: unguarded, it could make the gateway read cloud metadata at 169.254.169.
 on localhost, or anything on the private network. Two checks close that:
 
 * `EgressGuard.check_url` refuses odd schemes, credentials and non-public literal IPs. It needs no
-  DNS, so request validation can call it, and it must run before every request and redirect hop:
-  aiohttp never asks the resolver about a literal IP.
+  DNS, and it must run before every request and redirect hop: aiohttp never asks the resolver
+  about a literal IP.
 * `GuardedResolver` vets what a host name resolves to, inside the connector, on the very addresses
   aiohttp then connects to, so a DNS answer that changes between a check and the connect
   (rebinding) gains nothing.
 
 `GuardedHttp` combines both for the two things the gateway does with such URLs: fetch a bounded
-body, and post a callback.
+body, and post a callback. Its `vet` applies the same policy when a URL is handed over (a task's
+callback and input images, used minutes later), so `http://localhost/` is refused then, as
+`http://127.0.0.1/` is; the connect still checks again.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ _POLICY = (
     "the gateway does not connect to private, loopback, link-local or multicast addresses "
     "unless they are on the egress allow-list"
 )
+# How long `vet` waits for DNS: a client is waiting for its create call's answer.
+VET_RESOLVE_TIMEOUT_S = 5.0
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")  # carrier-grade NAT: neither private nor global
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # The URL standard (and socket.inet_aton) read a host whose last label is a number as IPv4.
@@ -104,7 +108,7 @@ class EgressGuard:
         if ip is not None:
             reason = self.blocked_reason(ip)
             if reason is not None:
-                raise EgressRefused(f"{ip} is {_article(reason)} address; {_POLICY}")
+                raise _refused(f"{ip} is", reason, str(ip))
 
     def allowed_ip(self, ip: str | IPAddress, hostname: str | None = None) -> bool:
         """Whether the gateway may connect to `ip`, reached by `hostname` if it came from DNS."""
@@ -155,9 +159,7 @@ class GuardedResolver(AbstractResolver):
                 # The address itself stays out of the message: it would let a client map
                 # internal DNS names to internal addresses.
                 name = host.rstrip(".")
-                raise _ResolveRefused(
-                    EgressRefused(f"{name} resolves to {_article(reason)} address; {_POLICY}")
-                )
+                raise _ResolveRefused(_refused(f"{name} resolves to", reason, name))
         return results
 
     async def close(self) -> None:
@@ -183,6 +185,30 @@ class GuardedHttp:
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._resolver: GuardedResolver | None = None
+
+    async def vet(self, url: str, *, timeout_s: float = VET_RESOLVE_TIMEOUT_S) -> None:
+        """Refuse `url` now as a connect would: `check_url`, then a host name is resolved and
+        every address it has must pass. For URLs used later (callbacks, a task's input images);
+        the later connect checks again, since a DNS answer can change in between."""
+        parsed = self._checked(url)
+        host = parsed.raw_host or ""
+        if _literal_ip(host) is not None:
+            return  # check_url judged it already
+        name = scrub(host.rstrip("."), 80)
+        resolver = self._guarded_resolver()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await resolver.resolve(host, parsed.port or 0, socket.AF_UNSPEC)
+        except _ResolveRefused as exc:
+            raise exc.refusal from None
+        except TimeoutError:
+            raise EgressRefused(
+                f"{name} did not resolve within {timeout_s:g} s; check the host name"
+            ) from None
+        except OSError:
+            raise EgressRefused(
+                f"{name} does not resolve to any address; check the host name"
+            ) from None
 
     async def fetch(
         self, url: str, *, max_bytes: int, timeout_s: float, max_redirects: int = 5
@@ -257,11 +283,18 @@ class GuardedHttp:
             raise EgressRefused(f"{origin} redirected to a refused URL: {exc}") from None
         return target
 
-    def _http(self) -> aiohttp.ClientSession:
-        # Created lazily so it binds to the running loop (the threaded resolver needs one too).
-        if self._session is None:
+    def _guarded_resolver(self) -> GuardedResolver:
+        # Created lazily, like the session: the threaded resolver binds to the running loop.
+        if self._resolver is None:
             self._resolver = GuardedResolver(self.guard)
-            connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self._max_connections)
+        return self._resolver
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Created lazily so it binds to the running loop.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                resolver=self._guarded_resolver(), limit=self._max_connections
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 # Deadlines come from asyncio.timeout around each call, covering every hop.
@@ -376,6 +409,16 @@ def _blocked_kind(addr: IPAddress) -> str | None:
 
 def _article(kind: str) -> str:
     return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def _refused(subject: str, kind: str, entry: str) -> EgressRefused:
+    """The refusal of a blocked address, saying which setting lets it through and how: a
+    newcomer's own receiver or file server on localhost is the usual case."""
+    return EgressRefused(
+        f"{subject} {_article(kind)} address; {_POLICY}. To allow it, the gateway's operator "
+        f"adds it to the egress_allowlist setting (environment: NANOGATE_EGRESS_ALLOWLIST={entry}"
+        "; comma-separated hosts, IPs or CIDRs) and restarts the gateway"
+    )
 
 
 def _parse_network(entry: str) -> _Network | None:

@@ -69,6 +69,20 @@ def inspect_image(data: bytes, *, max_pixels: int) -> tuple[str, int, int]:
     return mime, width, height
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read off an image's header, or None when `data` does not show one.
+    `data` may be only the image's first bytes: the header is all that is read."""
+    mime = sniff_image(data)
+    if mime not in _NAMES:
+        return None
+    try:
+        with _open(data, mime) as im:
+            width, height = im.size
+    except Exception:
+        return None  # a header cut short (or a broken one): the caller may try all the bytes
+    return width, height
+
+
 def convert_image(data: bytes, fmt: Format) -> tuple[bytes, str]:
     """Return the image as `fmt` and its mime type; bytes already in `fmt` come back untouched."""
     pil_format, mime, options = _TARGETS[fmt]

@@ -45,6 +45,7 @@ from .usage import UsageRecorder
 log = logging.getLogger("nanogate")
 
 SWEEP_EVERY_S = 60.0
+CALLBACK_SECRET = "callback_secret"  # the generated one's row in the secrets table
 
 
 @dataclass(slots=True)
@@ -74,11 +75,7 @@ async def running(
     journal = Journal(open_runner(settings.resolved_database_url, engine))
     journal.start()
     file_key = await _secret(journal, "url_signing_key", None)
-    callback_secret = await _secret(
-        journal,
-        "callback_secret",
-        settings.callback_secret.get_secret_value() if settings.callback_secret else None,
-    )
+    callback_secret = await _secret(journal, CALLBACK_SECRET, configured_callback_secret(settings))
     signer = UrlSigner(file_key)
     storage = open_storage(settings.resolved_storage_dir, settings.resolved_public_base_url, signer)
     guard = EgressGuard(settings.egress_allowlist)
@@ -122,7 +119,7 @@ async def running(
         journal,
         gateway,
         storage,
-        guard,
+        http,
         task_timeout_s=settings.task_timeout_seconds,
         result_ttl_s=result_ttl_s,
         disabled=frozenset(settings.disabled_features),
@@ -197,24 +194,32 @@ def worker_id(settings: Settings) -> str:
     return settings.node_id or f"{socket.gethostname()}:worker:{os.getpid()}"
 
 
+def configured_callback_secret(settings: Settings) -> str | None:
+    """The operator's `callback_secret`, or None when the generated one signs (an empty value
+    counts as none)."""
+    value = settings.callback_secret.get_secret_value() if settings.callback_secret else ""
+    return value or None
+
+
 async def _secret(journal: Journal, name: str, configured: str | None) -> bytes:
     """The operator's value, or the one generated on first start and shared through the
-    database by every node."""
+    database by every node. Either way the key is the string's UTF-8 bytes (never decoded)."""
     if configured:
         return configured.encode()
-    fresh = secrets.token_hex(32)
+    return (await journal.submit(functools.partial(stored_secret, name=name))).encode()
 
-    async def work(tx: Tx) -> str:
-        await tx.exec(
-            "INSERT INTO secrets (name, value, created_at) VALUES (:name, :value, :now) "
-            "ON CONFLICT (name) DO NOTHING",
-            {"name": name, "value": fresh, "now": datetime.now(UTC)},
-        )
-        row = await tx.one("SELECT value FROM secrets WHERE name = :name", {"name": name})
-        assert row is not None
-        return str(row[0])
 
-    return (await journal.submit(work)).encode()
+async def stored_secret(tx: Tx, name: str) -> str:
+    """The secret `name` from the database; the first process to ask generates it (64 hex
+    characters)."""
+    await tx.exec(
+        "INSERT INTO secrets (name, value, created_at) VALUES (:name, :value, :now) "
+        "ON CONFLICT (name) DO NOTHING",
+        {"name": name, "value": secrets.token_hex(32), "now": datetime.now(UTC)},
+    )
+    row = await tx.one("SELECT value FROM secrets WHERE name = :name", {"name": name})
+    assert row is not None
+    return str(row[0])
 
 
 async def _sweep(meter: Meter, journal: Journal, storage: Storage, result_ttl_s: float) -> None:

@@ -134,30 +134,20 @@ def _log_ratio(ratio: str) -> float:
     return math.log(int(width) / int(height))
 
 
-def pixel_size(spec: ModelSpec, gemini: dict[str, Any]) -> str:
-    """ "WIDTHxHEIGHT" the request renders at, from the catalog's tables."""
-    config = gemini.get("generationConfig", {}).get("imageConfig", {})
-    try:
-        width, height = spec.image_pixels(config.get("aspectRatio"), config.get("imageSize"))
-    except KeyError:
-        return "auto"
-    return f"{width}x{height}"
-
-
 def response(
     created: int,
     data: list[dict[str, Any]],
     tokens: common.Tokens,
     *,
     output_format: str,
-    size: str,
+    size: str | None,
 ) -> dict[str, Any]:
     """The ImagesResponse: `data` items hold `b64_json` or `url`, and `revised_prompt` when
-    the model said something besides the image."""
-    return {
-        "created": created,
-        "data": data,
-        "output_format": output_format,
-        "size": size,
-        "usage": tokens.images(),
-    }
+    the model said something besides the image. `size` is the pixel size the model produced
+    ("WIDTHxHEIGHT"; an edit keeps its input's shape whatever `size` asked), or None to leave
+    it out when it could not be read."""
+    answer: dict[str, Any] = {"created": created, "data": data, "output_format": output_format}
+    if size is not None:
+        answer["size"] = size
+    answer["usage"] = tokens.images()
+    return answer

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 from starlette.requests import Request
+from starlette.responses import Response
 
 from ..billing.accounts import Account, AccountError, AccountStore
 from ..console import sessions
@@ -20,6 +21,7 @@ from ..dialects import tasks as tasks_dialect
 from ..errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from ..gateway import Context, Gateway
 from ..keys import KeyRecord
+from ..runtime import configured_callback_secret
 from ..tasks.service import TaskService
 from .common import extract_key
 
@@ -396,6 +398,33 @@ async def list_callbacks(
         "state": record.callback_state,
         "attempts": attempts,
     }
+
+
+class CallbackSecretOut(BaseModel):
+    secret: str = Field(
+        description="Signs every callback: x-nanogate-signature is the hex HMAC-SHA256 of "
+        '`x-nanogate-timestamp + "." + body`, keyed with this string\'s UTF-8 bytes, as shown '
+        "(not hex-decoded)."
+    )
+    source: Literal["setting", "database"] = Field(
+        description='"setting": the operator\'s callback_secret (NANOGATE_CALLBACK_SECRET); '
+        '"database": generated on first start and kept in the database.'
+    )
+
+
+@router.get(
+    "/callbacks/secret",
+    summary="The secret that signs callbacks",
+    description="What a callback receiver verifies x-nanogate-signature with. "
+    "`nanogate callbacks secret` prints the same.",
+)
+async def callback_secret(
+    request: Request, response: Response, gateway: AdminGateway
+) -> CallbackSecretOut:
+    response.headers["cache-control"] = "no-store"  # a secret: no copy in any cache
+    secret: bytes = request.app.state.callback_secret
+    configured = configured_callback_secret(request.app.state.settings)
+    return CallbackSecretOut(secret=secret.decode(), source="setting" if configured else "database")
 
 
 class UpstreamOut(BaseModel):

@@ -13,7 +13,11 @@ from ..errors import InvalidArgument, PayloadTooLarge
 
 MiB = 1024 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
+_VALID_KEY = (
+    f"a valid key is 1 to {idempotency.MAX_KEY_CHARS} printable ASCII characters without "
+    "spaces, new for each operation (a UUID works)"
+)
 # A random per-process prefix and a counter: unique across processes, and no syscall per request.
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
@@ -64,14 +68,36 @@ def request_id_for(incoming: str | None) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
-def idempotency_key(request: Request, body: bytes) -> tuple[str, str] | None:
-    """The Idempotency-Key header and the request's fingerprint, or None without the header."""
+def idempotency_key(
+    request: Request, body: bytes, *, stream: bool = False
+) -> tuple[str, str] | None:
+    """The Idempotency-Key header and the request's fingerprint, or None without the header.
+
+    The one place the header is read and checked: every route that honours it calls this once,
+    once the body is read and before any work that costs (fetching inputs, calling upstream),
+    and hands the result on. An empty or malformed key is a 400, and so is any key on a stream
+    (`stream`): a stream cannot be replayed, and ignoring the key would promise a safety it
+    does not give.
+    """
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
     key = key.strip()
-    if not _IDEMPOTENCY_KEY.match(key):
+    if not key:
+        raise InvalidArgument(f"The Idempotency-Key header is empty; {_VALID_KEY}.")
+    if len(key) > idempotency.MAX_KEY_CHARS:
         raise InvalidArgument(
-            "Idempotency-Key: 1 to 255 printable ASCII characters without spaces (a UUID works)."
+            f"The Idempotency-Key header is {len(key)} characters long; {_VALID_KEY}."
+        )
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidArgument(
+            f"The Idempotency-Key header holds spaces or characters outside printable ASCII; "
+            f"{_VALID_KEY}."
+        )
+    if stream:
+        raise InvalidArgument(
+            "Idempotency-Key cannot be used on a stream, which cannot be replayed: send it on "
+            "a non-streaming call, or stream without it.",
+            param="stream",
         )
     return key, idempotency.fingerprint(request.method, request.url.path, body)

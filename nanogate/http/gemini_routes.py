@@ -18,7 +18,7 @@ from ..results import ResultKeeper
 from ..streams import GuardedStream
 from ..types import Call, Chunk
 from . import openai_routes
-from .common import extract_key, read_body
+from .common import extract_key, idempotency_key, read_body
 from .replay import answer_once, quoted
 from .streaming import RelayStream
 
@@ -63,6 +63,7 @@ async def generate(request: Request) -> Response | RelayStream:
         ctx.method = method
         spec = gateway.resolve(ctx, key, model_name)
         body = await read_body(request, request.app.state.settings.max_request_bytes)
+        idem = idempotency_key(request, body, stream=method == "streamGenerateContent")
         call = gemini.parse_call(ctx.request_id, method, spec, body)
         if method == "streamGenerateContent":
             first, rest = await gateway.stream(ctx, call)
@@ -74,7 +75,7 @@ async def generate(request: Request) -> Response | RelayStream:
             return _relay(ctx, first, rest, sse=sse, keeper=keeper)
         if method == "countTokens":
             return Response((await gateway.generate(ctx, call)).body, media_type=JSON_TYPE)
-        return await _generate(request, ctx, call, body)
+        return await _generate(request, ctx, call, idem)
     except GatewayError as error:
         ctx.fail(error)
         return error_response(error)
@@ -87,11 +88,13 @@ async def generate(request: Request) -> Response | RelayStream:
             gateway.finish(ctx)
 
 
-async def _generate(request: Request, ctx: Context, call: Call, body: bytes) -> Response:
+async def _generate(
+    request: Request, ctx: Context, call: Call, idem: tuple[str, str] | None
+) -> Response:
     async def produce() -> bytes:
         return (await _gateway(request).generate(ctx, call)).body
 
-    return await answer_once(request, ctx, body, produce)
+    return await answer_once(request, ctx, idem, produce)
 
 
 def _relay(

@@ -31,9 +31,10 @@ from ..dialects import openai_chat as chat
 from ..dialects import openai_images as images
 from ..errors import FeatureDisabled, GatewayError, Internal, InvalidArgument, UpstreamError
 from ..gateway import Context, Gateway
-from ..images import ImageRejected, convert_image
+from ..images import ImageRejected, convert_image, image_size
 from ..inputs import ImageFetcher, InputRejected
 from ..keys import KeyRecord
+from ..media import decode_base64
 from ..storage import Storage, UrlSigner
 from ..streams import GuardedStream
 from ..types import Call, Chunk, Method
@@ -116,6 +117,7 @@ async def chat_completions(request: Request) -> Response | RelayStream:
         spec = gateway.resolve(ctx, key, common.model_name(doc))
         parsed = chat.parse(doc, spec, max_images=settings.max_images_per_request)
         del doc
+        idem = idempotency_key(request, body, stream=parsed.stream)
         await _fetch_remote(request, parsed.remote)
         as_urls = (parsed.image_output or key.image_output or "data") == "url"
         copies = parsed.n if spec.is_image else 1
@@ -126,12 +128,7 @@ async def chat_completions(request: Request) -> Response | RelayStream:
                 replies = await gateway.generate_many(ctx, call, copies)
                 return await _completion(request, ctx, spec, [r.body for r in replies], as_urls)
 
-            return await answer_once(request, ctx, body, produce)
-        if idempotency_key(request, body) is not None:
-            raise common.bad(
-                "stream",
-                "a stream cannot be replayed; send Idempotency-Key without stream: true.",
-            )
+            return await answer_once(request, ctx, idem, produce)
         if copies > 1:
             # n images come from n calls at once: they are streamed when all have finished.
             call = _call(ctx, spec, parsed.gemini, "generateContent")
@@ -386,8 +383,9 @@ async def _images_route(request: Request, parse: Parse) -> Response:
     try:
         key = await gateway.authenticate(ctx, extract_key(request))
         body = await read_body(request, _settings(request).max_request_bytes)
+        idem = idempotency_key(request, body)
         spec, parsed = await parse(request, ctx, key, body)
-        return await _images(request, ctx, spec, parsed, body)
+        return await _images(request, ctx, spec, parsed, idem)
     except GatewayError as error:
         ctx.fail(error)
         return error_response(error)
@@ -437,7 +435,11 @@ async def _upload(request: Request, param: str, upload: UploadFile) -> tuple[str
 
 
 async def _images(
-    request: Request, ctx: Context, spec: ModelSpec, parsed: images.ImagesRequest, body: bytes
+    request: Request,
+    ctx: Context,
+    spec: ModelSpec,
+    parsed: images.ImagesRequest,
+    idem: tuple[str, str] | None,
 ) -> Response:
     gateway = _gateway(request)
     call = _call(ctx, spec, parsed.gemini, "generateContent")
@@ -448,6 +450,7 @@ async def _images(
         tokens = common.Tokens()
         reasons: list[str] = []
         mime = "image/png"
+        produced: common.Image | None = None
         for reply in replies:
             found, meta = _candidates(reply.body, None)
             tokens.add(meta)
@@ -456,6 +459,7 @@ async def _images(
                 reasons.append(first.finish or "no image" if first else "prompt blocked")
                 continue
             revised = "".join(first.text).strip() or None
+            produced = produced or first.images[0]
             for image in first.images:
                 item, mime = await _image_item(request, image, parsed)
                 if revised:
@@ -467,11 +471,26 @@ async def _images(
                 "prompt. Nothing was charged for it; rephrase the prompt and try again."
             )
         fmt = parsed.output_format or mime.removeprefix("image/")
-        size = images.pixel_size(spec, parsed.gemini)
+        assert produced is not None
+        # The size made, not the size asked: an edit keeps its input's shape.
+        size = await asyncio.to_thread(_produced_size, produced.data)
         answer = images.response(int(time.time()), data, tokens, output_format=fmt, size=size)
         return inline.dumps(answer)
 
-    return await answer_once(request, ctx, body, produce)
+    return await answer_once(request, ctx, idem, produce)
+
+
+_SIZE_HEAD = 64 * 1024  # base64 characters (48 KiB) decoded to find an image's header
+
+
+def _produced_size(data: inline.Text) -> str | None:
+    """ "WIDTHxHEIGHT" of a base64 image. Its first 48 KiB hold a PNG's or a JPEG's header;
+    a WebP, or a JPEG whose metadata pushes the header further, is decoded whole."""
+    head = data.head(_SIZE_HEAD) if isinstance(data, inline.Blob) else data[:_SIZE_HEAD].encode()
+    size = image_size(decode_base64(head) or b"")
+    if size is None and len(data) > _SIZE_HEAD:
+        size = image_size(inline.decode(data) or b"")
+    return f"{size[0]}x{size[1]}" if size else None
 
 
 async def _image_item(

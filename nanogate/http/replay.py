@@ -16,7 +16,6 @@ from starlette.responses import Response
 
 from ..gateway import Context
 from ..results import ResultKeeper
-from .common import idempotency_key
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +30,17 @@ REPLAY_HEADER = "x-nanogate-idempotent-replay"
 
 
 async def answer_once(
-    request: Request, ctx: Context, body: bytes, produce: Callable[[], Awaitable[bytes]]
+    request: Request,
+    ctx: Context,
+    idem: tuple[str, str] | None,
+    produce: Callable[[], Awaitable[bytes]],
 ) -> Response:
     """Run `produce` (the gateway call and the rendering of its answer) under the request's
-    Idempotency-Key, if any, and keep what it made for a replay or for a client that left."""
+    Idempotency-Key and fingerprint (`idem`, from common.idempotency_key), if any, and keep what
+    it made for a replay or for a client that left."""
     keeper: ResultKeeper = request.app.state.results
     key = ctx.key
     assert key is not None
-    idem = idempotency_key(request, body)
     if idem is not None:
         wait_s = request.app.state.settings.idempotency_wait_seconds
         replay = await keeper.claim(key.id, idem, ctx.request_id, wait_s=wait_s)

@@ -68,9 +68,10 @@ async def _create(request: Request, form: Form) -> Response:
     ctx = Context(request.state.request_id, "tasks")
     key = await _authenticate(request, ctx)
     body = await read_body(request, request.app.state.settings.max_request_bytes)
+    idem = idempotency_key(request, body)
     task = tasks.parse_create(body, form)
     service: TaskService = request.app.state.tasks
-    task_id = await service.create(ctx, key, task, idempotency_key(request, body))
+    task_id = await service.create(ctx, key, task, idem)
     request.state.model = ctx.model or None
     data = {"task_id": task_id} if form == "message" else {"taskId": task_id}
     return Response(tasks.envelope(data, form), headers=quoted(ctx), media_type=JSON_TYPE)

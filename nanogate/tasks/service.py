@@ -7,6 +7,7 @@ are written in one transaction, and a worker (worker.py) takes it from there.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from ..billing.runners import Journal
 from ..catalog import ModelSpec
 from ..dialects import gemini
 from ..dialects import tasks as dialect
-from ..egress import EgressGuard, EgressRefused
+from ..egress import EgressRefused, GuardedHttp
 from ..errors import Conflict, FeatureDisabled, InvalidArgument, NotFound
 from ..gateway import Context, Gateway
 from ..keys import KeyRecord
@@ -43,7 +44,7 @@ class TaskService:
         journal: Journal,
         gateway: Gateway,
         storage: Storage,
-        guard: EgressGuard,
+        http: GuardedHttp,
         *,
         task_timeout_s: float,
         result_ttl_s: float,
@@ -53,7 +54,7 @@ class TaskService:
         self.journal = journal
         self.gateway = gateway
         self.storage = storage
-        self.guard = guard
+        self.http = http
         self.task_timeout = timedelta(seconds=task_timeout_s)
         self.result_ttl = timedelta(seconds=result_ttl_s)
         self.disabled = disabled
@@ -72,6 +73,7 @@ class TaskService:
             raise FeatureDisabled("Creating tasks is switched off on this gateway.")
         spec = self.gateway.resolve(ctx, key, task.model)
         self._check(task, spec)
+        await self._vet_urls(task)
         call = self._estimate_call(ctx.request_id, task, spec)
         # RPM counts creates; a task's run is bounded by the workers, not the key's concurrency.
         await self.gateway.limiter.acquire(key)
@@ -132,14 +134,25 @@ class TaskService:
             raise FeatureDisabled("Input images by URL are switched off on this gateway.")
         if task.callback_url and "callbacks" in self.disabled:
             raise FeatureDisabled("Callbacks are switched off on this gateway; poll instead.")
+
+    async def _vet_urls(self, task: dialect.TaskRequest) -> None:
+        """Refuse now, not when the worker or the callback sender gets to it, a URL the egress
+        guard will refuse: a host name is resolved here, as the connect will."""
         named = [(f"input.image_urls[{i}]", url) for i, url in enumerate(task.image_urls)]
         if task.callback_url:
             named.append((task.field("callback_url"), task.callback_url))
-        for name, url in named:
+
+        async def vet(name: str, url: str) -> None:
             try:
-                self.guard.check_url(url)
+                await self.http.vet(url)
             except EgressRefused as exc:
                 raise InvalidArgument(f"{name}: {exc}") from exc
+
+        # The first refusal in field order is the one reported.
+        outcomes = await asyncio.gather(*(vet(n, u) for n, u in named), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     @staticmethod
     def _estimate_call(request_id: str, task: dialect.TaskRequest, spec: ModelSpec) -> Call:

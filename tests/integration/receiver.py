@@ -41,6 +41,7 @@ class Receiver:
         self.deliveries: list[Delivery] = []
         self.statuses: defaultdict[str, deque[int]] = defaultdict(deque)
         self.files: dict[str, tuple[bytes, str]] = {}
+        self.fetched: list[str] = []  # the paths of GET requests, in order
         self.lock = threading.Lock()
         receiver = self
 
@@ -62,6 +63,8 @@ class Receiver:
                 self.wfile.write(b"ok")
 
             def do_GET(self) -> None:
+                with receiver.lock:
+                    receiver.fetched.append(self.path)
                 if self.path.startswith("/redirect?to="):
                     self.send_response(302)
                     self.send_header("location", self.path.removeprefix("/redirect?to="))

@@ -6,22 +6,32 @@ GET /v1/results/{request_id}."""
 from __future__ import annotations
 
 import asyncio
+import http.client
+import io
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import orjson
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from PIL import Image
 
 from nanogate.simulator.processes import stop
 
 from .conftest import Gateway, start_gateway
+from .receiver import Receiver
 from .test_credits import balance, ledger_matches_balances, new_key, query
-from .test_tasks import TASK_ENV, create, task_id, wait_final
+from .test_tasks import FORMS, TASK_ENV, create, task_id, wait_final
 
 MODEL = "gemini-2.5-flash-image"
 BODY = {"contents": [{"role": "user", "parts": [{"text": "a kite"}]}]}
+_PNG = io.BytesIO()
+Image.new("RGB", (32, 32), (10, 20, 30)).save(_PNG, "PNG")
+PNG = _PNG.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +87,103 @@ def test_a_malformed_idempotency_key_is_refused(gw: Gateway) -> None:
     key = new_key(gw, 10_000_000)
     response = generate(gw, key, {"Idempotency-Key": "x" * 300})
     assert response.status_code == 400 and "Idempotency-Key" in response.json()["error"]["message"]
+
+
+def raw_post(gw: Gateway, path: str, headers: dict[str, str], body: object) -> tuple[int, Any]:
+    """POST with http.client, which (unlike httpx) sends a header of spaces as it is."""
+    host, port = gw.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request(
+            "POST", path, orjson.dumps(body), {"content-type": "application/json", **headers}
+        )
+        response = conn.getresponse()
+        return response.status, orjson.loads(response.read())
+    finally:
+        conn.close()
+
+
+CHAT = {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_idempotency_key_is_refused_in_each_dialects_envelope(
+    gw: Gateway, value: str
+) -> None:
+    key = new_key(gw, 10_000_000)
+    idem = {"Idempotency-Key": value}
+    explained = "a valid key is 1 to 255 printable ASCII characters"
+    # Google's envelope.
+    status, doc = raw_post(
+        gw, f"/v1beta/models/{MODEL}:generateContent", {"x-goog-api-key": key, **idem}, BODY
+    )
+    assert status == 400 and doc["error"]["status"] == "INVALID_ARGUMENT"
+    assert "Idempotency-Key header is empty" in doc["error"]["message"]
+    assert explained in doc["error"]["message"]
+    # OpenAI's, on chat completions and both images endpoints' way in.
+    bearer = {"authorization": f"Bearer {key}", **idem}
+    for path, body in (
+        ("/v1/chat/completions", CHAT),
+        ("/v1/images/generations", {"prompt": "a kite"}),
+    ):
+        status, doc = raw_post(gw, path, bearer, body)
+        assert status == 400 and doc["error"]["type"] == "invalid_request_error", doc
+        assert explained in doc["error"]["message"]
+    # The task API's, in both forms (its code for a bad request is 422).
+    for form, text in (("message", "message"), ("msg", "msg")):
+        path = FORMS[form][0]
+        task = {"model": "google/nano-banana", "input": {"prompt": "x"}}
+        status, doc = raw_post(gw, path, {"x-api-key": key, **idem}, task)
+        assert status == 422 and doc["code"] == 422 and doc["data"] is None
+        assert explained in doc[text]
+    assert balance(gw, key) == 10_000_000
+    tasks = "SELECT COUNT(*) FROM tasks t JOIN api_keys k ON k.id = t.key_id WHERE k.prefix = "
+    assert query(gw, f"{tasks}'{key[:11]}'") == [(0,)]
+
+
+def test_a_bad_idempotency_key_is_refused_before_any_work(gw: Gateway, receiver: Receiver) -> None:
+    # The key is checked before the request's image URL is fetched.
+    path = f"/in/{uuid.uuid4().hex}.png"
+    receiver.files[path] = (PNG, "image/png")
+    image = {"type": "image_url", "image_url": {"url": receiver.url + path}}
+    content = [{"type": "text", "text": "edit this"}, image]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}]}
+    key = new_key(gw, 10_000_000)
+    response = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}", "Idempotency-Key": "two words"},
+        json=body,
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    assert "spaces" in response.json()["error"]["message"]
+    assert path not in receiver.fetched
+
+
+def test_a_gemini_stream_with_an_idempotency_key_is_a_400(gw: Gateway) -> None:
+    # A stream cannot be replayed: the key is refused, not silently ignored (as on OpenAI).
+    key = new_key(gw, 10_000_000)
+    idem = {"Idempotency-Key": str(uuid.uuid4())}
+    sdk = genai.Client(api_key=key, http_options={"base_url": gw.url, "headers": idem})
+    with pytest.raises(genai_errors.ClientError) as caught:
+        for _ in sdk.models.generate_content_stream(model=MODEL, contents="a kite"):
+            pass
+    assert caught.value.code == 400 and caught.value.status == "INVALID_ARGUMENT"
+    assert "stream" in (caught.value.message or "")
+    for alt in ("?alt=sse", ""):
+        response = httpx.post(
+            f"{gw.url}/v1beta/models/{MODEL}:streamGenerateContent{alt}",
+            headers={"x-goog-api-key": key, **idem},
+            json=BODY,
+            timeout=30,
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert balance(gw, key) == 10_000_000
+    # Without the header the same stream runs.
+    plain = genai.Client(api_key=key, http_options={"base_url": gw.url})
+    chunks = list(plain.models.generate_content_stream(model=MODEL, contents="a kite"))
+    assert chunks and balance(gw, key) < 10_000_000
 
 
 def test_generate_replays_while_running_and_after_with_one_charge(gw: Gateway) -> None:

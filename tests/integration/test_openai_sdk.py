@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from openai import OpenAI
-from PIL import Image
+from PIL import Image, ImageStat
 
 from nanogate.simulator.processes import stop
 
@@ -202,7 +202,16 @@ def test_input_images_by_data_url_and_by_http_url(gw: Gateway, receiver: Receive
     assert image_tokens(answer.usage.prompt_tokens_details) == 2 * 258
 
 
-def test_a_private_image_url_is_refused_by_the_egress_guard(demo_gateway: Gateway) -> None:
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("http://10.1.2.3/x.png", ("10.1.2.3 is a private address", "=10.1.2.3;")),
+        ("http://localhost:9/x.png", ("localhost resolves to a loopback address", "=localhost;")),
+    ],
+)
+def test_a_private_image_url_is_refused_by_the_egress_guard(
+    demo_gateway: Gateway, url: str, words: tuple[str, ...]
+) -> None:
     import openai
 
     with pytest.raises(openai.BadRequestError) as caught:
@@ -213,12 +222,17 @@ def test_a_private_image_url_is_refused_by_the_egress_guard(demo_gateway: Gatewa
                     "role": "user",
                     "content": [
                         {"type": "text", "text": "edit"},
-                        {"type": "image_url", "image_url": {"url": "http://10.1.2.3/x.png"}},
+                        {"type": "image_url", "image_url": {"url": url}},
                     ],
                 }
             ],
         )
     assert caught.value.body["param"] == "messages[0].content[1].image_url.url"
+    # The message names the setting that would allow the address, and how to set it.
+    message = caught.value.body["message"]
+    assert "egress_allowlist" in message and "NANOGATE_EGRESS_ALLOWLIST" in message
+    for word in words:
+        assert word in message, message
 
 
 def test_tools_both_ways(gw: Gateway) -> None:
@@ -357,6 +371,50 @@ def test_images_edit_takes_image_and_image_brackets_and_a_mask(gw: Gateway) -> N
     assert single.usage is not None
     assert single.usage.input_tokens_details.image_tokens == 2 * 258  # the mask goes along
     assert httpx.get(single.data[0].url or "").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("source", "size"),
+    [((1184, 864), "1184x864"), ((600, 800), "864x1184"), ((1000, 1000), "1024x1024")],
+)
+def test_an_edit_without_size_reports_the_size_it_produced(
+    gw: Gateway, source: tuple[int, int], size: str
+) -> None:
+    # No size asked: the model keeps the input's shape (on its own pixel table), and the
+    # answer's size is the produced image's, not a default.
+    result = client(gw).images.edit(
+        model=IMAGE_MODEL, image=("in.png", png(*source), "image/png"), prompt="make it blue"
+    )
+    picture = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json or "")))
+    assert f"{picture.width}x{picture.height}" == size
+    assert result.size == size
+    # Converted and stored, it is still the size made.
+    stored = client(gw).images.edit(
+        model=IMAGE_MODEL,
+        image=("in.png", png(*source), "image/png"),
+        prompt="make it blue",
+        response_format="url",
+        output_format="webp",
+    )
+    fetched = Image.open(io.BytesIO(httpx.get(stored.data[0].url or "").content))
+    assert fetched.format == "WEBP" and stored.size == size == f"{fetched.width}x{fetched.height}"
+
+
+def test_the_demo_edit_follows_its_prompt(gw: Gateway) -> None:
+    # The same image, two prompts: each edit takes the colour its prompt names, and the same
+    # prompt gives the same picture again.
+    source = ("in.png", png(640, 480, (128, 128, 128)), "image/png")
+
+    def edit(prompt: str) -> Image.Image:
+        result = client(gw).images.edit(model=IMAGE_MODEL, image=source, prompt=prompt)
+        picture = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json or "")))
+        # The upper half: away from the caption panel in the lower left.
+        return picture.convert("RGB").crop((0, 0, picture.width, picture.height // 2))
+
+    blue, red = edit("make it blue"), edit("make it red")
+    (r_b, g_b, b_b), (r_r, g_r, b_r) = (ImageStat.Stat(image).mean for image in (blue, red))
+    assert b_b > max(r_b, g_b) + 40 and r_r > max(g_r, b_r) + 40
+    assert edit("make it blue").tobytes() == blue.tobytes()
 
 
 def test_models_listing_through_the_sdk(gw: Gateway) -> None:

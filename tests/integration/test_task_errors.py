@@ -261,7 +261,46 @@ def test_private_addresses_are_refused_at_create(gw: Gateway, url: str) -> None:
     )
     expect(response, 422, "message", "input.image_urls[0]", "allow-list")
     response = create(gw, key, "msg", "google/nano-banana", {"prompt": "x"}, url)
-    expect(response, 422, "msg", "callBackUrl")
+    # The refusal says which setting lets the address through, and how.
+    expect(response, 422, "msg", "callBackUrl", "egress_allowlist", "NANOGATE_EGRESS_ALLOWLIST=")
+
+
+@BOTH
+def test_a_name_resolving_to_loopback_is_refused_at_create_like_a_literal(
+    demo_gateway: Gateway, receiver: Receiver, form: str
+) -> None:
+    # No allow-list on this gateway: localhost is refused at create, not at delivery.
+    port = receiver.url.rsplit(":", 1)[1]
+    key = new_key(demo_gateway, 10_000_000)
+    callback = "callback_url" if form == "message" else "callBackUrl"
+    for host in ("localhost", "LOCALHOST", "127.0.0.1"):
+        hook = f"http://{host}:{port}/cb/refused"
+        response = create(demo_gateway, key, form, "google/nano-banana", {"prompt": "x"}, hook)
+        doc = expect(response, 422, form, callback, "loopback", "egress_allowlist")
+        text = doc["message" if form == "message" else "msg"]
+        entry = "127.0.0.1" if host == "127.0.0.1" else "localhost"
+        assert f"NANOGATE_EGRESS_ALLOWLIST={entry};" in text
+        if host != "127.0.0.1":
+            assert "127.0.0.1" not in text  # a resolved address is never shown
+        image = {"prompt": "x", "image_urls": [f"http://{host}:{port}/in/a.png"]}
+        response = create(demo_gateway, key, form, "google/nano-banana", image)
+        expect(response, 422, form, "input.image_urls[0]", "loopback", "NANOGATE_EGRESS_ALLOWLIST")
+    assert receiver.at("/cb/refused") == []
+    assert balance(demo_gateway, key) == 10_000_000  # nothing was queued
+
+
+@BOTH
+def test_a_name_that_does_not_resolve_is_refused_at_create(
+    demo_gateway: Gateway, form: str
+) -> None:
+    key = new_key(demo_gateway, 10_000_000)
+    hook = "https://no-such-host.invalid/hook"
+    response = create(demo_gateway, key, form, "google/nano-banana", {"prompt": "x"}, hook)
+    callback = "callback_url" if form == "message" else "callBackUrl"
+    expect(response, 422, form, callback, "no-such-host.invalid does not resolve")
+    image = {"prompt": "x", "image_urls": ["https://ok.example.invalid/a.png"]}
+    response = create(demo_gateway, key, form, "google/nano-banana", image)
+    expect(response, 422, form, "input.image_urls[0]", "does not resolve")
 
 
 def test_a_redirect_to_loopback_from_an_allowed_host_is_refused(
@@ -273,6 +312,12 @@ def test_a_redirect_to_loopback_from_an_allowed_host_is_refused(
     gw = start_gateway(tmp_path, None, NANOGATE_EGRESS_ALLOWLIST="localhost")
     try:
         key = new_key(gw, 10_000_000)
+        # The allowed name passes the create-time check, and its callback is delivered.
+        hook = f"/cb/allowed-by-name-{time.monotonic_ns()}"
+        create(
+            gw, key, "msg", "google/nano-banana", {"prompt": "x"}, f"http://localhost:{port}{hook}"
+        )
+        receiver.wait_for(hook)
         direct = f"http://localhost:{port}/in/ok.png"
         redirected = f"http://localhost:{port}/redirect?to=http://127.0.0.1:{port}/in/ok.png"
         good = task_id(

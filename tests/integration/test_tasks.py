@@ -4,6 +4,10 @@ a callback receiver and file server on 127.0.0.1, over real HTTP, in both task f
 from __future__ import annotations
 
 import io
+import os
+import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +21,8 @@ from PIL import Image
 
 from nanogate.catalog import load_catalog
 from nanogate.media import sniff_image
-from nanogate.simulator.processes import stop
+from nanogate.simulator.processes import free_port, pump_stdout, stop, wait_for_line
+from nanogate.tasks.callbacks import sign
 
 from .conftest import Gateway, start_gateway
 from .receiver import Receiver
@@ -237,10 +242,98 @@ def test_a_generated_callback_secret_is_stored_once_and_signs(
     try:
         ((secret,),) = query(gw, "SELECT value FROM secrets WHERE name = 'callback_secret'")
         assert len(secret) >= 64
+        # Shown without SQL: by the command line and by the admin API.
+        assert gw.cli("callbacks", "secret").stdout == secret + "\n"
+        shown = httpx.get(f"{gw.url}/admin/callbacks/secret", headers={"x-api-key": gw.admin_key})
+        assert shown.json() == {"secret": secret, "source": "database"}
         path = f"/cb/{uuid.uuid4().hex}"
         key = new_key(gw, 10_000_000)
         create(gw, key, "message", "google/nano-banana", {"prompt": "x"}, receiver.url + path)
         (delivery,) = receiver.wait_for(path)
         assert delivery.verified(secret)
+        # As the README says: the key is the hex string's own bytes, never the hex decoded.
+        stamp = delivery.headers["x-nanogate-timestamp"]
+        decoded = sign(bytes.fromhex(secret), stamp, delivery.body)
+        assert decoded != delivery.headers["x-nanogate-signature"]
     finally:
         stop(gw.proc)
+
+
+def test_the_secret_is_shown_by_the_cli_and_the_admin_api(gw: Gateway) -> None:
+    # This gateway's secret is the callback_secret setting (TASK_ENV): both say so.
+    shown = gw.cli("callbacks", "secret")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == SECRET + "\n"
+    assert "NANOGATE_CALLBACK_SECRET" in shown.stderr and "UTF-8" in shown.stderr
+    url = f"{gw.url}/admin/callbacks/secret"
+    answer = httpx.get(url, headers={"x-api-key": gw.admin_key})
+    assert answer.status_code == 200
+    assert answer.json() == {"secret": SECRET, "source": "setting"}
+    assert answer.headers["cache-control"] == "no-store"
+    refused = httpx.get(url, headers={"x-api-key": new_key(gw, 0)})
+    assert refused.status_code == 403 and SECRET not in refused.text
+
+
+def readme_receiver() -> str:
+    """The complete callback receiver the README shows, as written there."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    found = re.findall(r"```python\n(.*?)```", readme, re.S)
+    scripts = [code for code in found if "BaseHTTPRequestHandler" in code]
+    assert len(scripts) == 1, "the README should show one complete callback receiver"
+    return str(scripts[0])
+
+
+def test_the_readme_receiver_verifies_a_real_callback(gw: Gateway, tmp_path: Path) -> None:
+    # The README's own steps: the secret from `nanogate callbacks secret`, a receiver on
+    # 127.0.0.1 that the gateway may call because NANOGATE_EGRESS_ALLOWLIST allows it (TASK_ENV).
+    assert gw.env["NANOGATE_EGRESS_ALLOWLIST"] == "127.0.0.1"
+    secret = gw.cli("callbacks", "secret").stdout.strip()
+    script = tmp_path / "receiver.py"
+    script.write_text(readme_receiver())
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env={**os.environ, "CALLBACK_SECRET": secret, "PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        lines = pump_stdout(proc)
+        wait_for_line(lines, re.compile(r"^listening on "), 30)
+        hook = f"http://127.0.0.1:{port}/hook"
+        key = new_key(gw, 10_000_000)
+        for form in ("message", "msg"):
+            task = task_id(create(gw, key, form, "google/nano-banana", {"prompt": "x"}, hook), form)
+            state = "succeeded" if form == "message" else "success"
+            wait_for_line(lines, re.compile(f"^verified {task} {state}$"), 30)
+            log = httpx.get(
+                f"{gw.url}/admin/callbacks?task_id={task}", headers={"x-api-key": gw.admin_key}
+            ).json()
+            assert log["state"] == "delivered"
+            assert [a["status_code"] for a in log["attempts"]] == [204]
+        # The same receiver refuses what the gateway did not sign.
+        body = b'{"code":200,"message":"success","data":{"task_id":"forged"}}'
+        now = str(int(time.time()))
+        good = sign(secret.encode(), now, body)
+        stale = str(int(time.time()) - 600)
+        for headers in (
+            {},
+            {"x-nanogate-timestamp": now, "x-nanogate-signature": "0" * 64},
+            {"x-nanogate-timestamp": now, "x-nanogate-signature": sign(b"other", now, body)},
+            {
+                "x-nanogate-timestamp": stale,
+                "x-nanogate-signature": sign(secret.encode(), stale, body),
+            },
+        ):
+            assert httpx.post(hook, content=body, headers=headers).status_code == 401
+        assert (
+            httpx.post(
+                hook,
+                content=body,
+                headers={"x-nanogate-timestamp": now, "x-nanogate-signature": good},
+            ).status_code
+            == 204
+        )
+    finally:
+        stop(proc)

@@ -1,4 +1,5 @@
-"""demo.render: exact sizes, determinism, visible edits, input formats and ratio matching."""
+"""demo.render: exact sizes, determinism, visible edits that follow their prompt's words, input
+formats and ratio matching."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import io
 
 import pillow_heif
 import pytest
-from PIL import Image, ImageChops, ImageStat
+from PIL import Image, ImageChops, ImageOps, ImageStat
 
 from nanogate.catalog import load_catalog
 from nanogate.upstreams.demo.render import (
     nearest_aspect_ratio,
     probe_size,
+    read_edit,
     render_image,
     transform_image,
 )
@@ -189,3 +191,91 @@ def test_nearest_aspect_ratio_needs_choices_and_a_real_size() -> None:
         nearest_aspect_ratio(0, 10, ["1:1"])
     with pytest.raises(ValueError):
         nearest_aspect_ratio(10, 10, ["wide"])
+
+
+# -- an edit follows its prompt's words ----------------------------------------------------------
+
+
+def _top(png: bytes) -> Image.Image:
+    """The upper half of an edit: away from its caption panel (bottom left)."""
+    image = _open(png).convert("RGB")
+    return image.crop((0, 0, image.width, image.height // 2))
+
+
+def _mean(image: Image.Image) -> list[float]:
+    return list(ImageStat.Stat(image).mean)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "channel"), [("make it blue", 2), ("Turn the car RED.", 0), ("now green", 1)]
+)
+def test_an_edit_takes_the_colour_its_prompt_names(prompt: str, channel: int) -> None:
+    means = _mean(_top(transform_image(_encoded(_photo(), "PNG"), prompt, None, None)))
+    others = [value for index, value in enumerate(means) if index != channel]
+    assert means[channel] > max(others) + 40, means
+
+
+def test_the_last_colour_named_wins() -> None:
+    source = _encoded(_photo(), "PNG")
+    assert _top(transform_image(source, "turn the red car blue", None, None)) == _top(
+        transform_image(source, "make it blue", None, None)
+    )
+
+
+def test_different_prompts_give_visibly_different_edits_and_each_is_deterministic() -> None:
+    source = _encoded(_photo(), "PNG")
+    prompts = ["make it blue", "make it pink", "add a hat", "a winter scene", "at night"]
+    edits = {prompt: transform_image(source, prompt, 320, 240) for prompt in prompts}
+    for prompt, png in edits.items():
+        assert transform_image(source, prompt, 320, 240) == png  # byte for byte
+    tops = [_top(png) for png in edits.values()]
+    for index, first in enumerate(tops):
+        for second in tops[index + 1 :]:
+            assert _mean_difference(first, second) > 10
+
+
+def test_night_words_darken_and_day_words_brighten() -> None:
+    source = _encoded(_photo(), "PNG")
+
+    def lightness(prompt: str) -> float:
+        return ImageStat.Stat(_top(transform_image(source, prompt, None, None)).convert("L")).mean[
+            0
+        ]
+
+    plain, night, day = lightness("blue"), lightness("blue at night"), lightness("blue by day")
+    assert night < plain - 20 and day > plain + 20
+
+
+def test_black_and_white_words_leave_no_colour() -> None:
+    source = _encoded(_photo(), "PNG")
+    for prompt in ("black and white", "make it greyscale"):
+        top = _top(transform_image(source, prompt, None, None))
+        red, green, blue = top.split()
+        assert red == green == blue, prompt
+
+
+def test_mirror_words_mirror_the_picture() -> None:
+    source = _encoded(_photo(), "PNG")
+    plain = _top(transform_image(source, "make it blue", None, None))
+    mirrored = _top(transform_image(source, "mirror it, blue", None, None))
+    assert mirrored == ImageOps.mirror(plain)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "note"),
+    [
+        ("make it blue", "read from the prompt: blue tone"),
+        ("a dark, mirrored sepia print", "read from the prompt: sepia tone, darker, mirrored"),
+        ("black and white, with a rainbow", "read from the prompt: black and white, a rainbow"),
+        ("add a hat", "read from the prompt: a tone picked by the prompt's words"),
+        ("bright night", "read from the prompt: a tone picked by the prompt's words"),
+    ],
+)
+def test_how_an_edit_prompt_is_read(prompt: str, note: str) -> None:
+    assert read_edit(prompt).describe() == note
+
+
+def test_an_edit_of_a_tiny_image_keeps_its_size() -> None:
+    tiny = _encoded(_photo(24, 16), "PNG")
+    long_prompt = "mirror it, make it blue at night with a rainbow " * 20
+    assert _open(transform_image(tiny, long_prompt, None, None)).size == (24, 16)

@@ -11,6 +11,8 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp import web
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from nanogate.egress import (
     EgressGuard,
@@ -18,6 +20,7 @@ from nanogate.egress import (
     FetchFailed,
     FetchTooLarge,
     GuardedHttp,
+    GuardedResolver,
 )
 
 # localhost may also resolve to ::1 on some machines; every answer must pass, so allow both.
@@ -150,6 +153,13 @@ def test_non_public_literal_ips_are_refused(url: str, kind: str) -> None:
     with pytest.raises(EgressRefused, match=f"is an? {kind}") as info:
         EgressGuard().check_url(url)
     assert "allow-list" in str(info.value)
+
+
+def test_a_refusal_names_the_setting_that_allows_the_address() -> None:
+    with pytest.raises(EgressRefused) as info:
+        EgressGuard().check_url("http://[::1]:8080/hook")
+    message = str(info.value)
+    assert "egress_allowlist" in message and "NANOGATE_EGRESS_ALLOWLIST=::1;" in message
 
 
 @pytest.mark.parametrize(
@@ -358,6 +368,54 @@ async def test_fetch_refuses_non_http_schemes(url: str) -> None:
 async def test_fetch_refuses_credentials(server: Server) -> None:
     with pytest.raises(EgressRefused, match="credentials"):
         await fetch(client(LOOPBACK), f"http://u:p@127.0.0.1:{server.port}/ok")
+
+
+# -- vet: the same policy when a URL is handed over -------------------------------------------
+
+
+async def test_vet_refuses_a_name_resolving_to_loopback_naming_the_setting(server: Server) -> None:
+    with pytest.raises(
+        EgressRefused, match=starts("localhost resolves to a loopback address")
+    ) as info:
+        await client().vet(f"http://localhost:{server.port}/hook")
+    message = str(info.value)
+    assert "egress_allowlist" in message and "NANOGATE_EGRESS_ALLOWLIST=localhost;" in message
+    assert "127.0.0.1" not in message  # internal addresses are not revealed
+    assert server.hits == [] and server.posts == []  # vetting never connects
+
+
+async def test_vet_refuses_literal_ips_as_check_url_does() -> None:
+    with pytest.raises(EgressRefused, match=starts("10.0.0.5 is a private address")):
+        await client().vet("http://10.0.0.5/a.png")
+    with pytest.raises(EgressRefused, match="only http and https"):
+        await client().vet("ftp://example.com/a.png")
+
+
+async def test_vet_lets_allowlisted_names_and_addresses_through(server: Server) -> None:
+    await client(["localhost"]).vet(f"http://localhost:{server.port}/hook")
+    await client(LOOPBACK).vet(f"http://localhost:{server.port}/hook")
+    await client(["127.0.0.1"]).vet(f"{server.url}/hook")
+    assert server.hits == [] and server.posts == []
+
+
+async def test_vet_refuses_a_name_that_does_not_resolve() -> None:
+    with pytest.raises(EgressRefused, match=starts("no-such-host.invalid does not resolve")):
+        await client().vet("https://no-such-host.invalid/hook")
+
+
+class _SlowResolver(DefaultResolver):
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        await asyncio.sleep(30)
+        raise AssertionError("unreachable")
+
+
+async def test_vet_gives_up_on_a_slow_resolver() -> None:
+    http = client()
+    http._resolver = GuardedResolver(http.guard, _SlowResolver())
+    with pytest.raises(EgressRefused, match=re.escape("did not resolve within 0.2 s")):
+        await http.vet("https://slow.example/hook", timeout_s=0.2)
 
 
 # -- post ------------------------------------------------------------------------------------

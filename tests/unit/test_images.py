@@ -12,7 +12,7 @@ import pillow_heif
 import pytest
 from PIL import Image
 
-from nanogate.images import Format, ImageRejected, convert_image, inspect_image
+from nanogate.images import Format, ImageRejected, convert_image, image_size, inspect_image
 from nanogate.media import sniff_image
 
 MP = 1_000_000
@@ -216,3 +216,21 @@ def test_exif_is_carried_over() -> None:
 def test_unconvertible_input_is_rejected_cleanly(data: bytes, message: str) -> None:
     with pytest.raises(ImageRejected, match=message):
         convert_image(data, "webp")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_image_size_reads_the_header_of_a_whole_or_a_cut_image(fmt: str) -> None:
+    data = encode(Image.effect_noise((1184, 864), 64).convert("RGB"), fmt)
+    assert image_size(data) == (1184, 864)
+    # The header is all PNG and JPEG need; Pillow's WebP reader wants the whole file.
+    assert image_size(data[:4096]) == (None if fmt == "WEBP" else (1184, 864))
+
+
+def test_image_size_is_none_when_the_header_is_not_there() -> None:
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 60_000  # a description long enough to push the JPEG header past a cut
+    data = encode(Image.new("RGB", (300, 200)), "JPEG", exif=exif.tobytes())
+    assert image_size(data[:4096]) is None
+    assert image_size(data) == (300, 200)
+    assert image_size(b"not an image") is None
+    assert image_size(heic(Image.new("RGB", (64, 48)))) == (64, 48)

@@ -1612,24 +1612,9 @@ def test_bad_edit(fields: dict[str, Any], images: list[tuple[str, bytes]], param
         openai_images.parse_edit(fields, images, None, PRO_IMAGE, max_images=4)
 
 
-def test_pixel_size() -> None:
-    doc = {"prompt": "x", "size": "2560x1440"}
-    request = openai_images.parse_generation(doc, PRO_IMAGE, max_images=1)
-    assert openai_images.pixel_size(PRO_IMAGE, request.gemini) == "2752x1536"
-    plain = openai_images.parse_generation({"prompt": "x"}, PRO_IMAGE, max_images=1)
-    assert openai_images.pixel_size(PRO_IMAGE, plain.gemini) == "1024x1024"
-    wide = {"generationConfig": {"imageConfig": {"aspectRatio": "21:9"}}}
-    assert openai_images.pixel_size(FLASH_IMAGE, wide) == "1536x672"
-    assert (
-        openai_images.pixel_size(
-            FLASH_31, {"generationConfig": {"imageConfig": {"imageSize": "512"}}}
-        )
-        == "512x512"
-    )
-    assert openai_images.pixel_size(FLASH_IMAGE, {}) == "1024x1024"
-    assert openai_images.pixel_size(TEXT, {}) == "auto"
-    bad = {"generationConfig": {"imageConfig": {"aspectRatio": "1:8"}}}
-    assert openai_images.pixel_size(PRO_IMAGE, bad) == "auto"
+def test_images_response_leaves_out_a_size_it_could_not_read() -> None:
+    answer = openai_images.response(1700000000, [], Tokens(), output_format="png", size=None)
+    assert "size" not in answer and answer["output_format"] == "png"
 
 
 def test_images_response() -> None:

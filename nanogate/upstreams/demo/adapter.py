@@ -3,8 +3,9 @@
 It answers the canonical Gemini calls the way Google does (GenerateContentResponse bodies,
 usageMetadata by modality, countTokens), so the whole gateway (billing, streaming, dialects) runs
 for real against it. Image models get a render of the exact catalog pixel size; edits restyle the
-last input image; text models get a demo reply, schema-valid JSON or a function call. Every
-answer says plainly that it comes from a demo, not a model.
+last input image, following a few plain words of the prompt; text models get a demo reply,
+schema-valid JSON or a function call. Every answer says plainly that it comes from a demo, not a
+model.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from ...config import UpstreamConfig
 from ...errors import InvalidArgument
 from ...media import decode_base64
 from ...types import JSON, Call, Chunk, Reply, Usage
-from .render import nearest_aspect_ratio, probe_size, render_image, transform_image
+from .render import (
+    nearest_aspect_ratio,
+    probe_size,
+    read_edit,
+    render_image,
+    transform_image,
+)
 from .text import estimate_tokens, fake_from_schema, text_reply, thought_text
 
 _PIECES = 3  # a streamed text part arrives in up to this many chunks, as a model's would
@@ -246,7 +253,10 @@ def _pixels(model: ModelSpec, aspect: str | None, size: str | None) -> tuple[int
 def _caption(picture: _Picture | None, prompt: str) -> str:
     if picture is None:
         return text_reply(prompt)
-    what = "an edit of your last input image" if picture.edited else "a render of your prompt"
+    if picture.edited:
+        what = f"an edit of your last input image ({read_edit(prompt).describe()})"
+    else:
+        what = "a render of your prompt"
     return (
         f"Demo render from nanogate's offline demo upstream, not a model: {what}, "
         f"{picture.width}x{picture.height} PNG."

@@ -2,7 +2,8 @@
 
 Everything here is deterministic: the seed is the SHA-256 of the prompt, PNGs carry no metadata,
 so the same prompt always gives byte-identical output. That is what makes the demo usable as a
-test fixture.
+test fixture. An edit also reads a few plain words of its prompt (colours, night and day, black
+and white, mirror, rainbow), so whoever tries "make it blue" sees the prompt arrive.
 
 Speed matters because a 4K render is 16-19 megapixels on a small box, so the slow parts are kept
 off full resolution: the smooth backdrop is painted on a canvas at most 256 pixels long and
@@ -17,7 +18,9 @@ import hashlib
 import io
 import math
 import random
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -53,23 +56,110 @@ def render_image(prompt: str, width: int, height: int) -> bytes:
 
 
 def transform_image(data: bytes, prompt: str, width: int | None, height: int | None) -> bytes:
-    """Image-to-image: a PNG that visibly restyles the input, sized width x height when given.
-
-    The input is cover-fitted (scaled and centre-cropped) to the output size, recoloured, and
-    overlaid with a seeded rainbow arc and the demo label. Raises ValueError on bad input.
+    """Image-to-image: a PNG that visibly follows the prompt's words, sized width x height when
+    given (see `read_edit`). The input is cover-fitted (scaled and centre-cropped) to the output
+    size, toned in the prompt's colour, and labelled with what was read. Raises ValueError on
+    bad input.
     """
     source = _decode(data, _draft_hint(width, height))
     size = _output_size(source.size, width, height)
-    rng = _rng(prompt)
-    # Recolour at whichever of the two sizes is smaller: the HSV round trip costs per pixel.
+    edit = read_edit(prompt)
+    # Tone at whichever of the two sizes is smaller: a per-pixel pass costs per pixel.
     if size[0] * size[1] > source.width * source.height:
-        edited = _fit(_recolour(source, rng), size)
+        edited = _fit(_tone(source, edit), size)
     else:
-        edited = _recolour(_fit(source, size), rng)
-    _draw_rainbow(edited, rng)
+        edited = _tone(_fit(source, size), edit)
+    if edit.mirror:
+        edited = ImageOps.mirror(edited)
+    if edit.rainbow:
+        _draw_rainbow(edited, _rng(prompt))
     # Bottom left, so an edit of a demo render does not stack its label on the render's.
-    _draw_caption(edited, EDIT_LABEL, prompt, at_top=False)
+    _draw_caption(edited, EDIT_LABEL, prompt, at_top=False, note=edit.describe())
     return _png(edited)
+
+
+# Words an edit's prompt is read for, whole and in lower case. The last colour named wins
+# ("turn the red car blue" is blue); with none, the words themselves pick a hue.
+_COLOURS: dict[str, RGB] = {
+    "red": (220, 30, 40),
+    "orange": (245, 130, 20),
+    "yellow": (245, 215, 30),
+    "gold": (212, 170, 40),
+    "golden": (212, 170, 40),
+    "green": (40, 170, 60),
+    "teal": (20, 150, 150),
+    "cyan": (30, 200, 220),
+    "turquoise": (40, 210, 190),
+    "blue": (30, 80, 230),
+    "navy": (20, 35, 130),
+    "purple": (130, 40, 190),
+    "violet": (140, 70, 220),
+    "pink": (240, 100, 170),
+    "magenta": (220, 30, 180),
+    "brown": (130, 80, 40),
+    "sepia": (160, 110, 60),
+}
+_GREY_WORDS = frozenset({"grey", "gray", "greyscale", "grayscale", "monochrome", "b&w"})
+_DARK_WORDS = frozenset({"night", "dark", "darker", "midnight", "dusk", "evening", "moody"})
+_LIGHT_WORDS = frozenset({"day", "daylight", "bright", "brighter", "sunny", "light", "lighter"})
+_MIRROR_WORDS = frozenset({"mirror", "mirrored", "flip", "flipped"})
+_WORD = re.compile(r"[a-z&]+")
+_DARKER, _LIGHTER = 0.55, 1.35  # brightness factors for night and day words
+
+
+@dataclass(frozen=True, slots=True)
+class EditLook:
+    """What a demo edit does, as read from its prompt."""
+
+    colour: RGB | None  # the tone; None: black and white
+    colour_name: str | None  # the colour word it came from; None: picked by the words
+    brightness: float = 1.0
+    mirror: bool = False
+    rainbow: bool = False
+
+    def describe(self) -> str:
+        """One caption line saying how the prompt was read."""
+        if self.colour is None:
+            effects = ["black and white"]
+        elif self.colour_name:
+            effects = [f"{self.colour_name} tone"]
+        else:
+            effects = ["a tone picked by the prompt's words"]
+        if self.brightness < 1:
+            effects.append("darker")
+        elif self.brightness > 1:
+            effects.append("brighter")
+        if self.mirror:
+            effects.append("mirrored")
+        if self.rainbow:
+            effects.append("a rainbow")
+        return "read from the prompt: " + ", ".join(effects)
+
+
+def read_edit(prompt: str) -> EditLook:
+    """The demo's reading of an edit prompt: a tone (the last colour word, grey for black and
+    white words, else a hue picked by the words), darker for night words, brighter for day
+    words, mirrored for mirror words, a rainbow when asked for."""
+    text = prompt.lower()
+    words = _WORD.findall(text)
+    named = [word for word in words if word in _COLOURS]
+    colour: RGB | None
+    if "black and white" in text or _GREY_WORDS.intersection(words):
+        colour, name = None, None
+    elif named:
+        colour, name = _COLOURS[named[-1]], named[-1]
+    else:
+        seed = hashlib.sha256(" ".join(words).encode()).digest()
+        colour, name = _hls(seed[0] / 256, 0.5, 0.85), None
+    dark, light = bool(_DARK_WORDS.intersection(words)), bool(_LIGHT_WORDS.intersection(words))
+    brightness = _DARKER if dark and not light else _LIGHTER if light and not dark else 1.0
+    return EditLook(
+        colour,
+        name,
+        brightness,
+        mirror=bool(_MIRROR_WORDS.intersection(words)),
+        rainbow="rainbow" in words or "rainbows" in words,
+    )
 
 
 def probe_size(data: bytes) -> tuple[int, int]:
@@ -272,14 +362,21 @@ def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image if image.size == size else ImageOps.fit(image, size, _BILINEAR)
 
 
-def _recolour(image: Image.Image, rng: random.Random) -> Image.Image:
-    """Rotate the hue, lift the saturation (so grey inputs get colour too) and posterize."""
-    shift = rng.randint(64, 192)  # a third to three quarters of the colour wheel
-    hue, saturation, value = image.convert("HSV").split()
-    hue = hue.point([(level + shift) % 256 for level in range(256)])
-    saturation = saturation.point([min(255, 60 + level) for level in range(256)])
-    recoloured = Image.merge("HSV", (hue, saturation, value)).convert("RGB")
-    return ImageOps.posterize(recoloured, 3)
+def _tone(image: Image.Image, edit: EditLook) -> Image.Image:
+    """The image's light and shade in one colour (a duotone from near black through the colour
+    to near white), or in grey; then brightened or darkened. Lookup tables only: fast at 4K."""
+    grey = image.convert("L")
+    if edit.colour is None:
+        toned = ImageOps.autocontrast(grey).convert("RGB")
+    else:
+        colour = edit.colour
+        shadow = tuple(channel * 15 // 100 for channel in colour)
+        highlight = tuple(channel + (255 - channel) * 3 // 4 for channel in colour)
+        toned = ImageOps.colorize(grey, shadow, highlight, mid=colour)
+    if edit.brightness != 1.0:
+        levels = [min(255, round(level * edit.brightness)) for level in range(256)]
+        toned = toned.point(levels * 3)
+    return toned
 
 
 def _draw_rainbow(canvas: Image.Image, rng: random.Random) -> None:
@@ -301,8 +398,11 @@ def _draw_rainbow(canvas: Image.Image, rng: random.Random) -> None:
 # --- caption ------------------------------------------------------------------------------------
 
 
-def _draw_caption(canvas: Image.Image, label: str, prompt: str, *, at_top: bool) -> None:
-    """The demo label, the pixel size and the wrapped prompt on a dark panel in a left corner.
+def _draw_caption(
+    canvas: Image.Image, label: str, prompt: str, *, at_top: bool, note: str | None = None
+) -> None:
+    """The demo label, the pixel size (and `note`) and the wrapped prompt on a dark panel in a
+    left corner.
 
     Sized from the short side so that 8:1 banners and 1:8 strips both stay legible.
     """
@@ -313,10 +413,11 @@ def _draw_caption(canvas: Image.Image, label: str, prompt: str, *, at_top: bool)
     big, small = ImageFont.load_default(size=big_size), ImageFont.load_default(size=small_size)
     big_step, small_step = round(big_size * 1.3), round(small_size * 1.4)
     room = width - 4 * margin
-    free = height - 4 * margin - big_step - small_step
+    head = [f"{width}x{height} px", *(_wrap(note, small, room, 2) if note else [])]
+    free = height - 4 * margin - big_step - len(head) * small_step
     body = _wrap(prompt.strip() or "(no prompt)", small, room, min(6, free // small_step))
-    lines = [(label, big, big_step), (f"{width}x{height} px", small, small_step)]
-    lines += [(text, small, small_step) for text in body]
+    lines = [(label, big, big_step)]
+    lines += [(text, small, small_step) for text in (*head, *body)]
     panel_width = max(_text_width(text, face) for text, face, _ in lines) + 2 * margin
     panel_height = sum(step for _, _, step in lines) + 2 * margin
     draw = ImageDraw.Draw(canvas, "RGBA")
