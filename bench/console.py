@@ -134,7 +134,8 @@ METHODS = {
     "openai": (("generateContent", 0.8), ("streamGenerateContent", 0.2)),
     "tasks": (("generateContent", 1.0),),
 }
-# (status, weight, message, reached an upstream): what the gateway writes in `error`.
+# (status, weight, "NAME: message", reached an upstream): the gateway writes the status name in
+# `error` and the message in `error_message`.
 ERRORS = (
     (400, 0.20, "INVALID_ARGUMENT: imageConfig.imageSize must be one of 1K, 2K, 4K", False),
     (401, 0.10, "UNAUTHENTICATED: no valid API key was presented", False),
@@ -398,7 +399,8 @@ def usage_row(
         "total_tokens": sum(tokens.values()),
         "images": images,
         "cost": cost,
-        "error": error,
+        "error": error and error.partition(": ")[0],
+        "error_message": error and (error.partition(": ")[2] or None),
         "created_at": at,
     }
 

@@ -103,8 +103,11 @@ class Settings(BaseSettings):
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_retry_seconds: float = Field(default=3600.0, gt=0)
     task_workers: int = Field(default=16, ge=0)
-    # The console: how long a login lasts.
+    # The console: how long a login lasts, and how it shows credits as money: an ISO code
+    # (USD shows as $, EUR as €) or any symbol, at `credits_per_unit` credits to one unit.
     console_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    currency: str = Field(default="USD", min_length=1, max_length=8, pattern=r"^\S(.*\S)?$")
+    credits_per_unit: int = Field(default=1_000_000, ge=1)
     task_lease_seconds: float = Field(default=30.0, ge=1)
     task_timeout_seconds: float = Field(default=900.0, ge=10)
     task_max_attempts: int = Field(default=3, ge=1)

@@ -41,7 +41,8 @@ class Context:
     model: str = ""
     upstream: str | None = None
     status: int = 200
-    error: str | None = None
+    error: str | None = None  # the status name (RESOURCE_EXHAUSTED, ...)
+    error_message: str | None = None  # the message the client got
     usage: Usage = field(default_factory=Usage)
     cost: int = 0  # credits charged (or, with metering off, what would have been)
     quote: int = 0  # the certain cost: what the call needs available to be admitted
@@ -50,6 +51,7 @@ class Context:
     def fail(self, error: GatewayError) -> None:
         self.status = error.status
         self.error = error.reason
+        self.error_message = error.message
 
 
 class Gateway:
@@ -147,9 +149,11 @@ class Gateway:
                 ctx.upstream = ctx.upstream or sub.upstream
                 ctx.usage.add(sub.usage)
                 ctx.error = ctx.error or sub.error
+                ctx.error_message = ctx.error_message or sub.error_message
             failed = [o for o in outcomes if isinstance(o, GatewayError)]
             if failed and ctx.error is None:
                 ctx.error = f"{len(failed)} of {copies} failed: {failed[0].reason}"
+                ctx.error_message = failed[0].message
             ctx.cost = await self.meter.settle(hold, sum(sub.cost for sub, _ in answers))
         finally:
             self.limiter.release(key)
@@ -254,6 +258,7 @@ class Gateway:
             latency_ms=int(latency * 1000),
             cost=ctx.cost,
             error=ctx.error,
+            error_message=ctx.error_message,
         )
         record.add_usage(usage)
         self.recorder.record(record)

@@ -43,7 +43,9 @@ WINDOWS: dict[str, Window] = {
     "month": Window(timedelta(days=30), 86_400),
 }
 MAX_SERIES = 8  # more groups than this are summed into "other", so a chart stays readable
-NO_UPSTREAM = "(none)"  # refused before any upstream was tried
+# The name of a series with none: calls refused before an upstream was tried (by upstream), or
+# before the model was read (by model), so no chart legend reads ": 1".
+NO_NAME = "(none)"
 
 
 @asynccontextmanager
@@ -132,9 +134,7 @@ async def _series(
     start = datetime.fromtimestamp(first * spec.bucket_s, UTC)
     bucket = _bucket(engine, spec.bucket_s).label("bucket")
     group = (
-        usage_records.c.model
-        if by == "model"
-        else func.coalesce(usage_records.c.upstream, NO_UPSTREAM)
+        usage_records.c.model if by == "model" else func.coalesce(usage_records.c.upstream, NO_NAME)
     ).label("name")
     stmt = (
         select(
@@ -158,7 +158,7 @@ async def _series(
         index = int(row.bucket) - first
         if not 0 <= index < count:
             continue  # a record stamped in the future (clock skew between nodes)
-        values = groups.setdefault(row.name, {m: [0] * count for m in METRICS})
+        values = groups.setdefault(row.name or NO_NAME, {m: [0] * count for m in METRICS})
         for metric in METRICS:
             values[metric][index] += int(getattr(row, metric))
     ranked = sorted(groups.items(), key=lambda item: -sum(item[1]["requests"]))

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db.tables import accounts, usage_records, utcnow
+from .redact import scrub
 from .types import Usage
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ class UsageRecord:
     images: int = 0
     cost: int = 0
     account_id: int | None = None
-    error: str | None = None
+    error: str | None = None  # the status name, e.g. RESOURCE_EXHAUSTED
+    error_message: str | None = None  # what the client was told (scrubbed when written)
     created_at: datetime = field(default_factory=utcnow)
 
     def add_usage(self, usage: Usage) -> None:
@@ -82,6 +84,9 @@ _WIDTHS = {
 
 def _row(rec: UsageRecord) -> dict[str, Any]:
     row = {name: getattr(rec, name) for name in _FIELDS}
+    if rec.error_message is not None:
+        # Messages may quote what a client or an upstream sent: never a key or an image here.
+        row["error_message"] = scrub(rec.error_message, limit=_WIDTHS["error_message"])
     for name, width in _WIDTHS.items():
         value = row[name]
         if isinstance(value, str) and len(value) > width:

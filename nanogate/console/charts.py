@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 from typing import Any, Literal
 
+from .money import Money
+
 Metric = Literal["requests", "images", "credits", "error_rate"]
 TITLES: dict[str, str] = {
     "requests": "Requests",
@@ -48,16 +50,20 @@ def values_for(figures: dict[str, Any], metric: Metric) -> list[tuple[str, list[
     return out
 
 
-def chart(figures: dict[str, Any], metric: Metric, width: int = WIDTH) -> str:
+def chart(
+    figures: dict[str, Any], metric: Metric, width: int = WIDTH, money: Money | None = None
+) -> str:
     """The SVG chart of one metric of `reports.series(...)`, one line per series, drawn for
-    `width` pixels so its text stays 12 px on a phone as on a desktop."""
+    `width` pixels so its text stays 12 px on a phone as on a desktop. With `money`, credits
+    totals also read as money."""
     lines = values_for(figures, metric)
     start = datetime.fromisoformat(figures["start"])
     step = timedelta(seconds=figures["bucket_seconds"])
     count = figures["buckets"]
     title = f"{TITLES[metric]} per {figures['by']}, last {figures['window']}"
     moments = [start + step * i for i in range(count)]
-    return line_chart(title, moments, lines, metric, width=max(MIN_WIDTH, min(width, MAX_WIDTH)))
+    width = max(MIN_WIDTH, min(width, MAX_WIDTH))
+    return line_chart(title, moments, lines, metric, width=width, money=money)
 
 
 def line_chart(
@@ -67,9 +73,10 @@ def line_chart(
     metric: Metric,
     *,
     width: int = WIDTH,
+    money: Money | None = None,
 ) -> str:
     plot_w = width - LEFT - RIGHT
-    labels = [f"{name}: {_format(_total(points, metric), metric)}" for name, points in lines]
+    labels = [f"{name}: {_amount(points, metric, money)}" for name, points in lines]
     widest = max((len(label) for label in labels), default=0) * CHAR_WIDTH + SWATCH
     columns = max(1, min(3, int(plot_w // widest) if widest else 3))
     legend_rows = math.ceil(len(lines) / columns) if lines else 0
@@ -90,7 +97,7 @@ def line_chart(
         'font-family="system-ui, sans-serif" font-size="12">',
         # Ids carry the metric: the overview shows four charts inline in one document.
         f'<title id="{metric}-t">{escape(title)}</title>',
-        f'<desc id="{metric}-d">{escape(_describe(lines, metric))}</desc>',
+        f'<desc id="{metric}-d">{escape(_describe(lines, metric, money))}</desc>',
     ]
     for i in range(5):  # grid lines and y labels
         value = top * i / 4
@@ -177,11 +184,21 @@ def _total(points: Sequence[float | None], metric: Metric) -> float:
     return sum(present)
 
 
-def _describe(lines: Sequence[tuple[str, Sequence[float | None]]], metric: Metric) -> str:
+def _amount(points: Sequence[float | None], metric: Metric, money: Money | None) -> str:
+    """A series' total (mean for the error rate), as its legend entry and description say it."""
+    total = _total(points, metric)
+    if metric == "credits" and money is not None:
+        return f"{_format(total, metric)} ({money.format(total)})"
+    return _format(total, metric)
+
+
+def _describe(
+    lines: Sequence[tuple[str, Sequence[float | None]]], metric: Metric, money: Money | None
+) -> str:
     if not lines:
         return "No traffic in this window."
     word = "mean" if metric == "error_rate" else "total"
-    parts = [f"{name} {word} {_format(_total(points, metric), metric)}" for name, points in lines]
+    parts = [f"{name} {word} {_amount(points, metric, money)}" for name, points in lines]
     return "; ".join(parts) + "."
 
 

@@ -8,6 +8,7 @@ from importlib import resources
 from string import Template
 
 from .. import __version__
+from .money import Money
 
 # Path segment -> title, in the navigation's order.
 PAGES = {
@@ -26,20 +27,24 @@ def _template(name: str) -> Template:
     return Template(text)
 
 
-def render(page: str, csrf_token: str, key_prefix: str) -> str:
+def render(page: str, csrf_token: str, key_prefix: str, money: Money) -> str:
     current = ' aria-current="page"'
     nav = "".join(
         f'<li><a href="/console/{slug}"{current if slug == page else ""}>{escape(title)}</a></li>'
         for slug, title in PAGES.items()
     )
+    rate = escape(f"{money.credits_per_unit:,} credits = {money.format(money.credits_per_unit)}")
     return _template("layout.html").substitute(
         title=escape(PAGES[page]),
         page=page,
         csrf=escape(csrf_token),
         key_prefix=escape(key_prefix),
         nav=nav,
-        main=_template(f"{page}.html").substitute(),
+        main=_template(f"{page}.html").substitute(rate=rate),
         version=__version__,
+        money_prefix=escape(money.prefix),
+        credits_per_unit=money.credits_per_unit,
+        rate=rate,
     )
 
 

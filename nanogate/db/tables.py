@@ -206,7 +206,11 @@ usage_records = Table(
     Column("total_tokens", Integer, nullable=False, default=0),
     Column("images", Integer, nullable=False, default=0),
     Column("cost", BigInteger, nullable=False, default=0),
+    # `error` is the status name (RESOURCE_EXHAUSTED, ...); `error_message` the message the
+    # client got, scrubbed of keys and base64 and cut short: it tells a spend cap from an empty
+    # balance where the status name cannot.
     Column("error", String(500), nullable=True),
+    Column("error_message", String(300), nullable=True),
     Column("created_at", UTCDateTime, nullable=False, default=utcnow, index=True),
 )
 

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ..console import pages, sessions
+from ..console.money import Money
 from ..errors import NotFound
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -72,5 +73,6 @@ async def console_page(request: Request, page: str = "overview") -> Response:
     record = None if session is None else await request.app.state.gateway.keys.by_id(session.key_id)
     if session is None or record is None or record.status(datetime.now(UTC)) != "active":
         return RedirectResponse("/console/login", status_code=303)
-    html = pages.render(page, session.csrf_token, record.prefix)
+    money = Money.of(request.app.state.settings)
+    html = pages.render(page, session.csrf_token, record.prefix, money)
     return HTMLResponse(html, headers=_headers(request))

@@ -13,6 +13,7 @@ from starlette.responses import Response, StreamingResponse
 
 from .. import reports
 from ..console import charts
+from ..console.money import Money
 from ..console.thumbnails import THUMB_TYPE, Thumbnails
 from ..errors import InvalidArgument, NotFound
 from ..tasks.service import TaskService
@@ -52,7 +53,7 @@ async def stats_chart(
 ) -> Response:
     figures = await reports.series(request.app.state.engine, window, by)
     return Response(
-        charts.chart(figures, metric, width),
+        charts.chart(figures, metric, width, Money.of(request.app.state.settings)),
         media_type="image/svg+xml",
         # Opened on its own, the SVG may draw and nothing else.
         headers={"content-security-policy": "default-src 'none'; style-src 'unsafe-inline'"},

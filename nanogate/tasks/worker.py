@@ -163,7 +163,7 @@ class Worker(ClaimLoop):
             async with asyncio.timeout(left):
                 return await self._execute(ctx, record)
         except TaskFailed as exc:
-            ctx.status, ctx.error = exc.code, exc.message[:200]
+            _failed(ctx, exc.code, exc.message)
             return Outcome(cost=exc.cost, error=(exc.code, exc.message))
         except GatewayError as exc:
             ctx.fail(exc)
@@ -174,12 +174,14 @@ class Worker(ClaimLoop):
                 return Outcome(error=(422, exc.message))
             return Outcome(error=(501, f"Generation failed: {exc.message}"))
         except TimeoutError:
-            ctx.status, ctx.error = 504, "DEADLINE_EXCEEDED"
-            return Outcome(error=(501, "Generation failed: the task did not finish in time."))
+            late = "Generation failed: the task did not finish in time."
+            _failed(ctx, 504, late)
+            return Outcome(error=(501, late))
         except Exception:
             logger.exception("task run failed", extra={"task_id": record.id})
-            ctx.status, ctx.error = 500, "INTERNAL"
-            return Outcome(error=(500, f"Internal error; quote task id {record.id}."))
+            message = f"Internal error; quote task id {record.id}."
+            _failed(ctx, 500, message)
+            return Outcome(error=(500, message))
 
     async def _execute(self, ctx: Context, record: TaskRecord) -> Outcome:
         key = await self.gateway.keys.by_id(record.key_id)
@@ -239,10 +241,25 @@ class Worker(ClaimLoop):
         self.gateway.meter.resolved(record.account_id, resolution)
         ctx.cost = resolution.charged
         if outcome.error is not None and ctx.status == 200:
-            ctx.status, ctx.error = outcome.error[0], outcome.error[1][:200]
+            _failed(ctx, *outcome.error)
         self.gateway.finish(ctx)
         record.state = "failed" if outcome.error else "succeeded"
         self.finished(record)
+
+
+# The status name a usage record gets for each task-API failure code (the message goes beside
+# it, as for every other call).
+_TASK_ERRORS = {
+    422: "INVALID_ARGUMENT",
+    500: "INTERNAL",
+    501: "GENERATION_FAILED",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def _failed(ctx: Context, code: int, message: str) -> None:
+    ctx.status, ctx.error_message = code, message
+    ctx.error = _TASK_ERRORS.get(code, "FAILED")
 
 
 def _outputs(body: bytes) -> tuple[list[tuple[str, bytes]], str | None]:

@@ -8,12 +8,15 @@ screenshots of every page, at desktop and phone widths, land in test-artifacts/c
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -34,7 +37,9 @@ from playwright.sync_api import (
 import nanogate
 from nanogate.simulator.processes import stop
 
+from . import test_tasks as task_api
 from .conftest import Gateway, start_gateway
+from .receiver import Receiver
 
 CHROMIUM = "/usr/bin/chromium"
 # The machine's network is closed: no background connections, no component updates.
@@ -78,8 +83,8 @@ class BrowserConsole:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A gateway of this module's own (demo upstream), so its charts and lists hold only what
-    these tests did."""
-    gw = start_gateway(tmp_path_factory.mktemp("console"))
+    these tests did. It may call the test's receiver on 127.0.0.1 (callbacks, input images)."""
+    gw = start_gateway(tmp_path_factory.mktemp("console"), NANOGATE_EGRESS_ALLOWLIST="127.0.0.1")
     yield gw
     stop(gw.proc)
 
@@ -103,8 +108,10 @@ def console() -> BrowserConsole:
     return BrowserConsole()
 
 
-def new_page(browser: Browser, console: BrowserConsole, viewport: ViewportSize) -> Page:
-    context = browser.new_context(viewport=viewport)
+def new_page(
+    browser: Browser, console: BrowserConsole, viewport: ViewportSize, timezone: str | None = None
+) -> Page:
+    context = browser.new_context(viewport=viewport, timezone_id=timezone)
     context.set_default_timeout(15_000)
     page = context.new_page()
     page.on("console", console.on_console)
@@ -246,7 +253,7 @@ def test_a_new_key_is_shown_once_and_works(page: Page, gateway: Gateway) -> None
     assert len(mine) == 1, prefixes
     row = page.locator(f'#keys-table tr[data-key="{mine[0]}"]')
     expect(row).to_contain_text("made-in-browser")
-    expect(row).to_contain_text("1,000,000")
+    expect(row).to_contain_text("1,000,000 credits ($1.00)")
 
     resp = generate(gateway, key)
     assert resp.status_code == 200, resp.text
@@ -258,12 +265,17 @@ def test_top_up_an_account(page: Page, gateway: Gateway) -> None:
     log_in(page, gateway)
     open_page(page, gateway, "keys")
     row = page.locator('#accounts-table tr[data-account="topup-target"]')
-    expect(row.locator("td.num").first).to_have_text("1,000")
+    balance = row.locator("td.num").first
+    expect(balance.locator(".credits")).to_have_text("1,000")
+    expect(balance.locator(".money")).to_have_text("$0.001")  # 1,000,000 credits = $1
     row.get_by_label("Credits for topup-target").fill("2500")
     row.get_by_label("Reason for topup-target").fill("browser top-up")
     row.get_by_role("button", name="Top up").click()
-    expect(page.locator("#status")).to_have_text("topup-target: balance is now 3,500 credits.")
-    expect(row.locator("td.num").first).to_have_text("3,500")  # the table re-read
+    expect(page.locator("#status")).to_have_text(
+        "topup-target: balance is now 3,500 credits ($0.0035)."
+    )
+    expect(balance.locator(".credits")).to_have_text("3,500")  # the table re-read
+    expect(balance.locator(".money")).to_have_text("$0.0035")
 
     accounts = httpx.get(f"{gateway.url}/admin/accounts", headers=admin(gateway)).json()
     assert {a["name"]: a["balance"] for a in accounts}["topup-target"] == 3500
@@ -282,6 +294,11 @@ def test_playground_generates_an_image(page: Page, gateway: Gateway) -> None:
     expect(page.locator("#play-key")).to_have_value(re.compile(r"^ng_\w+_"))
     expect(page.locator("#status")).to_contain_text("on account play-account")
 
+    # Before the first run the result panel says what will appear there.
+    expect(page.locator("#play-result #play-empty")).to_be_visible()
+    expect(page.locator("#play-empty")).to_contain_text("Your image appears here")
+    expect(page.locator("#play-result")).not_to_contain_text("Download")
+
     page.fill("#play-prompt", "A lighthouse at dusk, oil painting")
     page.select_option("#play-model", MODEL)
     page.select_option("#play-aspect", "16:9")
@@ -291,21 +308,36 @@ def test_playground_generates_an_image(page: Page, gateway: Gateway) -> None:
     page.click("#play-go")
 
     assert image_size(page, "#play-result img") == catalog_pixels(MODEL, "16:9")
+    expect(page.locator("#play-empty")).to_have_count(0)
     meta = page.locator("#play-meta")
     expect(meta).to_be_visible()
     cost = meta.locator("dt:text-is('Cost') + dd").inner_text()
     latency = meta.locator("dt:text-is('Latency') + dd").inner_text()
-    assert re.fullmatch(r"[\d,]+ credits", cost) and int(cost.split()[0].replace(",", "")) > 0
+    shown = re.fullmatch(r"([\d,]+) credits \(\$(0\.\d+)\)", cost)
+    assert shown is not None, cost
+    credits = int(shown[1].replace(",", ""))
+    assert credits > 0 and abs(float(shown[2]) - credits / 1_000_000) < 0.00005
     assert re.fullmatch(r"\d+\.\d\d s", latency), latency
     expect(page.locator("#status")).to_be_hidden()  # no error was shown
     page.screenshot(path=ARTIFACTS / "playground-result-1280.png", full_page=True)
+
+    # Each result image has a download link that saves the image itself.
+    link = page.get_by_role("link", name="Download image 1")
+    with page.expect_download() as download:
+        link.click()
+    request_id = page.locator("#play-meta dt:text-is('Request id') + dd").inner_text()
+    assert re.fullmatch(
+        rf"nanogate-{re.escape(request_id)}-1\.(png|jpg|webp)", download.value.suggested_filename
+    ), download.value.suggested_filename
+    saved = Image.open(download.value.path())
+    assert saved.size == catalog_pixels(MODEL, "16:9")
 
     # The call went out with the reference image, and was billed to the chosen account.
     record = httpx.get(
         f"{gateway.url}/admin/usage", headers=admin(gateway), params={"account": "play-account"}
     ).json()[0]
     assert record["status"] == 200 and record["model"] == MODEL
-    assert record["cost"] == int(cost.split()[0].replace(",", ""))
+    assert record["cost"] == credits
 
 
 def test_a_task_shows_in_the_gallery(page: Page, gateway: Gateway) -> None:
@@ -349,6 +381,105 @@ def test_a_task_shows_in_the_gallery(page: Page, gateway: Gateway) -> None:
     expect(dialog).to_be_hidden()
 
 
+# The element and those of its descendants whose content is wider than their box (scrolled or
+# spilling out), each named, so a value that runs off the right edge says which it is.
+OVERFLOWING = """(root) => [root, ...root.querySelectorAll("*")]
+    .filter((el) => el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1)
+    .map((el) => `${el.tagName}#${el.id}: ${el.scrollWidth} > ${el.clientWidth}`)"""
+
+
+def test_a_failed_task_says_why_on_its_card_and_in_a_readable_record(
+    browser: Browser, console: BrowserConsole, gateway: Gateway, receiver: Receiver
+) -> None:
+    # One task that fails (its input image is missing) and whose callback needs two tries, one
+    # that succeeds and whose callback is taken at once; the msg form keeps `param` as a string.
+    receiver.statuses["/console/failed"].append(500)
+    key = gateway.client_key
+    prompt = "a harbour at dawn, seed " + "0123456789abcdef" * 16  # one 256-character word
+    failing = {"prompt": prompt, "image_urls": [f"{receiver.url}/console/missing.png"]}
+    failed_id = task_api.task_id(
+        task_api.create(
+            gateway, key, "msg", "google/nano-banana", failing, f"{receiver.url}/console/failed"
+        ),
+        "msg",
+    )
+    ok_id = task_api.task_id(
+        task_api.create(
+            gateway,
+            key,
+            "msg",
+            "google/nano-banana",
+            {"prompt": "a calm sea"},
+            f"{receiver.url}/console/ok",
+        ),
+        "msg",
+    )
+    assert task_api.wait_final(gateway, key, "msg", failed_id)["state"] == "fail"
+    receiver.wait_for("/console/failed", 2)
+    receiver.wait_for("/console/ok", 1)
+    deadline = time.monotonic() + 20
+    while True:  # the delivery is recorded just after the receiver answered
+        cards = {
+            c["id"]: c
+            for c in httpx.get(f"{gateway.url}/admin/tasks", headers=admin(gateway)).json()
+        }
+        states = {cards[i]["callback_state"] for i in (failed_id, ok_id)}
+        if states == {"delivered"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert states == {"delivered"}, cards
+    failed = cards[failed_id]
+    assert failed["error_code"] == 422 and "input.image_urls[0]" in failed["error_message"]
+
+    page = new_page(browser, console, DESKTOP, timezone="Asia/Tokyo")
+    try:
+        log_in(page, gateway)
+        open_page(page, gateway, "tasks")
+        card = page.locator(f'#gallery li[data-task="{failed_id}"]')
+        expect(card.locator(".badge")).to_have_text("failed")
+        reason = card.locator(".failure")
+        expect(reason).to_contain_text("input.image_urls[0]")
+        assert (
+            len(reason.inner_text()) <= 120
+            and reason.get_attribute("title") == (failed["error_message"])
+        )
+        expect(card).to_contain_text("callback delivered (2 tries)")
+        ok_card = page.locator(f'#gallery li[data-task="{ok_id}"]')
+        expect(ok_card).to_contain_text("callback delivered (1 try)")
+        expect(ok_card.locator(".failure")).to_have_count(0)
+        assert "tries)" not in ok_card.inner_text()
+
+        card.get_by_role("button").click()
+        dialog = page.locator("#task-dialog")
+        expect(dialog).to_be_visible()
+        # The reason comes first, right under the title.
+        failure = page.locator("#task-failure")
+        expect(failure).to_be_visible()
+        expect(failure).to_have_text(f"Failed (code 422): {failed['error_message']}")
+        after_title = page.locator("#task-dialog-h + *")
+        expect(after_title).to_have_id("task-failure")
+        # Times in the viewer's zone (Tokyo, UTC+9), not epoch milliseconds.
+        record = page.locator("#task-record")
+        for label, field_name in (("Created", "created_at"), ("Completed", "completed_at")):
+            local = datetime.fromisoformat(failed[field_name]).astimezone(ZoneInfo("Asia/Tokyo"))
+            expect(record.locator(f"dt:text-is('{label}') + dd")).to_have_text(
+                local.strftime("%Y-%m-%d %H:%M:%S")
+            )
+        expect(page.locator("#task-zone")).to_contain_text("Asia/Tokyo")
+        expect(record.locator("dt:text-is('Callback') + dd")).to_contain_text("after 2 tries")
+        assert not re.search(r"\b1[6-9]\d{11}\b", dialog.inner_text()), "epoch milliseconds"
+        # `param` is an indented object, not a string full of escaped quotes.
+        shown = page.locator("#task-param").inner_text()
+        assert '\\"' not in shown and '\n  "input": {' in shown, shown
+        param = json.loads(shown)
+        assert param["input"] == failing and param["model"] == "google/nano-banana"
+        # Long values wrap: nothing in the dialog runs off to the right.
+        assert dialog.evaluate(OVERFLOWING) == []
+        page.screenshot(path=ARTIFACTS / "tasks-dialog-failed-1280.png")
+    finally:
+        page.context.close()
+
+
 # True once the four charts' titles all contain the argument.
 CHARTS_TITLED = """(words) => {
     const titles = [...document.querySelectorAll(".chart-slot svg > title")];
@@ -359,14 +490,18 @@ CHARTS_TITLED = """(words) => {
 def test_charts_render_with_data(page: Page, gateway: Gateway) -> None:
     for prompt in ("one", "two"):
         assert generate(gateway, gateway.client_key, prompt).status_code == 200
+    # Refused before its model was read: a usage record with no model and no upstream.
+    assert generate(gateway, "ng_00000000_wrong").status_code == 401
     log_in(page, gateway)
     deadline = time.monotonic() + 10
     while True:  # usage records are flushed in the background, every 0.2 s here
-        open_page(page, gateway, "overview")
-        requests = page.locator('[data-total="requests"]').inner_text().replace(",", "")
-        if (requests.isdigit() and int(requests) > 0) or time.monotonic() > deadline:
+        stats = httpx.get(f"{gateway.url}/admin/stats", headers=admin(gateway)).json()
+        names = {s["name"] for s in stats["series"]}
+        if "(none)" in names or time.monotonic() > deadline:
             break
-        time.sleep(0.3)
+        time.sleep(0.2)
+    open_page(page, gateway, "overview")
+    requests = page.locator('[data-total="requests"]').inner_text().replace(",", "")
     assert requests.isdigit() and int(requests) >= 2, requests
 
     boxes = page.locator("figure.chart-box")
@@ -376,15 +511,122 @@ def test_charts_render_with_data(page: Page, gateway: Gateway) -> None:
         expect(box.locator(".chart-slot svg")).to_have_count(1)
         marks = box.locator(".chart-slot svg g.series polyline, .chart-slot svg g.series circle")
         assert marks.count() >= 1, metric
+        # Every legend entry has a name: the refused call is "(none)", never ": 1".
+        legend = box.locator('svg text[fill="#222"]').all_text_contents()
+        assert legend and all(re.match(r"[^:\s][^:]*: ", entry) for entry in legend), legend
+        assert any(entry.startswith("(none): ") for entry in legend), legend
+        if metric == "credits":  # credits read as money too
+            assert all(re.search(r": [\d.]+[kMG]? \(\$[\d,.]+\)$", e) for e in legend), legend
+    spent = page.locator('[data-total="credits"]').inner_text().replace(",", "")
+    expect(page.locator('[data-total-money="credits"]')).to_have_text(
+        re.compile(rf"^\${int(spent) / 1_000_000:.2f}")
+    )
 
     page.get_by_label("Last hour").check()
     page.wait_for_function(CHARTS_TITLED, arg="per model, last hour")
     page.get_by_label("Upstream", exact=True).check()
     page.wait_for_function(CHARTS_TITLED, arg="per upstream, last hour")
     for box in boxes.all():
-        expect(box.locator("g.series")).to_have_attribute("data-series", "demo")
+        expect(box.locator("g.series").first).to_have_attribute("data-series", "demo")
         expect(box.locator("svg")).to_contain_text("demo:")
+        expect(box.locator("svg")).to_contain_text("(none):")
         assert box.locator("g.series polyline, g.series circle").count() >= 1
+
+
+# The number of lines each matching cell's text takes: the distinct tops of its text's boxes.
+CELL_LINES = """(cells) => cells.map((td) => {
+    const tops = new Set();
+    const walker = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        const range = document.createRange();
+        range.selectNodeContents(node);
+        for (const rect of range.getClientRects()) tops.add(Math.round(rect.top));
+    }
+    return tops.size;
+})"""
+
+
+def test_usage_tells_a_spend_cap_from_an_empty_balance_and_keeps_rows_on_one_line(
+    page: Page, gateway: Gateway
+) -> None:
+    capped = httpx.post(
+        f"{gateway.url}/admin/keys",
+        headers=admin(gateway),
+        json={"name": "capped", "credits": 10_000_000, "daily_cap": 1000},
+    ).json()
+    broke = httpx.post(
+        f"{gateway.url}/admin/keys", headers=admin(gateway), json={"name": "broke", "credits": 0}
+    ).json()
+    refused = {}
+    for name, made in (("cap", capped), ("balance", broke)):
+        resp = generate(gateway, made["key"])
+        assert resp.status_code == 402, resp.text
+        refused[name] = resp.headers["x-request-id"]
+    assert generate(gateway, gateway.client_key, "a long day").status_code == 200
+
+    log_in(page, gateway)
+    deadline = time.monotonic() + 10
+    while True:  # usage records are flushed in the background
+        open_page(page, gateway, "usage")
+        rows = page.locator("#usage-table tbody tr[data-request]")
+        found = [page.locator(f'tr[data-request="{rid}"]').count() for rid in refused.values()]
+        if found == [1, 1] or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    # Both are RESOURCE_EXHAUSTED; the message says which limit it was.
+    cap_row = page.locator(f'tr[data-request="{refused["cap"]}"]')
+    balance_row = page.locator(f'tr[data-request="{refused["balance"]}"]')
+    for row in (cap_row, balance_row):
+        expect(row.locator(".badge")).to_have_text("402")
+        expect(row.locator(".error-cell .reason")).to_have_text("RESOURCE_EXHAUSTED")
+    expect(cap_row.locator(".error-cell .message")).to_contain_text("daily spend cap of 1000")
+    expect(balance_row.locator(".error-cell .message")).to_contain_text("Insufficient credits")
+    # Costs read as money; times are the viewer's local time, the zone in the header.
+    cost = rows.first.locator("td.num").last
+    expect(cost.locator(".money")).to_have_text(re.compile(r"^\$\d"))
+    expect(page.locator("#usage-time-h")).to_have_text(re.compile(r"^Time \(.+\)$"))
+
+    # Ids, models and times never wrap (a narrower screen scrolls the table sideways instead), and
+    # at a laptop's width the whole table, error messages included, fits without scrolling.
+    for viewport in (DESKTOP, {"width": 1366, "height": 768}):
+        page.set_viewport_size(viewport)
+        for column in (1, 2, 4, 5, 10):  # time, key, model, upstream, cost
+            lines = rows.locator(f"td:nth-child({column})").evaluate_all(CELL_LINES)
+            expected = 2 if column == 10 else 1  # credits, and money beneath
+            assert set(lines) == {expected}, (viewport, column, lines)
+        wide, room = page.locator("#usage-table").evaluate(
+            "(t) => [t.scrollWidth, t.parentElement.clientWidth]"
+        )
+        assert wide <= room, f"at {viewport['width']} px the table needs {wide} px of {room}"
+    page.set_viewport_size(DESKTOP)
+    page.screenshot(path=ARTIFACTS / "usage-errors-1280.png", full_page=True)
+
+    open_page(page, gateway, "keys")  # the same on the keys page
+    keys = page.locator("#keys-table tbody tr")
+    for column in (1, 2, 5):  # prefix, name, expiry
+        assert set(keys.locator(f"td:nth-child({column})").evaluate_all(CELL_LINES)) == {1}
+
+
+def test_credits_show_in_the_operators_currency(
+    browser: Browser, console: BrowserConsole, tmp_path: Path
+) -> None:
+    gw = start_gateway(tmp_path, NANOGATE_CURRENCY="EUR", NANOGATE_CREDITS_PER_UNIT="1000")
+    page = new_page(browser, console, DESKTOP)
+    try:
+        create_account(gw, "reseller", 2_500_000)
+        log_in(page, gw)
+        open_page(page, gw, "keys")
+        expect(page.locator("footer")).to_contain_text("1,000 credits = €1.00")
+        balance = page.locator('#accounts-table tr[data-account="reseller"] td.num').first
+        expect(balance.locator(".credits")).to_have_text("2,500,000")
+        expect(balance.locator(".money")).to_have_text("€2,500.00")
+        # Typing credits shows what they are worth.
+        field = page.locator("#account-form input[name=credits]")
+        field.fill("1234567")
+        expect(page.locator("#account-form .money-hint")).to_have_text("= €1,234.57")
+    finally:
+        page.context.close()
+        stop(gw.proc)
 
 
 def test_keyboard_login_and_navigation(page: Page, gateway: Gateway) -> None:

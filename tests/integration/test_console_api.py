@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -175,6 +176,9 @@ def test_stats_and_charts_count_the_traffic(gw: Gateway) -> None:
     assert chart.status_code == 200 and chart.headers["content-type"] == "image/svg+xml"
     assert "<polyline" in chart.text or "<circle" in chart.text
     assert chart.headers["content-security-policy"].startswith("default-src 'none'")
+    # Credits also read as money (1,000,000 credits = $1 by default).
+    spent = httpx.get(f"{gw.url}/admin/stats/chart?metric=credits&window=hour", headers=admin(gw))
+    assert re.search(rf"{MODEL}: [\d.]+[kM]? \(\$0\.\d+\)</text>", spent.text), spent.text
     bad_window = httpx.get(f"{gw.url}/admin/stats?window=week", headers=admin(gw))
     assert bad_window.status_code == 400 and "window" in bad_window.json()["error"]["message"]
 
@@ -225,6 +229,45 @@ def test_usage_filters_pages_and_exports_csv(gw: Gateway) -> None:
     table = list(csv.DictReader(io.StringIO(exported.text)))
     assert len(table) == 5 and {r["key_prefix"] for r in table} == {prefix}
     assert sum(int(r["cost"]) for r in table) == sum(r["cost"] for r in rows)
+
+
+def test_usage_and_its_csv_tell_a_spend_cap_from_an_empty_balance(gw: Gateway) -> None:
+    capped = httpx.post(
+        f"{gw.url}/admin/keys",
+        json={"name": "capped", "credits": 10**7, "daily_cap": 1000},
+        headers=admin(gw),
+    ).json()
+    broke = httpx.post(
+        f"{gw.url}/admin/keys", json={"name": "broke", "credits": 0}, headers=admin(gw)
+    ).json()
+    told = {}
+    for made in (capped, broke):
+        refused = generate(gw, made["key"])
+        assert refused.status_code == 402, refused.text
+        assert refused.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+        told[made["prefix"]] = refused.json()["error"]["message"]
+    assert "daily spend cap of 1000 credits" in told[capped["prefix"]]
+    assert told[broke["prefix"]].startswith("Insufficient credits")
+    deadline = time.monotonic() + 10
+    while True:  # usage records are written in batches
+        rows = {
+            prefix: httpx.get(f"{gw.url}/admin/usage?key={prefix}", headers=admin(gw)).json()
+            for prefix in told
+        }
+        if all(rows.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for prefix, message in told.items():
+        (row,) = rows[prefix]
+        # The status name is the same; the message the client got tells them apart.
+        assert (row["status"], row["error"]) == (402, "RESOURCE_EXHAUSTED")
+        assert row["error_message"] == message
+    exported = httpx.get(f"{gw.url}/admin/usage.csv?outcome=error", headers=admin(gw))
+    table = {r["key_prefix"]: r for r in csv.DictReader(io.StringIO(exported.text))}
+    for prefix, message in told.items():
+        assert (table[prefix]["status"], table[prefix]["error"]) == ("402", "RESOURCE_EXHAUSTED")
+        assert table[prefix]["error_message"] == message
+    assert capped["key"] not in exported.text and broke["key"] not in exported.text
 
 
 def test_the_gallery_lists_tasks_with_cached_thumbnails(gw: Gateway) -> None:

@@ -1,4 +1,5 @@
-"""Server-drawn SVG charts: well-formed, accessible, escaped, and true to the figures."""
+"""Server-drawn SVG charts: well-formed, accessible, escaped, and true to the figures; credits
+shown as money in the operator's currency."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
+from nanogate.config import Settings
 from nanogate.console import charts
+from nanogate.console.money import Money
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -116,3 +122,56 @@ def test_error_rate_axis_splits_into_round_quarters() -> None:
     root = parse(charts.chart(figures([entry("a", [10, 10, 10, 10], [1, 3, 0, 0])]), "error_rate"))
     labels = [t.text for t in root.findall(f"{SVG}text")]
     assert {"0%", "10%", "20%", "30%", "40%"} <= set(labels)
+
+
+def test_credits_read_as_money_in_the_legend_and_description() -> None:
+    data = figures([entry("a", [1, 2, 3, 4])])  # 10,000 credits
+    root = parse(charts.chart(data, "credits", money=Money("€", 1000)))
+    assert "a: 10k (€10.00)" in [t.text for t in root.findall(f"{SVG}text")]
+    assert root.find(f"{SVG}desc").text == "a total 10k (€10.00)."  # type: ignore[union-attr]
+    # Other metrics are counts, not money.
+    requests = parse(charts.chart(data, "requests", money=Money()))
+    assert "a: 10" in [t.text for t in requests.findall(f"{SVG}text")]
+
+
+@pytest.mark.parametrize(
+    ("credits", "shown"),
+    [
+        (0, "$0.00"),
+        (1_000_000, "$1.00"),
+        (1_234_567_890, "$1,234.57"),
+        (38_766, "$0.0388"),
+        (39_000, "$0.039"),
+        (3_500, "$0.0035"),
+        (1, "$0.000001"),
+        (-2_500_000, "-$2.50"),
+    ],
+)
+def test_money_has_separators_and_enough_decimals(credits: int, shown: str) -> None:
+    assert Money().format(credits) == shown
+
+
+@pytest.mark.parametrize(
+    ("currency", "rate", "credits", "shown"),
+    [
+        ("USD", 1_000_000, 1_500_000, "$1.50"),
+        ("eur", 1_000_000, 1_500_000, "€1.50"),
+        ("CHF", 1_000_000, 1_500_000, "CHF 1.50"),
+        ("pts", 1_000, 1_500_000, "pts 1,500.00"),
+        ("₿", 100_000_000, 1_500_000, "₿0.015"),
+    ],
+)
+def test_the_operator_picks_the_currency_and_the_rate(
+    currency: str, rate: int, credits: int, shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NANOGATE_CURRENCY", currency)
+    monkeypatch.setenv("NANOGATE_CREDITS_PER_UNIT", str(rate))
+    assert Money.of(Settings()).format(credits) == shown
+
+
+def test_a_currency_must_be_a_short_word_or_symbol() -> None:
+    for bad in ("", " $", "€ ", "ninechars"):  # empty, padded, longer than 8
+        with pytest.raises(ValidationError):
+            Settings(currency=bad)
+    with pytest.raises(ValidationError):
+        Settings(credits_per_unit=0)

@@ -16,7 +16,7 @@ from sqlalchemy import Column, Connection, MetaData, Text, insert, inspect, sele
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from nanogate.db import accounts, api_keys, make_engine, metadata, run_migrations
+from nanogate.db import accounts, api_keys, make_engine, metadata, run_migrations, usage_records
 from nanogate.db.engine import alembic_config
 
 # --- tests ---
@@ -59,7 +59,49 @@ async def test_upgrade_is_idempotent_and_reaches_head(db_url: str) -> None:
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
     finally:
         await engine.dispose()
-    assert version == "0006"
+    assert version == "0007"
+
+
+async def test_0007_gives_existing_usage_records_an_empty_error_message(db_url: str) -> None:
+    config = alembic_config(db_url)
+    await asyncio.to_thread(command.upgrade, config, "0006")
+    engine = make_engine(db_url)
+    old = {
+        "request_id": "before-0007",
+        "key_prefix": "ng_a",
+        "dialect": "gemini",
+        "method": "generateContent",
+        "model": "m",
+        "status": 402,
+        "latency_ms": 1,
+        "error": "RESOURCE_EXHAUSTED",
+    }
+    try:
+        async with engine.begin() as conn:  # no error_message in the statement: 0006 has none
+            await conn.execute(insert(usage_records).values(**old))
+        await asyncio.to_thread(command.upgrade, config, "head")
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(usage_records).values(
+                    **(old | {"request_id": "after-0007", "error_message": "The daily cap…"})
+                )
+            )
+            rows = await conn.execute(
+                select(usage_records.c.request_id, usage_records.c.error_message).order_by(
+                    usage_records.c.id
+                )
+            )
+            assert rows.all() == [("before-0007", None), ("after-0007", "The daily cap…")]
+        await asyncio.to_thread(command.downgrade, config, "0006")
+        async with engine.connect() as conn:
+            columns = await conn.run_sync(
+                lambda c: {col["name"] for col in inspect(c).get_columns("usage_records")}
+            )
+            assert "error_message" not in columns and "error" in columns
+            count = await conn.scalar(text("SELECT COUNT(*) FROM usage_records"))
+            assert count == 2
+    finally:
+        await engine.dispose()
 
 
 async def test_downgrade_to_base_drops_tables(db_url: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy import event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nanogate import reports
+from nanogate.console import charts
 from nanogate.db.tables import usage_records
 
 NOW = datetime(2026, 11, 21, 12, 0, 30, tzinfo=UTC)
@@ -32,6 +34,7 @@ def row(at: datetime, **fields: Any) -> dict[str, Any]:
         "images": fields.pop("images", 1),
         "cost": fields.pop("cost", 10),
         "error": fields.pop("error", None),
+        "error_message": fields.pop("error_message", None),
         "created_at": at,
     }
 
@@ -90,6 +93,19 @@ async def test_series_by_upstream_names_refusals_and_folds_small_groups(
     assert figures["bucket_seconds"] == 900 and figures["buckets"] == 96
 
 
+async def test_a_series_without_a_name_is_called_none(engine: AsyncEngine) -> None:
+    # A key refused before its model was read, or before any upstream was tried.
+    refused = row(NOW - timedelta(seconds=5), model="", upstream=None, status=401, cost=0, images=0)
+    await seed(engine, [refused, row(NOW - timedelta(seconds=5))])
+    by_model = await reports.series(engine, "hour", "model", now=NOW)
+    assert sorted(s["name"] for s in by_model["series"]) == ["(none)", "gemini-2.5-flash-image"]
+    by_upstream = await reports.series(engine, "hour", "upstream", now=NOW)
+    assert sorted(s["name"] for s in by_upstream["series"]) == ["(none)", "google"]
+    svg = charts.chart(by_model, "error_rate")
+    legend = re.findall(r'<text x="[\d.]+" y="[\d.]+" fill="#222">([^<]*)</text>', svg)
+    assert sorted(legend) == ["(none): 100%", "gemini-2.5-flash-image: 0%"]
+
+
 async def test_the_month_window_counts_days(engine: AsyncEngine) -> None:
     await seed(engine, [row(NOW - timedelta(days=d)) for d in (0, 1, 1, 29, 31)])
     figures = await reports.series(engine, "month", "model", now=NOW)
@@ -123,13 +139,25 @@ async def test_csv_export_streams_every_row_and_defuses_formulas(
     monkeypatch.setattr(reports, "_CSV_CHUNK", 3)  # several chunks from a few rows
     rows = [row(NOW - timedelta(minutes=i)) for i in range(7)]
     rows.append(row(NOW, status=400, error='=HYPERLINK("http://evil")', key_prefix="ng_x"))
+    rows.append(
+        row(
+            NOW,
+            status=402,
+            error="RESOURCE_EXHAUSTED",
+            error_message="The key's daily cap of 1000 credits is reached.",
+            key_prefix="ng_cap",
+        )
+    )
     await seed(engine, rows)
     chunks = [c async for c in reports.usage_csv(engine, reports.UsageFilter())]
     assert len(chunks) >= 3
     table = list(csv.DictReader(io.StringIO(b"".join(chunks).decode())))
-    assert len(table) == 8 and list(table[0]) == reports.CSV_COLUMNS
+    assert len(table) == 9 and list(table[0]) == reports.CSV_COLUMNS
     bad = next(r for r in table if r["key_prefix"] == "ng_x")
     assert bad["error"].startswith("'=HYPERLINK")
+    capped = next(r for r in table if r["key_prefix"] == "ng_cap")
+    assert (capped["status"], capped["error"]) == ("402", "RESOURCE_EXHAUSTED")
+    assert capped["error_message"] == "The key's daily cap of 1000 credits is reached."
     assert datetime.fromisoformat(table[0]["created_at"]).tzinfo is not None
 
 

@@ -104,6 +104,23 @@ async def test_usage_and_columns_round_trip(engine: AsyncEngine) -> None:
     assert row["created_at"] == rec.created_at and row["created_at"].tzinfo is UTC
 
 
+async def test_error_messages_are_scrubbed_and_cut_to_the_column(engine: AsyncEngine) -> None:
+    recorder = UsageRecorder(engine)
+    key = "ng_0123abcd_" + "k" * 43
+    blob = "iVBORw0KGgo" * 10  # the start of a PNG, as base64
+    message = f"Key {key} refused; image {blob} " + "word " * 100
+    recorder.record(_record(1, status=402, error="RESOURCE_EXHAUSTED", error_message=message))
+    recorder.record(_record(2))
+    await recorder.flush()
+    failed, ok = sorted(await recorder.recent(), key=lambda r: r["request_id"])
+    assert failed["error"] == "RESOURCE_EXHAUSTED"
+    stored = failed["error_message"]
+    assert stored.startswith("Key [redacted-key] refused; image [data] word word")
+    assert "ng_0123abcd" not in stored and "iVBOR" not in stored
+    assert len(stored) == 300 and stored.endswith("…")
+    assert ok["error"] is None and ok["error_message"] is None
+
+
 async def test_background_flusher_writes_on_its_interval(engine: AsyncEngine) -> None:
     recorder = UsageRecorder(engine, flush_seconds=0.05)
     await recorder.start()

@@ -64,18 +64,52 @@ function el(tag, attrs = {}, ...children) {
 
 const num = (v) => (v === null || v === undefined ? "–" : Number(v).toLocaleString("en-US"));
 const pct = (v) => `${(v * 100).toFixed(v < 0.1 && v > 0 ? 1 : 0)}%`;
-const when = (iso) => (iso ? iso.replace("T", " ").slice(0, 19) : "–");
 const secs = (ms) => (ms === null || ms === undefined ? "–" : `${(ms / 1000).toFixed(1)} s`);
 const badge = (text, tone) => el("span", { class: `badge ${tone}`, text });
+const tries = (n) => (n === 1 ? "1 try" : `${num(n)} tries`);
+const shorten = (text, most) => (text.length > most ? `${text.slice(0, most - 1)}…` : text);
+
+// Times are shown in the viewer's own time zone; the API and the CSV keep UTC.
+const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+const pad = (n) => String(n).padStart(2, "0");
+const when = (iso) => {
+  if (!iso) return "–";
+  const d = new Date(iso);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+};
+// A moment for a table or a record: local time, with the UTC instant on hover.
+const stamp = (iso) => (iso ? el("time", { datetime: iso, title: `${iso} (UTC)` }, when(iso)) : "–");
 
 // A datetime-local value is the browser's local time: send it as an instant.
 const instant = (local) => (local ? new Date(local).toISOString() : null);
-const localValue = (iso) => {
-  if (!iso) return "";
-  const d = new Date(iso);
-  const pad = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
-};
+const localValue = (iso) => (iso ? when(iso).slice(0, 16).replace(" ", "T") : "");
+
+// Credits as money, as nanogate/console/money.py formats them: the page carries the operator's
+// currency prefix and rate (`currency`, `credits_per_unit`).
+function money(credits) {
+  const { moneyPrefix = "$", creditsPerUnit = "1000000" } = document.body.dataset;
+  const amount = Math.abs(Number(credits)) / Number(creditsPerUnit);
+  const digits = amount >= 1 || amount === 0 ? 2 : amount >= 0.01 ? 4 : 6;
+  const text = amount.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: digits });
+  return `${Number(credits) < 0 ? "-" : ""}${moneyPrefix}${text}`;
+}
+const none = (v) => v === null || v === undefined || v === "";
+// In a sentence: "38,766 credits ($0.0388)".
+const creditsText = (v) => (none(v) ? "–" : `${num(v)} credits (${money(v)})`);
+// In a table cell: the credits, their money beneath.
+const creditsCell = (v) => (none(v) ? "–" : [el("span", { class: "credits" }, num(v)), el("span", { class: "money" }, money(v))]);
+
+// An input of credits says what they are worth as the operator types.
+function moneyHint(input) {
+  const hint = el("span", { class: "money-hint", "aria-live": "polite" });
+  const show = () => { hint.textContent = none(input.value) ? "" : `= ${money(input.value)}`; };
+  input.addEventListener("input", show);
+  input.form?.addEventListener("reset", () => setTimeout(show));
+  const box = el("span", { class: "with-hint" });
+  input.replaceWith(box);
+  box.append(input, hint);
+  show();
+}
 const intOrNull = (v) => (v === "" || v === null || v === undefined ? null : Number.parseInt(v, 10));
 
 async function guarded(work) {
@@ -122,6 +156,7 @@ function overviewPage() {
       const slot = $(`[data-total="${name}"]`);
       if (slot) slot.textContent = name === "error_rate" ? pct(value) : num(value);
     }
+    $('[data-total-money="credits"]').textContent = money(data.totals.credits);
     boxes.forEach((box, i) => {
       $(".chart-slot", box).innerHTML = charts[i].data;  // our own server-drawn SVG, text escaped there
     });
@@ -172,17 +207,17 @@ function keysPage() {
         const credits = intOrNull(amount.value);
         if (!credits) { say("Enter a whole number of credits (negative to take some back).", true); return; }
         const { data } = await api("POST", `/admin/accounts/${a.id}/topup`, { amount: credits, reason: note.value || "top-up" });
-        say(`${data.account}: balance is now ${num(data.balance)} credits.`);
+        say(`${data.account}: balance is now ${creditsText(data.balance)}.`);
         refresh();
       }) });
     return el("tr", { "data-account": a.name },
-      el("td", {}, a.name), el("td", { class: "num" }, num(a.balance)), el("td", { class: "num" }, num(a.held)),
+      el("td", {}, a.name), el("td", { class: "num" }, creditsCell(a.balance)), el("td", { class: "num" }, creditsCell(a.held)),
       el("td", { class: "num" }, num(a.keys)), el("td", {}, el("div", { class: "row" }, amount, note, go)));
   };
 
   const keyRow = (k) => {
     const limits = [k.rpm_limit && `${k.rpm_limit}/min`, k.concurrency_limit && `${k.concurrency_limit} at once`].filter(Boolean).join(", ") || "none";
-    const caps = [k.daily_cap !== null && `${num(k.daily_cap)}/day`, k.monthly_cap !== null && `${num(k.monthly_cap)}/month`].filter(Boolean).join(", ") || "none";
+    const caps = [k.daily_cap !== null && `${creditsText(k.daily_cap)} a day`, k.monthly_cap !== null && `${creditsText(k.monthly_cap)} a month`].filter(Boolean).join(", ") || "none";
     const actions = el("div", { class: "row" });
     if (k.status !== "revoked") {
       actions.append(
@@ -196,9 +231,9 @@ function keysPage() {
           }) }));
     }
     return el("tr", { "data-key": k.prefix },
-      el("td", { class: "mono" }, k.prefix, k.is_admin ? " (admin)" : ""), el("td", {}, k.name),
-      el("td", {}, `${k.account} · ${num(k.balance)}`), el("td", {}, keyStatus(k)),
-      el("td", {}, when(k.expires_at)), el("td", {}, limits), el("td", {}, caps),
+      el("td", { class: "mono" }, k.prefix, k.is_admin ? " (admin)" : ""), el("td", { class: "nowrap" }, k.name),
+      el("td", { class: "nowrap" }, k.account, el("span", { class: "money" }, creditsText(k.balance))), el("td", {}, keyStatus(k)),
+      el("td", { class: "nowrap" }, stamp(k.expires_at)), el("td", {}, limits), el("td", {}, caps),
       el("td", {}, k.allowed_models ? k.allowed_models.join(", ") : "all"), el("td", {}, actions));
   };
 
@@ -221,7 +256,7 @@ function keysPage() {
     event.preventDefault();
     const data = new FormData(event.target);
     const { data: created } = await api("POST", "/admin/accounts", { name: data.get("name"), credits: intOrNull(data.get("credits")) || 0 });
-    say(`Account ${created.name} created with ${num(created.balance)} credits.`);
+    say(`Account ${created.name} created with ${creditsText(created.balance)}.`);
     event.target.reset();
     refresh();
   }));
@@ -268,8 +303,10 @@ function keysPage() {
     for (const f of ["rpm_limit", "concurrency_limit", "daily_cap", "monthly_cap"]) form.elements[f].value = k[f] ?? "";
     form.elements.image_output.value = k.image_output || "";
     modelChecks($("#edit-model-checks"), k.allowed_models);
+    $$("input[data-credits]", form).forEach((input) => input.dispatchEvent(new Event("input")));
     dialog.showModal();
   };
+  $$("input[data-credits]").forEach(moneyHint);
   $("#edit-cancel").addEventListener("click", () => dialog.close());
   $("#edit-form").addEventListener("submit", (event) => guarded(async () => {
     event.preventDefault();
@@ -285,6 +322,7 @@ function keysPage() {
 
 function usagePage() {
   const form = $("#usage-filter");
+  $("#usage-time-h").textContent = `Time (${ZONE})`;
   let pages = [];  // the `before` cursor of each page shown, for Newest/Older
   const query = () => {
     const params = new URLSearchParams();
@@ -304,13 +342,15 @@ function usagePage() {
     $("#usage-older").disabled = !next;
     $("#usage-older").dataset.next = next || "";
     $("#usage-newest").disabled = !before;
-    $("#usage-table tbody").replaceChildren(...(rows.length ? rows.map((r) => el("tr", {},
-      el("td", { class: "mono" }, when(r.created_at)), el("td", { class: "mono" }, r.key_prefix),
-      el("td", {}, r.dialect), el("td", {}, r.model), el("td", {}, r.upstream || "–"),
+    $("#usage-table tbody").replaceChildren(...(rows.length ? rows.map((r) => el("tr", { "data-request": r.request_id },
+      el("td", { class: "mono" }, stamp(r.created_at)), el("td", { class: "mono" }, r.key_prefix || "–"),
+      el("td", { class: "nowrap" }, r.dialect), el("td", { class: "nowrap" }, r.model || "–"),
+      el("td", { class: "nowrap" }, r.upstream || "–"),
       el("td", { class: "num" }, r.status >= 400 ? badge(String(r.status), "bad") : String(r.status)),
       el("td", { class: "num" }, num(r.latency_ms)), el("td", { class: "num" }, num(r.images)),
-      el("td", { class: "num" }, num(r.total_tokens)), el("td", { class: "num" }, num(r.cost)),
-      el("td", {}, r.error || ""))) : [el("tr", {}, el("td", { colspan: "11", text: "No usage matches these filters." }))]));
+      el("td", { class: "num" }, num(r.total_tokens)), el("td", { class: "num" }, creditsCell(r.cost)),
+      el("td", { class: "error-cell" }, r.error ? el("span", { class: "reason" }, r.error) : "",
+        r.error_message ? el("span", { class: "message" }, r.error_message) : ""))) : [el("tr", {}, el("td", { colspan: "11", text: "No usage matches these filters." }))]));
     document.body.dataset.loaded = "usage";
   });
   form.addEventListener("submit", (event) => { event.preventDefault(); pages = []; load(null); });
@@ -334,14 +374,17 @@ function tasksPage() {
       ? el("img", { src: t.files[0].thumbnail, alt: `Result of: ${t.prompt.slice(0, 80)}`, loading: "lazy", width: "384", height: "384" })
       : el("span", { text: t.state === "failed" ? "no image" : t.state });
     const callback = t.callback_state === "none" ? "no callback" : `callback ${t.callback_state}`;
+    const why = t.state === "failed" ? (t.error_message || "no reason was recorded") : null;
     return el("li", { "data-task": t.id }, el("button", { type: "button", "aria-label": `Task ${t.id}: ${t.state}`, onclick: () => openTask(t) },
       el("div", { class: "thumb" }, thumb),
       el("div", { class: "info" },
         el("span", { class: "prompt", title: t.prompt }, t.prompt || "(no prompt)"),
-        el("span", {}, badge(t.state, tone[t.state] || "muted"), " ", t.model),
-        el("span", {}, `${num(t.cost)} credits · ran ${secs(t.run_ms)} · queued ${secs(t.queued_ms)}`),
-        el("span", {}, callback, t.callback_attempts ? ` (${t.callback_attempts} tries)` : ""),
-        el("span", { class: "mono" }, when(t.created_at)))));
+        el("span", { class: "line", title: t.model }, badge(t.state, tone[t.state] || "muted"), " ", t.model),
+        why && el("span", { class: "failure", title: why }, shorten(why, 120)),
+        el("span", { class: "line" }, creditsText(t.cost)),
+        el("span", { class: "line" }, `ran ${secs(t.run_ms)} · queued ${secs(t.queued_ms)}`),
+        el("span", {}, callback, t.callback_attempts ? ` (${tries(t.callback_attempts)})` : ""),
+        el("span", { class: "mono" }, stamp(t.created_at)))));
   };
   const load = (more) => guarded(async () => {
     const params = new URLSearchParams();
@@ -361,13 +404,36 @@ function tasksPage() {
       api("GET", `/admin/tasks/${t.id}`), api("GET", `/admin/callbacks?task_id=${t.id}`),
     ]);
     $("#task-dialog-h").textContent = `Task ${t.id}`;
+    // Why it failed comes first: it is what the operator opened the record for.
+    const failure = $("#task-failure");
+    failure.hidden = t.state !== "failed";
+    failure.textContent = t.state === "failed" ? `Failed (code ${t.error_code ?? "–"}): ${t.error_message || "no reason was recorded."}` : "";
     $("#task-images").replaceChildren(...t.files.map((f, i) => el("a", { href: f.url, target: "_blank", rel: "noopener" },
       el("img", { src: f.url, alt: `Image ${i + 1} of task ${t.id}` }))));
-    $("#task-record").textContent = JSON.stringify(record, null, 2);
+    const callback = record.callback_url
+      ? [el("span", { class: "wrap" }, record.callback_url), ` · ${record.callback_state}`, t.callback_attempts ? ` after ${tries(t.callback_attempts)}` : ""]
+      : "none";
+    const rows = [
+      ["Id", el("span", { class: "mono" }, t.id)],
+      ["State", badge(t.state, t.state === "failed" ? "bad" : t.state === "succeeded" ? "good" : "warn")],
+      ["Model", t.model],
+      ["Created", stamp(t.created_at)], ["Started", stamp(t.started_at)], ["Completed", stamp(t.completed_at)],
+      ["Queued", secs(t.queued_ms)], ["Ran", secs(t.run_ms)],
+      ["Runs", num(record.attempts)],
+      ["Cost", creditsText(t.cost)],
+      ["Account", `#${t.account_id}`], ["Key", `#${t.key_id}`],
+      ["Callback", callback],
+    ];
+    $("#task-record").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]));
+    $("#task-zone").textContent = `Times are in your time zone, ${ZONE}.`;
+    // The create request as an indented object: the msg form stores it as a JSON string.
+    let param = record.task.param;
+    if (typeof param === "string") { try { param = JSON.parse(param); } catch (e) { /* shown as it is */ } }
+    $("#task-param").textContent = typeof param === "string" ? param : JSON.stringify(param, null, 2);
     $("#task-callbacks").replaceChildren(callbacks.attempts.length
       ? el("table", {}, el("thead", {}, el("tr", {}, ["Attempt", "Status", "Error", "Took", "At"].map((h) => el("th", { scope: "col", text: h })))),
         el("tbody", {}, callbacks.attempts.map((a) => el("tr", {}, el("td", {}, a.attempt), el("td", {}, a.status_code ?? "–"),
-          el("td", {}, a.error || ""), el("td", {}, `${a.duration_ms} ms`), el("td", { class: "mono" }, when(a.at))))))
+          el("td", { class: "wrap" }, a.error || ""), el("td", { class: "nowrap" }, `${a.duration_ms} ms`), el("td", { class: "mono" }, stamp(a.at))))))
       : el("p", { class: "help", text: callbacks.callback_url ? "No delivery attempt yet." : "This task has no callback URL." }));
     $("#task-dialog").showModal();
   });
@@ -403,6 +469,8 @@ const KEY_SLOT = "nanogate.playground.key";
 
 function playgroundPage() {
   const refs = [];  // {file, url}
+  const downloads = [];  // object URLs of the shown results, freed on the next run
+  const empty = $("#play-empty");
   const keyInput = $("#play-key");
   keyInput.value = sessionStorage.getItem(KEY_SLOT) || "";
   keyInput.addEventListener("change", () => sessionStorage.setItem(KEY_SLOT, keyInput.value.trim()));
@@ -451,7 +519,7 @@ function playgroundPage() {
     const { data } = await api("POST", "/admin/keys", { name: "playground", account: $("#play-account").value, expires_at: expires });
     keyInput.value = data.key;
     sessionStorage.setItem(KEY_SLOT, data.key);
-    say(`Issued ${data.prefix} on account ${data.account} (${num(data.balance)} credits), valid 24 hours.`);
+    say(`Issued ${data.prefix} on account ${data.account} (${creditsText(data.balance)}), valid 24 hours.`);
   }));
 
   const base64 = (file) => new Promise((resolve, reject) => {
@@ -481,6 +549,7 @@ function playgroundPage() {
     progress.hidden = false;
     $(".play-right").setAttribute("aria-busy", "true");
     $("#play-result").replaceChildren();
+    downloads.splice(0).forEach((url) => URL.revokeObjectURL(url));
     $("#play-meta").hidden = true;
     try {
       const parts = [];
@@ -499,21 +568,32 @@ function playgroundPage() {
       const answer = await resp.json();
       const cand = answer.candidates?.[0];
       const out = [];
+      const requestId = resp.headers.get("x-request-id") || "result";
       for (const part of cand?.content?.parts || []) {
         if (part.thought) continue;
         if (part.inlineData) {
-          out.push(el("img", { src: `data:${part.inlineData.mimeType};base64,${part.inlineData.data}`, alt: `Generated: ${prompt.slice(0, 100)}`, class: "generated" }));
+          const { mimeType, data } = part.inlineData;
+          const n = downloads.length + 1;
+          const blob = new Blob([Uint8Array.from(atob(data), (c) => c.charCodeAt(0))], { type: mimeType });
+          const url = URL.createObjectURL(blob);
+          downloads.push(url);
+          const ext = (mimeType.split("/")[1] || "bin").replace("jpeg", "jpg");
+          out.push(el("figure", {},
+            el("img", { src: url, alt: `Generated: ${prompt.slice(0, 100)}` }),
+            el("figcaption", {}, el("a", { href: url, download: `nanogate-${requestId}-${n}.${ext}`, class: "button secondary" },
+              `Download image ${n}`), ` ${ext.toUpperCase()}, ${num(Math.round(blob.size / 1024))} KB`)));
         } else if (part.text) out.push(el("p", { text: part.text }));
       }
       if (!out.length) out.push(el("p", { class: "error", text: `No image: ${cand?.finishReason || answer.promptFeedback?.blockReason || "the model returned nothing"}.` }));
       $("#play-result").replaceChildren(...out);
       const usage = answer.usageMetadata || {};
-      const meta = [["Cost", `${num(resp.headers.get("x-nanogate-cost"))} credits`], ["Latency", `${(latency / 1000).toFixed(2)} s`],
+      const meta = [["Cost", creditsText(resp.headers.get("x-nanogate-cost"))], ["Latency", `${(latency / 1000).toFixed(2)} s`],
         ["Tokens", num(usage.totalTokenCount)], ["Model", answer.modelVersion || model], ["Request id", resp.headers.get("x-request-id") || "–"]];
       $("#play-meta").replaceChildren(...meta.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
       $("#play-meta").hidden = false;
     } catch (e) {
       say(e.message, true);
+      $("#play-result").replaceChildren(empty);
     } finally {
       clearInterval(timer);
       progress.hidden = true;
@@ -528,7 +608,7 @@ function playgroundPage() {
     $("#play-model").replaceChildren(...images.map((m) => el("option", { value: m.name, text: m.display_name || m.name })));
     fillModel();
     const { data: accounts } = await api("GET", "/admin/accounts");
-    $("#play-account").replaceChildren(...accounts.filter((a) => a.name !== "admin").map((a) => el("option", { value: a.name, text: `${a.name} (${num(a.balance)})` })));
+    $("#play-account").replaceChildren(...accounts.filter((a) => a.name !== "admin").map((a) => el("option", { value: a.name, text: `${a.name}: ${creditsText(a.balance)}` })));
     document.body.dataset.loaded = "playground";
   });
 }
