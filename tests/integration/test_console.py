@@ -276,6 +276,17 @@ def test_top_up_an_account(page: Page, gateway: Gateway) -> None:
     )
     expect(balance.locator(".credits")).to_have_text("3,500")  # the table re-read
     expect(balance.locator(".money")).to_have_text("$0.0035")
+    # The account's write-offs and hold policy have their own cells.
+    expect(row.locator("td[data-written-off]")).to_have_attribute("data-written-off", "0")
+    expect(row).to_contain_text("fair (default)")
+    patched = httpx.patch(
+        f"{gateway.url}/admin/accounts/topup-target",
+        headers=admin(gateway),
+        json={"hold_policy": "worst_case"},
+    )
+    assert patched.status_code == 200, patched.text
+    page.reload()
+    expect(row).to_contain_text("worst case")
 
     accounts = httpx.get(f"{gateway.url}/admin/accounts", headers=admin(gateway)).json()
     assert {a["name"]: a["balance"] for a in accounts}["topup-target"] == 3500

@@ -212,6 +212,8 @@ function keysPage() {
       }) });
     return el("tr", { "data-account": a.name },
       el("td", {}, a.name), el("td", { class: "num" }, creditsCell(a.balance)), el("td", { class: "num" }, creditsCell(a.held)),
+      el("td", { class: "num", "data-written-off": String(a.written_off) }, creditsCell(a.written_off)),
+      el("td", {}, a.hold_policy ? a.hold_policy.replace("_", " ") : "fair (default)"),
       el("td", { class: "num" }, num(a.keys)), el("td", {}, el("div", { class: "row" }, amount, note, go)));
   };
 
