@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint services bench clean
 
 $(BIN)/nanogate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,14 +14,14 @@ $(BIN)/nanogate: pyproject.toml
 $(VENV)/.test-deps: $(BIN)/nanogate
 	$(BIN)/pip install --quiet -e '.[test]'
 # The console tests drive Debian's Chromium through Playwright (never a downloaded browser
-# build): install the package when it is missing, refreshing the package lists only if the
-# first try fails, with sudo only when not already root.
-	@if [ ! -x /usr/bin/chromium ]; then \
-		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
-		$$SUDO apt-get install -y --no-install-recommends chromium \
-		|| { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }; \
-	fi
+# build): install the package when it is missing.
+	@[ -x /usr/bin/chromium ] || scripts/apt-install.sh chromium
 	@touch $@
+
+# PostgreSQL (127.0.0.1:5432, database `test`) and Redis, installed and started when missing;
+# checked on every run, as they may have stopped since the last one.
+services:
+	@scripts/services.sh
 
 serve: $(BIN)/nanogate
 	$(BIN)/nanogate serve
@@ -31,7 +31,7 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff format --check nanogate tests bench
 	$(BIN)/mypy
 
-test: lint
+test: lint services
 	$(BIN)/pytest -q
 
 bench: $(VENV)/.test-deps

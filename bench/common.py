@@ -96,7 +96,7 @@ class Launch:
 
     def ready(self) -> Server:
         """Once it is healthy: the server, with the client key it printed."""
-        pattern = re.compile(r"^NANOGATE_CLIENT_KEY=")
+        pattern = re.compile(r"^export NANOGATE_KEY=")
         found = wait_for_output(self.lines, pattern, 120, self.log)
         key = found[-1].split("=", 1)[1].strip()
         url = f"http://127.0.0.1:{self.port}"

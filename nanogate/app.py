@@ -89,6 +89,7 @@ def create_app(settings: Settings) -> Front:
     app.include_router(report_routes.router)
     app.include_router(session_routes.router)
     app.include_router(console_routes.router)
+    app.include_router(console_routes.home)
     app.include_router(task_routes.router)
     app.include_router(file_routes.router)
     app.include_router(result_routes.router)

@@ -17,7 +17,6 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError
@@ -28,7 +27,7 @@ from .billing.accounts import Account, AccountError, AccountStore
 from .billing.runners import open_runner
 from .catalog import load_catalog
 from .config import Settings, load_settings
-from .db.engine import make_engine, run_migrations
+from .db.engine import make_engine, run_migrations, sqlite_file
 from .errors import NotFound
 from .generate import (
     DEFAULT_CONCURRENCY,
@@ -44,15 +43,19 @@ from .keys import KeyRecord, KeyStore, bootstrap
 from .logs import setup_logging
 from .usage import RECORD_COLUMNS, SUMMARY_TOTALS, UsageRecorder, summarize
 
-app = typer.Typer(help="nanogate: a gateway for Gemini image models.", no_args_is_help=True)
-keys_app = typer.Typer(help="Create, list, revoke and top up API keys.", no_args_is_help=True)
+
+def _commands(summary: str) -> typer.Typer:
+    # Markdown mode joins a docstring's lines into paragraphs, so help wraps at the terminal's
+    # width, not also at the source's line breaks.
+    return typer.Typer(help=summary, no_args_is_help=True, rich_markup_mode="markdown")
+
+
+app = _commands("nanogate: a gateway for Gemini image models.")
+keys_app = _commands("Create, list, revoke and top up API keys.")
 app.add_typer(keys_app, name="keys")
-accounts_app = typer.Typer(
-    help="Accounts hold the credits their keys spend: create, list, show, top up.",
-    no_args_is_help=True,
-)
+accounts_app = _commands("Accounts hold the credits their keys spend: create, list, show, top up.")
 app.add_typer(accounts_app, name="accounts")
-upstreams_app = typer.Typer(help="Check the configured upstreams.", no_args_is_help=True)
+upstreams_app = _commands("Check the configured upstreams.")
 app.add_typer(upstreams_app, name="upstreams")
 callbacks_app = typer.Typer(
     help="Task callbacks: the secret that signs them.", no_args_is_help=True
@@ -114,6 +117,21 @@ def _settings(config: Path | None) -> Settings:
         return load_settings(config)
     except FileNotFoundError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _database(config: Path | None) -> Settings:
+    """Settings for a command that works on an existing database, found as `serve` finds it
+    (the config file, NANOGATE_DATA_DIR or NANOGATE_DATABASE_URL, else ./nanogate-data). Only
+    serve, worker and migrate create one: another command run from the wrong folder fails,
+    naming the path it looked at, instead of leaving an empty database there."""
+    settings = _settings(config)
+    path = sqlite_file(settings.resolved_database_url)
+    if path is not None and not path.is_file():
+        _fail(
+            f"no database at {path}. Run this in the folder where `nanogate serve` runs, or "
+            "point NANOGATE_DATA_DIR (or --config) at its data directory."
+        )
+    return settings
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -179,6 +197,12 @@ async def _find_account(store: AccountStore, ref: str, code: int = 1) -> Account
 def _cell(value: object) -> Text:
     """A table cell shown as it is: names and notes are not rich markup."""
     return Text("" if value is None else str(value))
+
+
+def _number(value: int | None) -> str:
+    """A count or an amount of credits, as tables show it: 1,234,567 (JSON and CSV keep the
+    plain integer)."""
+    return "" if value is None else f"{value:,}"
 
 
 def _when(value: datetime | None) -> str:
@@ -367,18 +391,26 @@ def worker(
 
 
 def _show_first_keys(client_key: str, admin_key: str, settings: Settings) -> None:
-    console.print(
-        Panel.fit(
-            f"client key ({settings.starter_credits} credits):\n  {client_key}\n"
-            f"admin key:\n  {admin_key}\n\n"
-            "These are shown once and stored only as hashes. Save them now.",
-            title="nanogate: first start",
-        ),
-        soft_wrap=True,
-    )
-    # Also plain lines, easy to grep from scripts: `NANOGATE_CLIENT_KEY=...`.
-    print(f"NANOGATE_CLIENT_KEY={client_key}", flush=True)
-    print(f"NANOGATE_ADMIN_KEY={admin_key}", flush=True)
+    # Plain lines, no box around them: each `export` line pastes into a shell as it is, and
+    # NANOGATE_KEY is the variable the README's examples and `nanogate generate` read.
+    lines = [
+        "nanogate: first start. These keys are shown once and stored only as hashes: "
+        "save them now.",
+        f"Client key ({_number(settings.starter_credits)} starter credits), for the API and "
+        "`nanogate generate`:",
+        f"export NANOGATE_KEY={client_key}",
+        "Admin key, for the console and the admin API:",
+        f"export NANOGATE_ADMIN_KEY={admin_key}",
+    ]
+    data = sqlite_file(settings.resolved_database_url)
+    if data is not None:
+        lines.append(
+            f"Data: {data.parent} (other nanogate commands use it when run from this folder, "
+            "or with NANOGATE_DATA_DIR set to it)"
+        )
+    console_url = f"{settings.resolved_public_base_url}/console"
+    lines.append(f"Console: {console_url} (log in with the admin key)")
+    print("\n".join(lines), flush=True)
 
 
 @app.command()
@@ -418,11 +450,11 @@ def keys_create(
             "signed result URLs."
         ),
     ] = None,
-    admin: Annotated[bool, typer.Option(help="An admin key.")] = False,
+    admin: Annotated[bool, typer.Option("--admin", help="An admin key.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Create a key. It is printed once; only its hash is stored."""
-    settings = _settings(config)
+    settings = _database(config)
     _migrate(settings)
     expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
     allowed = None
@@ -456,7 +488,7 @@ def keys_create(
     err_console.print(
         _cell(
             f"{record.prefix} on account {record.account_name} (id {record.account_id}), "
-            f"balance {record.balance}"
+            f"balance {_number(record.balance)}"
         )
     )
 
@@ -464,7 +496,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(config: ConfigOption = None) -> None:
     """List keys by prefix (never the keys themselves)."""
-    settings = _settings(config)
+    settings = _database(config)
     records = _with_engine(settings, lambda engine: KeyStore(engine, 0).list())
     now = datetime.now(UTC)
     table = Table(
@@ -488,9 +520,9 @@ def keys_list(config: ConfigOption = None) -> None:
             "yes" if rec.is_admin else "",
             rec.status(now),
             _cell(rec.account_name),
-            str(rec.balance),
-            _cell(rec.daily_cap),
-            _cell(rec.monthly_cap),
+            _number(rec.balance),
+            _number(rec.daily_cap),
+            _number(rec.monthly_cap),
             ",".join(rec.allowed_models) if rec.allowed_models else "all",
             str(rec.rpm_limit or ""),
             str(rec.concurrency_limit or ""),
@@ -505,7 +537,7 @@ def keys_revoke(
     config: ConfigOption = None,
 ) -> None:
     """Revoke a key: it is refused from then on (within key_cache_seconds on running servers)."""
-    settings = _settings(config)
+    settings = _database(config)
     done = _with_engine(settings, lambda engine: KeyStore(engine, 0).revoke(prefix))
     if not done:
         console.print(f"no active key with prefix {prefix}")
@@ -528,7 +560,7 @@ def keys_topup(
     """Top up (or, with a negative amount, adjust) the account a key draws on."""
     value = _amount(amount, amount_option)
     note = _reason(reason, value)
-    settings = _settings(config)
+    settings = _database(config)
     _migrate(settings)
 
     async def work(store: AccountStore, engine: AsyncEngine) -> tuple[KeyRecord, int]:
@@ -541,7 +573,7 @@ def keys_topup(
     console.print(
         _cell(
             f"{record.prefix}: account {record.account_name} (id {record.account_id}) "
-            f"balance {balance} ({value:+d})"
+            f"balance {_number(balance)} ({value:+,d})"
         )
     )
 
@@ -557,10 +589,10 @@ def accounts_create(
     hold_policy: HoldPolicyOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Create an account; keys made with `keys create --account NAME` draw on it."""
+    """Create an account; keys made with "keys create --account NAME" draw on it."""
     if name.strip().isdigit():
         _fail("an account name cannot be all digits (a number means an account id)", 2)
-    settings = _settings(config)
+    settings = _database(config)
     _migrate(settings)
 
     async def work(store: AccountStore, _: AsyncEngine) -> Account:
@@ -568,7 +600,9 @@ def accounts_create(
         return await store.create(name, credits, reason or "", policy)
 
     account = _with_accounts(settings, work)
-    console.print(_cell(f"created account {account.id} {account.name}: balance {account.balance}"))
+    console.print(
+        _cell(f"created account {account.id} {account.name}: balance {_number(account.balance)}")
+    )
 
 
 @accounts_app.command("list")
@@ -579,7 +613,7 @@ def accounts_list(
     config: ConfigOption = None,
 ) -> None:
     """List accounts: balance, credits held by calls in flight, and how many keys."""
-    settings = _settings(config)
+    settings = _database(config)
 
     async def work(store: AccountStore, _: AsyncEngine) -> list[Account]:
         return await store.list()
@@ -594,15 +628,14 @@ def accounts_list(
         table.add_row(
             str(account.id),
             _cell(account.name),
-            str(account.balance),
-            str(account.held),
+            _number(account.balance),
+            _number(account.held),
             str(account.keys),
             _when(account.created_at),
         )
     console.print(table)
 
 
-_KEY_COLUMNS = ("prefix", "name", "status", "daily_cap", "monthly_cap")
 _LEDGER_COLUMNS = ("created_at", "kind", "amount", "balance_after", "request_id", "note")
 
 
@@ -615,7 +648,7 @@ def accounts_show(
     config: ConfigOption = None,
 ) -> None:
     """An account: its balance, its keys and its last 20 ledger rows (newest first)."""
-    settings = _settings(config)
+    settings = _database(config)
 
     async def work(
         store: AccountStore, engine: AsyncEngine
@@ -646,15 +679,17 @@ def accounts_show(
         return
     console.print(
         _cell(
-            f"account {found.id} {found.name}: balance {found.balance}, held {found.held}, "
-            f"{found.keys} keys, created {_when(found.created_at)}"
+            f"account {found.id} {found.name}: balance {_number(found.balance)}, "
+            f"held {_number(found.held)}, {found.keys} keys, created {_when(found.created_at)}"
         )
     )
     policy = found.hold_policy or f"{settings.hold_policy} (the gateway's setting)"
     console.print(_cell(f"hold policy: {policy}; written off over its life: {found.written_off}"))
     key_table = Table("prefix", "name", "status", "daily cap", "monthly cap", title="keys")
-    for key_row in key_rows:
-        key_table.add_row(*(_cell(key_row[c]) for c in _KEY_COLUMNS))
+    for k in keys:
+        key_table.add_row(
+            k.prefix, _cell(k.name), k.status(now), _number(k.daily_cap), _number(k.monthly_cap)
+        )
     console.print(key_table)
     ledger_table = Table(
         "time", "kind", "amount", "balance after", "request", "note", title="ledger (last 20)"
@@ -663,8 +698,8 @@ def accounts_show(
         ledger_table.add_row(
             _when(row["created_at"]),
             row["kind"],
-            f"{row['amount']:+d}",
-            str(row["balance_after"]),
+            f"{row['amount']:+,d}",
+            _number(row["balance_after"]),
             _cell(row["request_id"]),
             _cell(row["note"]),
         )
@@ -712,10 +747,10 @@ def accounts_topup(
 ) -> None:
     """Top up an account (a positive amount) or adjust it (negative, never below zero).
 
-    For a negative AMOUNT write `topup acme -500`, `topup acme -- -500` or `--amount -500`."""
+    For a negative AMOUNT write "topup acme -500", "topup acme -- -500" or "--amount -500"."""
     value = _amount(amount, amount_option)
     note = _reason(reason, value)
-    settings = _settings(config)
+    settings = _database(config)
     _migrate(settings)
 
     async def work(store: AccountStore, _: AsyncEngine) -> tuple[Account, int]:
@@ -723,7 +758,9 @@ def accounts_topup(
         return found, await store.topup(found.id, value, note)
 
     found, balance = _with_accounts(settings, work)
-    console.print(_cell(f"account {found.id} {found.name}: balance {balance} ({value:+d})"))
+    console.print(
+        _cell(f"account {found.id} {found.name}: balance {_number(balance)} ({value:+,d})")
+    )
 
 
 @app.command()
@@ -749,7 +786,7 @@ def usage(
 ) -> None:
     """Show the most recent usage records, or with --by, totals per group: requests, errors
     (status >= 400), images, tokens and credits."""
-    settings = _settings(config)
+    settings = _database(config)
     since = None
     if days is not None or by is not None:
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -786,10 +823,10 @@ def usage(
             _cell(row["model"]),
             _cell(row["upstream"]),
             str(row["status"]),
-            str(row["latency_ms"]),
-            str(row["total_tokens"]),
-            str(row["images"]),
-            str(row["cost"]),
+            _number(row["latency_ms"]),
+            _number(row["total_tokens"]),
+            _number(row["images"]),
+            _number(row["cost"]),
         )
     console.print(table)
 
@@ -1004,7 +1041,10 @@ def _usage_summary(
         *columns, title=f"usage by {by.value} since {since:%Y-%m-%d} (UTC)", show_footer=False
     )
     for row in rows:
-        table.add_row(_cell(row[by.value]), *(str(row[c]) for c in SUMMARY_TOTALS))
+        # Calls refused before a key or a model was known (no key, a body without a model)
+        # have none to group by.
+        group = row[by.value] or "(none)"
+        table.add_row(_cell(group), *(_number(row[c]) for c in SUMMARY_TOTALS))
     console.print(table)
 
 

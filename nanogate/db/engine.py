@@ -20,9 +20,8 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 
 def make_engine(url: str) -> AsyncEngine:
     """An async engine for `sqlite+aiosqlite:///file` or `postgresql+asyncpg://...`."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, parsed.database)
+    if make_url(url).get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
     # Bound parameters never reach logs or error messages: they may hold key hashes or prompts.
     return create_async_engine(
         url,
@@ -35,9 +34,20 @@ def make_engine(url: str) -> AsyncEngine:
     )
 
 
-def _sqlite_engine(url: str, database: str | None) -> AsyncEngine:
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a `sqlite+aiosqlite:///file` URL; None for PostgreSQL, an
+    in-memory database or a `file:` URI."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return None if database.startswith("file:") else Path(database).expanduser()
+
+
+def _sqlite_engine(url: str) -> AsyncEngine:
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, hide_parameters=True)
 
     @event.listens_for(engine.sync_engine, "connect")

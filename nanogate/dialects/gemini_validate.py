@@ -145,9 +145,12 @@ def _validate_image_config(config: JSON, spec: ModelSpec) -> ImageRequest | None
                 "(this model renders one size, chosen by aspectRatio)."
             )
         if size not in spec.image_sizes:
+            # "2k" for "2K" is the usual slip: name the spelling only when it is the problem.
+            upper = size.upper() if isinstance(size, str) else None
+            hint = f" ({upper!r}, with an uppercase K)" if upper in spec.image_sizes else ""
             raise InvalidArgument(
                 f"imageConfig.imageSize {_show(size)} is not supported by {spec.name}; "
-                f"use one of: {', '.join(spec.image_sizes)} (uppercase K)."
+                f"use one of: {', '.join(spec.image_sizes)}{hint}."
             )
     return ImageRequest(ratio, size)
 

@@ -20,6 +20,14 @@ from ..console.money import Money
 from ..errors import NotFound
 
 router = APIRouter(prefix="/console", include_in_schema=False)
+# The gateway's bare address, which is what a newcomer opens first, leads to the console.
+home = APIRouter(include_in_schema=False)
+
+
+@home.get("/")
+async def root() -> Response:
+    return RedirectResponse("/console", status_code=307)
+
 
 _STATIC = resources.files("nanogate.console") / "static"
 _ASSETS = {"console.css": "text/css", "console.js": "text/javascript"}

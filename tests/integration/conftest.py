@@ -50,11 +50,15 @@ class Gateway:
     env: dict[str, str]
     proc: subprocess.Popen[str]
     stderr_path: Path
+    banner: list[str] = field(default_factory=list)  # what `serve` printed on first start
     extra: dict[str, Any] = field(default_factory=dict)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # From the folder serve's data directory is in, where a gateway started with `cwd`
+        # (and no NANOGATE_DATA_DIR) keeps its data.
         return subprocess.run(
             [sys.executable, "-m", "nanogate", *args],
+            cwd=self.data_dir.parent,
             env=self.env,
             capture_output=True,
             text=True,
@@ -77,17 +81,24 @@ def start_simulator(*extra: str) -> Simulator:
     return Simulator(url, proc)
 
 
-def start_gateway(tmp: Path, config: dict[str, Any] | None = None, **env: str) -> Gateway:
+def start_gateway(
+    tmp: Path, config: dict[str, Any] | None = None, *, cwd: Path | None = None, **env: str
+) -> Gateway:
+    """`nanogate serve` on a free port, with its data in tmp/data; or, given `cwd`, run there
+    with no data directory set, as a newcomer runs it (its data in cwd/nanogate-data)."""
     port = free_port()
+    data_dir = tmp / "data" if cwd is None else cwd / "nanogate-data"
     full_env = {
         **os.environ,
-        "NANOGATE_DATA_DIR": str(tmp / "data"),
+        "NANOGATE_DATA_DIR": str(data_dir),
         "NANOGATE_PORT": str(port),
         "NANOGATE_KEY_CACHE_SECONDS": "1",
         "NANOGATE_USAGE_FLUSH_SECONDS": "0.2",
         **env,
     }
     full_env.pop("NANOGATE_CONFIG", None)
+    if cwd is not None:
+        del full_env["NANOGATE_DATA_DIR"]  # serve's default then: ./nanogate-data
     if config is not None:
         path = tmp / "nanogate.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -99,13 +110,15 @@ def start_gateway(tmp: Path, config: dict[str, Any] | None = None, **env: str) -
         stderr=stderr_path.open("w"),
         text=True,
         env=full_env,
+        cwd=cwd,
     )
     try:
-        lines = wait_for_line(pump_stdout(proc), re.compile(r"^NANOGATE_ADMIN_KEY="), 60)
+        # The first-start banner ends with the console's address.
+        lines = wait_for_line(pump_stdout(proc), re.compile(r"^Console: "), 60)
     except RuntimeError:
         stop(proc)
         raise RuntimeError(f"gateway failed to start:\n{stderr_path.read_text()[-3000:]}") from None
-    values = dict(line.split("=", 1) for line in lines if line.startswith("NANOGATE_"))
+    values = dict(line.split("=", 1) for line in lines if line.startswith("export NANOGATE_"))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -120,12 +133,13 @@ def start_gateway(tmp: Path, config: dict[str, Any] | None = None, **env: str) -
         time.sleep(0.1)
     return Gateway(
         url,
-        values["NANOGATE_CLIENT_KEY"],
-        values["NANOGATE_ADMIN_KEY"],
-        tmp / "data",
+        values["export NANOGATE_KEY"],
+        values["export NANOGATE_ADMIN_KEY"],
+        data_dir,
         full_env,
         proc,
         stderr_path,
+        lines,
     )
 
 

@@ -114,18 +114,18 @@ def _without_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_accounts_create_list_show_topup(cli: Cli) -> None:
     assert cli.ok("accounts", "create", "acme", "--credits", "1000").strip() == (
-        "created account 1 acme: balance 1000"
+        "created account 1 acme: balance 1,000"
     )
     assert cli.ok("accounts", "create", "beta").strip() == "created account 2 beta: balance 0"
     assert "already exists" in cli.fails(1, "accounts", "create", "acme")
     assert "all digits" in cli.fails(2, "accounts", "create", "42")
 
     topup = ("accounts", "topup")
-    assert cli.ok(*topup, "acme", "500").strip() == "account 1 acme: balance 1500 (+500)"
+    assert cli.ok(*topup, "acme", "500").strip() == "account 1 acme: balance 1,500 (+500)"
     # Negative amounts: after `--` (options may follow), bare, and as --amount.
     out = cli.ok(*topup, "acme", "--", "-300", "--reason", "refund of a mistake")
-    assert out.strip() == "account 1 acme: balance 1200 (-300)"
-    assert cli.ok(*topup, "acme", "-200").strip() == "account 1 acme: balance 1000 (-200)"
+    assert out.strip() == "account 1 acme: balance 1,200 (-300)"
+    assert cli.ok(*topup, "acme", "-200").strip() == "account 1 acme: balance 1,000 (-200)"
     out = cli.ok(*topup, "acme", "--amount", "-50", "--reason", "fee")
     assert out.strip() == "account 1 acme: balance 950 (-50)"
     assert cli.ok(*topup, "2", "250", "--reason", "by id").strip() == (
@@ -166,7 +166,8 @@ def test_accounts_create_list_show_topup(cli: Cli) -> None:
     ]
     table = cli.ok("accounts", "show", "1")
     assert "account 1 acme: balance 950, held 0, 0 keys" in table
-    assert re.search(r"│ adjustment\s+│ -200\s+│ 1000\s+│\s+│ adjustment from the", table)
+    assert re.search(r"│ adjustment\s+│ -200\s+│ 1,000\s+│\s+│ adjustment from the", table)
+    assert re.search(r"│ topup\s+│ \+1,000\s+│ 1,000\s+│\s+│ starting credits", table)
 
     count = cli.sql(select(func.count()).select_from(ledger))[0][0]
     assert count == 6  # the refused adjustment wrote nothing
@@ -195,18 +196,24 @@ def test_accounts_hold_policy(cli: Cli) -> None:
 def test_keys_on_one_account_share_its_balance(cli: Cli) -> None:
     cli.ok("accounts", "create", "acme", "--credits", "100")
     one = cli.key("--account", "acme", "--name", "one", "--daily-cap", "40")
-    two = cli.key("--account", "1", "--name", "two", "--credits", "60", "--monthly-cap", "900")
+    two = cli.key("--account", "1", "--name", "two", "--credits", "60", "--monthly-cap", "1234567")
 
     shown = cli.json("accounts", "show", "acme", "--format", "json")
     assert shown["account"]["balance"] == 160
     assert shown["account"]["keys"] == 2
     assert shown["keys"] == [
         {"prefix": one, "name": "one", "status": "active", "daily_cap": 40, "monthly_cap": None},
-        {"prefix": two, "name": "two", "status": "active", "daily_cap": None, "monthly_cap": 900},
+        {
+            "prefix": two,
+            "name": "two",
+            "status": "active",
+            "daily_cap": None,
+            "monthly_cap": 1234567,
+        },
     ]
     table = cli.ok("accounts", "show", "acme")
     assert re.search(rf"│ {one}\s+│ one\s+│ active\s+│ 40\s+│\s+│", table), table
-    assert re.search(rf"│ {two}\s+│ two\s+│ active\s+│\s+│ 900\s+│", table), table
+    assert re.search(rf"│ {two}\s+│ two\s+│ active\s+│\s+│ 1,234,567\s+│", table), table
 
     # The shortcut tops up the key's account, and the ledger row names the key.
     out = cli.ok("keys", "topup", one, "25", "--reason", "from key one")
@@ -230,7 +237,9 @@ def test_keys_on_one_account_share_its_balance(cli: Cli) -> None:
 
     listed = cli.ok("keys", "list")
     assert re.search(rf"│ {one}\s+│ one\s+│\s+│ active\s+│ acme\s+│ 175\s+│ 40\s+│\s+│", listed)
-    assert re.search(rf"│ {two}\s+│ two\s+│\s+│ active\s+│ acme\s+│ 175\s+│\s+│ 900\s+│", listed)
+    assert re.search(
+        rf"│ {two}\s+│ two\s+│\s+│ active\s+│ acme\s+│ 175\s+│\s+│ 1,234,567\s+│", listed
+    )
 
     # Without --account a key gets an account of its own, named after its prefix.
     own = cli.key("--name", "solo", "--credits", "7")
@@ -285,7 +294,8 @@ def test_usage_summaries(cli: Cli) -> None:
         ("r4", b1, 2, flash, 200, 1, 1290, 39000, _at(day[2], 23)),
         ("r5", b1, 2, pro, 500, 0, 12, 0, _at(day[0], 11)),
         ("r6", a1, 1, flash, 200, 1, 1300, 39000, _at(day[40], 12)),  # outside 30 days
-        ("r7", "", None, flash, 401, 0, 0, 0, _at(day[0], 9)),  # no key, no account
+        # No key, so no account, and no model: authentication fails before the body is read.
+        ("r7", "", None, "", 401, 0, 0, 0, _at(day[0], 9)),
     ]
     ids = {prefix: cli.key_id(prefix) for prefix in (a1, a2, b1)}
     cli.sql(
@@ -331,7 +341,8 @@ def test_usage_summaries(cli: Cli) -> None:
     ]
     assert cli.json("usage", "--by", "model", "--format", "json") == [
         {"model": pro, **totals(2, 1, 2, 2612, 268000)},
-        {"model": flash, **totals(4, 2, 2, 2590, 78000)},
+        {"model": flash, **totals(3, 1, 2, 2590, 78000)},
+        {"model": "", **totals(1, 1, 0, 0, 0)},
     ]
     by_day = [
         {"day": day[2].isoformat(), **totals(1, 0, 1, 1290, 39000)},
@@ -361,11 +372,17 @@ def test_usage_summaries(cli: Cli) -> None:
         f"{day[1].isoformat()},2,1,2,2600,268000",
         f"{day[0].isoformat()},3,2,1,1312,39000",
     ]
+    # Tables group digits in thousands; a group with no account, key or model says so.
     table = cli.ok("usage", "--by", "account")
-    assert re.search(r"│ acme\s+│ 3\s+│ 1\s+│ 3\s+│ 3900\s+│ 307000\s+│", table), table
-    assert re.search(r"│ beta\s+│ 2\s+│ 1\s+│ 1\s+│ 1302\s+│ 39000\s+│", table), table
+    assert re.search(r"│ acme\s+│ 3\s+│ 1\s+│ 3\s+│ 3,900\s+│ 307,000\s+│", table), table
+    assert re.search(r"│ beta\s+│ 2\s+│ 1\s+│ 1\s+│ 1,302\s+│ 39,000\s+│", table), table
+    assert re.search(r"│ \(none\)\s+│ 1\s+│ 1\s+│ 0\s+│ 0\s+│ 0\s+│", table), table
     table = cli.ok("usage", "--by", "model")
-    assert re.search(rf"│ {flash}\s+│ 4\s+│ 2\s+│ 2\s+│ 2590\s+│ 78000\s+│", table), table
+    assert re.search(rf"│ {flash}\s+│ 3\s+│ 1\s+│ 2\s+│ 2,590\s+│ 78,000\s+│", table), table
+    assert re.search(r"│ \(none\)\s+│ 1\s+│ 1\s+│ 0\s+│ 0\s+│ 0\s+│", table), table
+    assert not re.search(r"^│\s+│", table, re.M), table
+    table = cli.ok("usage", "--by", "key")
+    assert re.search(r"│ \(none\)\s+│ 1\s+│ 1\s+│ 0\s+│ 0\s+│ 0\s+│", table), table
 
     # The record listing: newest first, with cost, in every format.
     recent = cli.json("usage", "--limit", "3", "--format", "json")
@@ -390,4 +407,7 @@ def test_usage_summaries(cli: Cli) -> None:
     assert re.search(
         rf"│ {b1}\s+│ gemini\s+│ {pro}\s+│ demo\s+│ 500\s+│ 5\s+│ 12\s+│ 0\s+│ 0\s+│", table
     )
+    table = cli.ok("usage", "--key", a1, "--limit", "1")
+    row = rf"│ {a1}\s+│ gemini\s+│ {flash}\s+│ demo\s+│ 200\s+│ 5\s+│ 1,300\s+│ 1\s+│ 39,000\s+│"
+    assert re.search(row, table), table
     assert cli.run("usage", "--by", "week").returncode == 2

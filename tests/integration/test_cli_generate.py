@@ -290,3 +290,14 @@ def test_retries_on_a_gemini_endpoint(simulator: Simulator, tmp_path: Path) -> N
             "generationConfig": {"responseModalities": ["TEXT", "IMAGE"]},
         }
     )
+
+
+def test_a_size_the_model_does_not_render(demo_gateway: Gateway, tmp_path: Path) -> None:
+    """2K is spelt right, but gemini-2.5-flash-image renders only 1K: the refusal lists the
+    sizes it takes, with no hint about the spelling."""
+    proc = generate("An otter", "--size", "2K", *on(demo_gateway), cwd=tmp_path)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    said = proc.stdout + proc.stderr
+    assert "imageSize '2K' is not supported by gemini-2.5-flash-image; use one of: 1K." in said
+    assert "uppercase" not in said
+    assert not list(tmp_path.iterdir())

@@ -98,10 +98,9 @@ def test_body_forwarded_byte_for_byte_with_upstream_key(
 
 
 def seed_001_request() -> dict[str, Any]:
-    """The structured-output request exactly as seed 001 documents it."""
-    text = next((Path(__file__).parents[3] / "shared" / "seeds").glob("001_*.txt")).read_text()
-    start = text.index("{", text.index("Body Params application/json"))
-    request, _ = json.JSONDecoder().raw_decode(text[start:])
+    """Seed 001's structured-output request (a JSON schema with propertyOrdering)."""
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "seed_001_structured_output.json"
+    request = json.loads(fixture.read_text())
     assert request["generationConfig"]["responseSchema"]["items"]["propertyOrdering"]
     return dict(request)
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from nanogate.catalog import load_catalog
+from nanogate.catalog import ModelSpec, load_catalog
 from nanogate.dialects.gemini import parse_call, split_model_action
 from nanogate.errors import InvalidArgument, NotFound
 from nanogate.media import decode_base64, sniff_image
@@ -82,8 +82,17 @@ def test_pro_sizes(size: str) -> None:
 
 
 def test_lowercase_size_is_refused() -> None:
-    with pytest.raises(InvalidArgument, match="uppercase K"):
+    with pytest.raises(InvalidArgument, match=r"1K, 2K, 4K \('2K', with an uppercase K\)\.$"):
         parse_call("r", "generateContent", PRO, req({"imageSize": "2k"}))
+
+
+@pytest.mark.parametrize(("spec", "size"), [(FLASH, "2K"), (FLASH, "2k"), (PRO, "8K"), (PRO, 2)])
+def test_the_uppercase_hint_only_when_it_is_the_fix(spec: ModelSpec, size: object) -> None:
+    # 2K is spelt right but not a size gemini-2.5-flash-image renders: the hint would mislead.
+    with pytest.raises(InvalidArgument) as refused:
+        parse_call("r", "generateContent", spec, req({"imageSize": size}))
+    assert "uppercase" not in refused.value.message
+    assert refused.value.message.endswith(f"use one of: {', '.join(spec.image_sizes)}.")
 
 
 def test_snake_case_spelling_is_validated_too() -> None:
