@@ -684,7 +684,8 @@ def accounts_show(
         )
     )
     policy = found.hold_policy or f"{settings.hold_policy} (the gateway's setting)"
-    console.print(_cell(f"hold policy: {policy}; written off over its life: {_number(found.written_off)}"))
+    lost = _number(found.written_off)
+    console.print(_cell(f"hold policy: {policy}; written off over its life: {lost}"))
     key_table = Table("prefix", "name", "status", "daily cap", "monthly cap", title="keys")
     for k in keys:
         key_table.add_row(
