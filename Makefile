@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 
 .PHONY: serve test lint services bench clean
 
+# Debian splits venv out of python3: install it when the first try fails.
 $(BIN)/nanogate: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); scripts/apt-install.sh python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e .
 	@touch $@
