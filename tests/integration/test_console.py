@@ -242,7 +242,7 @@ def test_a_new_key_is_shown_once_and_works(page: Page, gateway: Gateway) -> None
     page.screenshot(path=ARTIFACTS / "keys-new-key-1280.png")
     dialog.get_by_role("button", name="Done").click()
     expect(dialog).to_be_hidden()
-    assert page.locator("#new-key").inner_text() == ""
+    expect(page.locator("#new-key")).to_have_text("")  # cleared by the dialog's close event
 
     open_page(page, gateway, "keys")  # a reload: the key is gone for good
     assert key not in page.content()
@@ -590,7 +590,7 @@ def test_usage_tells_a_spend_cap_from_an_empty_balance_and_keeps_rows_on_one_lin
     for row in (cap_row, balance_row):
         expect(row.locator(".badge")).to_have_text("402")
         expect(row.locator(".error-cell .reason")).to_have_text("RESOURCE_EXHAUSTED")
-    expect(cap_row.locator(".error-cell .message")).to_contain_text("daily spend cap of 1000")
+    expect(cap_row.locator(".error-cell .message")).to_contain_text("daily spend cap of 1,000")
     expect(balance_row.locator(".error-cell .message")).to_contain_text("Insufficient credits")
     # Costs read as money; times are the viewer's local time, the zone in the header.
     cost = rows.first.locator("td.num").last

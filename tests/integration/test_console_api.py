@@ -246,7 +246,7 @@ def test_usage_and_its_csv_tell_a_spend_cap_from_an_empty_balance(gw: Gateway) -
         assert refused.status_code == 402, refused.text
         assert refused.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
         told[made["prefix"]] = refused.json()["error"]["message"]
-    assert "daily spend cap of 1000 credits" in told[capped["prefix"]]
+    assert "daily spend cap of 1,000 credits" in told[capped["prefix"]]
     assert told[broke["prefix"]].startswith("Insufficient credits")
     deadline = time.monotonic() + 10
     while True:  # usage records are written in batches
