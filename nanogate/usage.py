@@ -58,6 +58,7 @@ class UsageRecord:
     account_id: int | None = None
     error: str | None = None
     created_at: datetime = field(default_factory=utcnow)
+    requested_model: str | None = None  # the client's name, when the call ran under another
 
     def add_usage(self, usage: Usage) -> None:
         """Copy the upstream's token counts by modality."""

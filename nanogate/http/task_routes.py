@@ -69,8 +69,11 @@ async def _create(request: Request, form: Form) -> Response:
     body = await read_body(request, request.app.state.settings.max_request_bytes)
     task = tasks.parse_create(body, form)
     service: TaskService = request.app.state.tasks
-    task_id = await service.create(ctx, key, task, idempotency_key(request, body))
-    request.state.model = ctx.model or None
+    try:
+        task_id = await service.create(ctx, key, task, idempotency_key(request, body))
+    finally:
+        request.state.model = ctx.model or None
+        request.state.warning = ctx.warning
     data = {"task_id": task_id} if form == "message" else {"taskId": task_id}
     return Response(tasks.envelope(data, form), media_type=JSON_TYPE)
 

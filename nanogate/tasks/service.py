@@ -70,7 +70,7 @@ class TaskService:
         Raises 402 when the account cannot cover its most possible cost."""
         if "tasks" in self.disabled:
             raise FeatureDisabled("Creating tasks is switched off on this gateway.")
-        spec = self.gateway.resolve(ctx, key, task.model)
+        spec = await self.gateway.resolve(ctx, key, task.model)
         self._check(task, spec)
         call = self._estimate_call(ctx.request_id, task, spec)
         # RPM counts creates; a task's run is bounded by the workers, not the key's concurrency.

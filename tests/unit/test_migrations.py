@@ -59,7 +59,7 @@ async def test_upgrade_is_idempotent_and_reaches_head(db_url: str) -> None:
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
     finally:
         await engine.dispose()
-    assert version == "0005"
+    assert version == "0006"
 
 
 async def test_downgrade_to_base_drops_tables(db_url: str) -> None:
