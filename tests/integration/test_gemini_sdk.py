@@ -82,7 +82,9 @@ def test_readme_curl_returns_a_png(demo_gateway: Gateway, tmp_path: Path) -> Non
     )
     assert out.returncode == 0, out.stderr
     image = Image.open(tmp_path / "otter.png")
-    assert image.format == "PNG" and image.size == (1184, 864)
+    # The README's first example is a current GA model (issue 15), and says what size it makes.
+    assert image.format == "PNG" and image.size == (1200, 896)
+    assert "`otter.png` is a 1200x896 PNG" in readme
 
 
 @pytest.mark.parametrize(
