@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -25,7 +26,7 @@ from typer.core import TyperCommand
 
 from .billing.accounts import Account, AccountError, AccountStore
 from .billing.runners import open_runner
-from .catalog import load_catalog
+from .catalog import CatalogError, load_catalog
 from .config import Settings, load_settings
 from .db.engine import make_engine, run_migrations, sqlite_file
 from .errors import NotFound
@@ -57,10 +58,10 @@ accounts_app = _commands("Accounts hold the credits their keys spend: create, li
 app.add_typer(accounts_app, name="accounts")
 upstreams_app = _commands("Check the configured upstreams.")
 app.add_typer(upstreams_app, name="upstreams")
-callbacks_app = typer.Typer(
-    help="Task callbacks: the secret that signs them.", no_args_is_help=True
-)
+callbacks_app = _commands("Task callbacks: the secret that signs them.")
 app.add_typer(callbacks_app, name="callbacks")
+models_app = _commands("Check the catalog against what the gemini upstreams list.")
+app.add_typer(models_app, name="models")
 # Piped output (scripts, tests) gets wide tables instead of elided columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
 # Errors and notes go to stderr, so stdout stays clean for keys, CSV and JSON.
@@ -113,10 +114,23 @@ T = TypeVar("T")
 
 
 def _settings(config: Path | None) -> Settings:
+    """The settings, and the catalog as they change it, checked: a mistake in either is one line
+    on stderr, never a traceback."""
     try:
-        return load_settings(config)
+        settings = load_settings(config)
+        load_catalog(settings.models)
     except FileNotFoundError as exc:
         raise typer.BadParameter(str(exc)) from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()[:5]
+        )
+        _fail(f"invalid settings: {problems}")
+    except CatalogError as exc:
+        _fail(f"invalid models: {exc}")
+    return settings
 
 
 def _database(config: Path | None) -> Settings:
@@ -924,6 +938,71 @@ def callbacks_secret(config: ConfigOption = None) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+@models_app.command("check")
+def models_check(
+    config: ConfigOption = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds each upstream's GET …/models may take.")
+    ] = 30.0,
+) -> None:
+    """Ask each gemini upstream for GET …/models: print, per catalog model, whether it lists it,
+    and per listed model, whether the catalog knows it. Exit 1 if a model clients may call is
+    missing (or an upstream could not be asked)."""
+    from . import lifecycle, modelcheck
+    from .upstreams.gemini import GeminiUpstream
+
+    settings = _settings(config)
+    catalog = load_catalog(settings.models)
+    upstreams = [cfg for cfg in settings.upstreams if cfg.kind == "gemini"]
+    if not upstreams:
+        err_console.print("No gemini upstream is configured: nothing to check.")
+        return
+
+    async def check_all() -> list[modelcheck.Report]:
+        adapters = [GeminiUpstream(cfg) for cfg in upstreams]
+        try:
+            on = lifecycle.today()
+            return list(
+                await asyncio.gather(
+                    *(
+                        modelcheck.check(catalog, cfg, adapter, on, timeout)
+                        for cfg, adapter in zip(upstreams, adapters, strict=True)
+                    )
+                )
+            )
+        finally:
+            for adapter in adapters:
+                await adapter.close()
+
+    failed = False
+    for report in asyncio.run(check_all()):
+        if report.error:
+            failed = True
+            console.print(Text(f"{report.upstream}: could not list models: {report.error}", "red"))
+            continue
+        table = Table("catalog model", "upstream name", "status", "listed", title=report.upstream)
+        for row in report.catalog:
+            if row.listed:
+                listed = Text("listed", "green")
+            elif row.expected:
+                listed = Text("MISSING", "red")
+            else:
+                listed = Text("not listed (shut down)", "yellow")
+            table.add_row(_cell(row.model), _cell(row.upstream_name), _cell(row.status), listed)
+        console.print(table)
+        known = Table("upstream model", "in the catalog", title=f"{report.upstream} lists")
+        for item in report.listed:
+            known.add_row(_cell(item.name), "yes" if item.known else Text("no", "yellow"))
+        console.print(known)
+        if report.missing:
+            failed = True
+            console.print(
+                Text(f"{report.upstream} does not list: {', '.join(report.missing)}", "red")
+            )
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,6 +20,8 @@ from pydantic_settings import (
 )
 
 MiB = 1024 * 1024
+# Google's own Gemini API: an upstream there stops serving a model on Google's shutdown date.
+GOOGLE_API_HOST = "generativelanguage.googleapis.com"
 
 # Switches an operator can turn off (505 on the task API): creating tasks, callback URLs,
 # fetching input images from URLs.
@@ -54,6 +56,10 @@ class UpstreamConfig(BaseModel):
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     latency_ms: int = Field(default=0, ge=0)  # demo only: pretend render time
+    # Whether this upstream stops serving a model on Google's shutdown date. Unset: yes for a
+    # `gemini` upstream at Google's own API, no for every other (the demo, resellers and vendors
+    # keep serving what they serve). A shut-down model named in `models` is served either way.
+    google_lifecycle: bool | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -62,6 +68,25 @@ class UpstreamConfig(BaseModel):
 
     def serves(self, model: str) -> bool:
         return "*" in self.models or model in self.models
+
+    def serves_any(self, names: tuple[str, ...]) -> bool:
+        return any(self.serves(name) for name in names)
+
+    @property
+    def follows_google_lifecycle(self) -> bool:
+        if self.google_lifecycle is not None:
+            return self.google_lifecycle
+        host = self.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+        return self.kind == "gemini" and host == GOOGLE_API_HOST
+
+    def keeps_shut_down(self, model: str) -> bool:
+        """Whether it still serves `model` after Google shut it down."""
+        return model in self.models or (self.serves(model) and not self.follows_google_lifecycle)
+
+    @staticmethod
+    def mapped(table: dict[str, str], names: tuple[str, ...]) -> str:
+        """The vendor's name for a model known by `names` (its id first, then former ids)."""
+        return next((table[name] for name in names if name in table), names[0])
 
 
 def _default_upstreams() -> list[UpstreamConfig]:
@@ -80,6 +105,10 @@ class Settings(BaseSettings):
     storage_dir: Path | None = None
     upstreams: list[UpstreamConfig] = Field(default_factory=_default_upstreams)
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Text models the catalog does not list, where an upstream lists them, and their prices
+    # (credits per 1M tokens by modality, as in the catalog).
+    allow_unlisted_models: bool = False
+    unlisted_model_prices: dict[str, int] | None = None
     max_request_bytes: int = Field(default=20 * MiB, ge=1024)
     key_cache_seconds: float = Field(default=10.0, ge=0)
     starter_credits: int = Field(default=10_000_000, ge=0)
@@ -132,6 +161,28 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("unlisted_model_prices")
+    @classmethod
+    def _known_modalities(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        from .catalog import MODALITIES
+
+        unknown = sorted(set(value or {}) - set(MODALITIES))
+        if unknown:
+            raise ValueError(
+                f"unknown token kinds {', '.join(unknown)}; use {', '.join(MODALITIES)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _unlisted_need_prices(self) -> Settings:
+        if self.allow_unlisted_models and self.metering and self.unlisted_model_prices is None:
+            raise ValueError(
+                "allow_unlisted_models needs unlisted_model_prices while metering is on: set "
+                "unlisted_model_prices (credits per 1M tokens, e.g. {input_text: 300000, "
+                "output_text: 2500000}) or metering: false"
+            )
+        return self
 
     @field_validator("public_base_url")
     @classmethod

@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
-from . import canonical
+from . import canonical, lifecycle
 from .billing import prices
 from .billing.ledger import Hold
 from .billing.meter import Meter
-from .catalog import Catalog, ModelSpec
-from .errors import GatewayError, Maintenance, PermissionDenied, Unauthenticated, UpstreamError
+from .catalog import Catalog, ModelSpec, parse_prices
+from .errors import (
+    GatewayError,
+    Maintenance,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    UpstreamError,
+)
 from .keys import KeyRecord, KeyStore
 from .limits import Limiter
 from .metrics import observe_request
+from .modelcheck import ModelWatch
 from .routing import Router
 from .streams import GuardedStream
 from .types import Call, Chunk, Reply, Usage
@@ -39,6 +47,12 @@ class Context:
     started: float = field(default_factory=time.perf_counter)
     key: KeyRecord | None = None
     model: str = ""
+    # The name the client sent, where it differs from `model` (an alias, a shut-down id).
+    requested_model: str | None = None
+    # The Warning header the answer carries (a shut-down or deprecated model), if any.
+    warning: str | None = None
+    # The upstreams that may take the call (None: any that serves the model).
+    route_only: frozenset[str] | None = None
     upstream: str | None = None
     status: int = 200
     error: str | None = None  # the status name (RESOURCE_EXHAUSTED, ...)
@@ -66,8 +80,19 @@ class Gateway:
         *,
         charge_blocked_prompts: bool = False,
         maintenance: bool = False,
+        today: Callable[[], date] = lifecycle.today,
+        watch: ModelWatch | None = None,
+        allow_unlisted: bool = False,
+        unlisted_prices: dict[str, int] | None = None,
     ) -> None:
+        """`watch`: the daily check of which models the gemini upstreams list. With
+        `allow_unlisted`, text models the catalog does not list go through where an upstream
+        lists them, at `unlisted_prices`."""
         self.catalog = catalog
+        self.today = today
+        self.watch = watch
+        self.allow_unlisted = allow_unlisted
+        self.unlisted_prices = unlisted_prices
         self.keys = keys
         self.router = router
         self.recorder = recorder
@@ -95,13 +120,90 @@ class Gateway:
         ctx.key = record
         return record
 
-    def resolve(self, ctx: Context, key: KeyRecord, model_name: str) -> ModelSpec:
-        ctx.model = model_name.removeprefix("models/")
-        spec = self.catalog.resolve(model_name)
-        ctx.model = spec.name
-        if not key.allows(spec.name):
+    async def resolve(self, ctx: Context, key: KeyRecord, model_name: str) -> ModelSpec:
+        """The model a call runs as, for a key that may call it (see `lookup`)."""
+        spec = await self.lookup(ctx, model_name)
+        named = self.catalog.get(model_name)
+        # A key allowed a shut-down id may call it on its replacement, and the other way round.
+        if not (key.allows(spec.name) or (named is not None and key.allows(named.name))):
             raise PermissionDenied(f"API key {key.prefix} may not call model '{spec.name}'.")
         return spec
+
+    async def lookup(self, ctx: Context, model_name: str) -> ModelSpec:
+        """Map a client's model name to what the call runs as today (lifecycle.py), noting on
+        `ctx` the name asked for, the Warning and the upstreams that may take it. Raises 404 for
+        a name no upstream can serve."""
+        requested = model_name.removeprefix("models/")
+        ctx.model = requested
+        try:
+            found = lifecycle.resolve(self.catalog, requested, self.today())
+        except NotFound:
+            spec = await self._unlisted(ctx, requested)
+            if spec is None:
+                raise
+            return spec
+        spec = found.spec
+        ctx.model = spec.name
+        ctx.requested_model = requested if requested != spec.name else None
+        if found.shut_down:
+            keeping = frozenset(
+                t.name for t in self.router.targets if t.config.keeps_shut_down(spec.name)
+            )
+            if not keeping:
+                raise lifecycle.not_served(spec)
+            ctx.route_only = keeping
+        ctx.warning = found.warning_header
+        return spec
+
+    async def _unlisted(self, ctx: Context, name: str) -> ModelSpec | None:
+        """A text model the catalog does not list, where allow_unlisted_models is on and an
+        upstream's models list (the daily model check) has it."""
+        if not self.allow_unlisted or self.watch is None or not name or len(name) > 128:
+            return None
+        reports = await self.watch.current()
+        upstreams = frozenset(
+            t.name
+            for t in self.router.targets
+            if t.config.serves(name) and t.name in reports and reports[t.name].lists(name)
+        )
+        if not upstreams:
+            return None
+        in_limit, out_limit = next(reports[u].limits[name] for u in sorted(upstreams))
+        ctx.route_only = upstreams
+        return ModelSpec(
+            name=name,
+            display_name=name,
+            kind="text",
+            input_token_limit=in_limit,
+            output_token_limit=out_limit,
+            max_input_images=0,
+            prices=parse_prices(self.unlisted_prices or {}),
+            unlisted=True,
+        )
+
+    def callable_models(self, key: KeyRecord) -> list[ModelSpec]:
+        """The catalog's models this key may call today: a shut-down one only where an upstream
+        still serves it (a shut-down name that runs on its replacement is not a model of its
+        own)."""
+        on = self.today()
+        return [
+            spec
+            for spec in self.catalog
+            if key.allows(spec.name)
+            and (
+                lifecycle.state(spec, on) != "shut_down"
+                or (
+                    not lifecycle.switches(spec)
+                    and any(t.config.keeps_shut_down(spec.name) for t in self.router.targets)
+                )
+            )
+        ]
+
+    def default_image_model(self) -> str:
+        spec = lifecycle.default_image_model(self.catalog, self.today())
+        if spec is None:
+            raise NotFound("This gateway's catalog has no image model; name one in `model`.")
+        return spec.name
 
     # -- the call ----------------------------------------------------------------------------
 
@@ -160,7 +262,9 @@ class Gateway:
         return [reply for _, reply in answers]
 
     async def _copy(self, ctx: Context, call: Call) -> tuple[Context, Reply]:
-        sub = Context(ctx.request_id, ctx.dialect, key=ctx.key, model=ctx.model)
+        sub = Context(
+            ctx.request_id, ctx.dialect, key=ctx.key, model=ctx.model, route_only=ctx.route_only
+        )
         reply, sub.cost = await self.execute(sub, call)
         return sub, reply
 
@@ -168,7 +272,7 @@ class Gateway:
         """The upstream part alone, for a call whose credits are held elsewhere (a task's are
         reserved when it is created, and settled with its end): route it and price the answer."""
         ctx.method = call.method
-        reply = await self.router.generate(call)
+        reply = await self.router.generate(call, only=ctx.route_only)
         ctx.upstream = reply.upstream
         ctx.usage = reply.usage
         return reply, self.charge(ctx, call, reply.body)
@@ -186,7 +290,7 @@ class Gateway:
         try:
             hold = await self.meter.reserve(ctx.request_id, key, self.quote(ctx, call))
             try:
-                upstream, first, rest = await self.router.open_stream(call)
+                upstream, first, rest = await self.router.open_stream(call, only=ctx.route_only)
             except BaseException:
                 await self.meter.refund(hold)
                 raise
@@ -253,6 +357,7 @@ class Gateway:
             dialect=ctx.dialect,
             method=ctx.method,
             model=ctx.model,
+            requested_model=ctx.requested_model,
             upstream=ctx.upstream,
             status=ctx.status,
             latency_ms=int(latency * 1000),

@@ -254,18 +254,31 @@ class Router:
 
     # -- choosing ----------------------------------------------------------------------------
 
-    def candidates(self, model: str) -> list[Target]:
-        """Upstreams serving `model`, in the order to try them (no state is touched)."""
-        groups = self._groups.get(model)
+    def candidates(
+        self,
+        model: str,
+        *,
+        former: tuple[str, ...] = (),
+        only: frozenset[str] | None = None,
+    ) -> list[Target]:
+        """Upstreams serving `model` (or configured for one of its `former` ids), in the order to
+        try them, limited to those named in `only` when given. No state is touched."""
+        groups = self._groups.get(model) if only is None else None
         if groups is None:
-            serving = [t for t in self.targets if t.config.serves(model)]
+            names = (model, *former)
+            serving = [
+                t
+                for t in self.targets
+                if t.config.serves_any(names) and (only is None or t.name in only)
+            ]
             if not serving:
                 raise NotFound(f"No upstream is configured for model '{model}'.")
             groups = [
                 [t for t in serving if t.config.priority == priority]
                 for priority in sorted({t.config.priority for t in serving})
             ]
-            self._groups[model] = groups  # models are catalog names: a bounded set
+            if only is None:
+                self._groups[model] = groups  # models are catalog names: a bounded set
         if len(groups) == 1 and len(groups[0]) == 1:
             return groups[0]
         ordered: list[Target] = []
@@ -322,9 +335,9 @@ class Router:
 
     # -- calling -----------------------------------------------------------------------------
 
-    async def generate(self, call: Call) -> Reply:
+    async def generate(self, call: Call, *, only: frozenset[str] | None = None) -> Reply:
         model = call.model.name
-        order = self.candidates(model)
+        order = self.candidates(model, former=call.model.former_names, only=only)
         deadline = time.monotonic() + self.deadline_s
         tried: list[Target] = []
         last: UpstreamError | None = None
@@ -355,10 +368,12 @@ class Router:
             return reply
         raise self._nothing_left(model, order, last)
 
-    async def open_stream(self, call: Call) -> tuple[str, Chunk, GuardedStream]:
+    async def open_stream(
+        self, call: Call, *, only: frozenset[str] | None = None
+    ) -> tuple[str, Chunk, GuardedStream]:
         """Start a stream, failing over until an upstream yields its first chunk."""
         model = call.model.name
-        order = self.candidates(model)
+        order = self.candidates(model, former=call.model.former_names, only=only)
         deadline = time.monotonic() + self.deadline_s
         tried: list[Target] = []
         last: UpstreamError | None = None

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import idempotency
+from . import idempotency, lifecycle
 from .billing.accounts import AccountStore
 from .billing.ledger import Tx
 from .billing.meter import Meter
@@ -32,6 +32,7 @@ from .gateway import Gateway
 from .inputs import ImageFetcher, Limits
 from .keys import KeyStore
 from .limits import Limiter
+from .modelcheck import ModelWatch
 from .results import ResultKeeper
 from .routing import Router
 from .storage import Storage, UrlSigner, open_storage
@@ -40,6 +41,7 @@ from .tasks.records import TaskRecord
 from .tasks.service import TaskService
 from .tasks.worker import Worker
 from .upstreams import Services, build_upstream
+from .upstreams.gemini import GeminiUpstream
 from .usage import UsageRecorder
 
 log = logging.getLogger("nanogate")
@@ -95,6 +97,13 @@ async def running(
         uncovered_calls=settings.uncovered_calls_per_account,
         wait_s=settings.hold_wait_seconds,
     )
+    # Which models the gemini upstreams list, checked when first asked and kept a day (/readyz,
+    # the console, allow_unlisted_models).
+    watch = ModelWatch(
+        catalog,
+        [(t.config, t.adapter) for t in router.targets if isinstance(t.adapter, GeminiUpstream)],
+        lifecycle.today,
+    )
     gateway = Gateway(
         catalog,
         KeyStore(engine, cache_seconds=settings.key_cache_seconds),
@@ -104,6 +113,9 @@ async def running(
         meter,
         charge_blocked_prompts=settings.charge_blocked_prompts,
         maintenance=settings.maintenance,
+        watch=watch,
+        allow_unlisted=settings.allow_unlisted_models,
+        unlisted_prices=settings.unlisted_model_prices,
     )
     fetcher = ImageFetcher(
         http,
@@ -176,6 +188,7 @@ async def running(
         )
     finally:
         sweeper.cancel()
+        await watch.stop()
         await router.stop()
         if worker is not None:
             await worker.stop()

@@ -60,6 +60,7 @@ class UsageRecord:
     error: str | None = None  # the status name, e.g. RESOURCE_EXHAUSTED
     error_message: str | None = None  # what the client was told (scrubbed when written)
     created_at: datetime = field(default_factory=utcnow)
+    requested_model: str | None = None  # the client's name, when the call ran under another
 
     def add_usage(self, usage: Usage) -> None:
         """Copy the upstream's token counts by modality."""

@@ -212,6 +212,9 @@ usage_records = Table(
     Column("error", String(500), nullable=True),
     Column("error_message", String(300), nullable=True),
     Column("created_at", UTCDateTime, nullable=False, default=utcnow, index=True),
+    # The name the client sent when the call ran under another: a shut-down preview id run on
+    # its GA id, or an alias (`model` is always the catalog's id).
+    Column("requested_model", String(128), nullable=True),
 )
 
 # Tasks of the task API: a durable queue. A worker claims a task with a lease (owner, token,

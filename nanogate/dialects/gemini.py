@@ -5,13 +5,13 @@ The canonical form *is* Gemini's, so parsing is validation and rendering is fram
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-from ..catalog import Catalog, ModelSpec
+from ..catalog import ModelSpec
 from ..errors import GatewayError, InvalidArgument, NotFound
-from ..keys import KeyRecord
 from ..types import Call, Method
 from .gemini_validate import validate_count_tokens, validate_generate
 
@@ -91,10 +91,9 @@ def model_resource(spec: ModelSpec) -> dict[str, Any]:
     return resource
 
 
-def list_models(catalog: Catalog, key: KeyRecord) -> bytes:
-    """The models this key may call."""
-    models = [model_resource(spec) for spec in catalog if key.allows(spec.name)]
-    return orjson.dumps({"models": models})
+def list_models(specs: Iterable[ModelSpec]) -> bytes:
+    """A ListModelsResponse of these models (the ones the key may call)."""
+    return orjson.dumps({"models": [model_resource(spec) for spec in specs]})
 
 
 def model_resource_bytes(spec: ModelSpec) -> bytes:

@@ -34,6 +34,11 @@ def validate_generate(request: Any, spec: ModelSpec) -> tuple[ImageRequest | Non
     if config is not None and not isinstance(config, dict):
         raise InvalidArgument("generationConfig must be an object.")
     image = _validate_image_config(config or {}, spec)
+    if spec.unlisted and _asks_for_images(config or {}):
+        raise InvalidArgument(
+            f"generationConfig.responseModalities: {spec.name} is not in this gateway's catalog, "
+            "so it answers text only; remove IMAGE."
+        )
     if images > spec.max_input_images:
         raise InvalidArgument(
             f"{spec.name} accepts at most {spec.max_input_images} input images; "
@@ -105,6 +110,11 @@ def _validate_blob(blob: Any, where: str, spec: ModelSpec) -> None:
     mime = field(blob, "mimeType", "mime_type")
     if not isinstance(mime, str) or not mime:
         raise InvalidArgument(f"{where}.mimeType is required.")
+    if spec.unlisted:
+        raise InvalidArgument(
+            f"{where}: {spec.name} is not in this gateway's catalog, so it takes text only; "
+            "ask the operator to add it (`models:` in the config) to send files."
+        )
     if mime.lower() not in spec.input_mime_types:
         allowed = ", ".join(sorted(spec.input_mime_types))
         raise InvalidArgument(
@@ -153,6 +163,11 @@ def _validate_image_config(config: JSON, spec: ModelSpec) -> ImageRequest | None
                 f"use one of: {', '.join(spec.image_sizes)}{hint}."
             )
     return ImageRequest(ratio, size)
+
+
+def _asks_for_images(config: JSON) -> bool:
+    modalities = field(config, "responseModalities", "response_modalities")
+    return isinstance(modalities, list) and any(str(m).upper() == "IMAGE" for m in modalities)
 
 
 def _show(value: Any) -> str:

@@ -13,10 +13,9 @@ from typing import Any
 import orjson
 
 from .. import inline
-from ..catalog import Catalog, ModelSpec
+from ..catalog import ModelSpec
 from ..errors import GatewayError, InvalidArgument
 from ..inline import Blob, Text
-from ..keys import KeyRecord
 from .gemini_validate import field as gfield
 
 # OpenAI's `type` and `code` for each status, as its SDK and clients read them.
@@ -81,10 +80,9 @@ def model_object(spec: ModelSpec) -> dict[str, Any]:
     return {"id": spec.name, "object": "model", "created": 0, "owned_by": "google"}
 
 
-def list_models(catalog: Catalog, key: KeyRecord) -> bytes:
-    """The models this key may call."""
-    data = [model_object(spec) for spec in catalog if key.allows(spec.name)]
-    return orjson.dumps({"object": "list", "data": data})
+def list_models(specs: Iterable[ModelSpec]) -> bytes:
+    """OpenAI's model list of these models (the ones the key may call)."""
+    return orjson.dumps({"object": "list", "data": [model_object(spec) for spec in specs]})
 
 
 # -- reading parameters ------------------------------------------------------------------------

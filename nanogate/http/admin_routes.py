@@ -7,7 +7,7 @@ the rest of the gateway, `{"error": {"code", "message", "status"}}`.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import lifecycle
 from ..billing.accounts import Account, AccountError, AccountStore
 from ..console import sessions
 from ..dialects import tasks as tasks_dialect
@@ -427,6 +428,15 @@ async def callback_secret(
     return CallbackSecretOut(secret=secret.decode(), source="setting" if configured else "database")
 
 
+class ModelCheckOut(BaseModel):
+    checked_at: datetime
+    error: str | None = Field(description="Why the upstream could not be asked, if it failed.")
+    missing: list[str] = Field(description="Catalog models clients may call that it does not list.")
+    listed: int = Field(description="Catalog models routed to it that it lists.")
+    expected: int = Field(description="Catalog models routed to it that clients may call.")
+    not_in_catalog: list[str] = Field(description="Models it lists that the catalog does not know.")
+
+
 class UpstreamOut(BaseModel):
     name: str
     kind: str
@@ -446,14 +456,21 @@ class UpstreamOut(BaseModel):
         description="It answered with Retry-After: skipped until then (UTC)."
     )
     retry_after: int | None = Field(description="Seconds until then.")
+    models: ModelCheckOut | None = Field(
+        default=None,
+        description="gemini upstreams: the daily check of GET …/models against the catalog "
+        "(null until the first check, which this call starts, has answered).",
+    )
 
 
 @router.get(
     "/upstreams",
-    summary="Upstreams: breaker state, calls in flight, recent latency (p50/p99) and error rate",
+    summary="Upstreams: breaker state, calls in flight, recent latency (p50/p99), error rate "
+    "and which catalog models they do not list",
 )
 async def list_upstreams(gateway: AdminGateway) -> list[UpstreamOut]:
-    return [UpstreamOut(**row) for row in gateway.router.status()]
+    checks = gateway.watch.kick() if gateway.watch is not None else {}
+    return [UpstreamOut(**row, models=checks.get(row["name"])) for row in gateway.router.status()]
 
 
 class ModelOut(BaseModel):
@@ -466,6 +483,11 @@ class ModelOut(BaseModel):
     aspect_ratios: list[str]
     prices: dict[str, int] = Field(description="Credits per million tokens, by token kind.")
     image_prices: dict[str, int] = Field(description="Flat credits per image, by size tier.")
+    status: Literal["preview", "ga", "deprecated", "shut_down"] = Field(
+        description="Where the model is in Google's lifecycle today."
+    )
+    shutdown_date: date | None
+    replacement: str | None
 
 
 @router.get("/models", summary="The model catalog: kinds, input limits, sizes, aspect ratios")
@@ -481,6 +503,9 @@ async def list_models(gateway: AdminGateway) -> list[ModelOut]:
             aspect_ratios=list(spec.aspect_ratios),
             prices=spec.prices,
             image_prices=spec.image_prices,
+            status=lifecycle.state(spec, gateway.today()),
+            shutdown_date=spec.shutdown_date,
+            replacement=spec.replacement.model if spec.replacement else None,
         )
         for spec in gateway.catalog
     ]

@@ -46,10 +46,11 @@ def _context(request: Request) -> Context:
 
 
 def _note(request: Request, ctx: Context) -> None:
-    """Hand what we learned to the access log line."""
+    """Hand what we learned to the access log line (and the Warning header to the answer)."""
     request.state.key_prefix = ctx.key.prefix if ctx.key else None
     request.state.model = ctx.model or None
     request.state.upstream = ctx.upstream
+    request.state.warning = ctx.warning
 
 
 async def generate(request: Request) -> Response | RelayStream:
@@ -61,7 +62,7 @@ async def generate(request: Request) -> Response | RelayStream:
         key = await gateway.authenticate(ctx, extract_key(request))
         model_name, method = gemini.split_model_action(request.path_params["tail"])
         ctx.method = method
-        spec = gateway.resolve(ctx, key, model_name)
+        spec = await gateway.resolve(ctx, key, model_name)
         body = await read_body(request, request.app.state.settings.max_request_bytes)
         idem = idempotency_key(request, body, stream=method == "streamGenerateContent")
         call = gemini.parse_call(ctx.request_id, method, spec, body)
@@ -180,7 +181,7 @@ async def list_models(request: Request) -> Response:
         return error_response(error)
     finally:
         _note(request, ctx)
-    return Response(gemini.list_models(gateway.catalog, key), media_type=JSON_TYPE)
+    return Response(gemini.list_models(gateway.callable_models(key)), media_type=JSON_TYPE)
 
 
 async def get_model(request: Request) -> Response:
@@ -193,7 +194,7 @@ async def get_model(request: Request) -> Response:
         tail: str = request.path_params["tail"]
         if ":" in tail:
             raise NotFound(f"GET is not supported on models/{tail}; use POST.")
-        spec = gateway.catalog.resolve(tail)
+        spec = await gateway.lookup(ctx, tail)
     except GatewayError as error:
         return error_response(error)
     finally:

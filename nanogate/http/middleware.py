@@ -1,4 +1,5 @@
-"""Request ids and the one access-log line per request. Pure ASGI: no body buffering."""
+"""Request ids, the Warning header and the one access-log line per request. Pure ASGI: no body
+buffering."""
 
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ class RequestIdMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                # A route that called a deprecated or shut-down model left the Warning to send.
+                warning = state.get("warning")
+                if warning:
+                    headers.append((b"warning", warning.encode("latin-1")))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -71,6 +71,7 @@ def _note(request: Request, ctx: Context) -> None:
     request.state.key_prefix = ctx.key.prefix if ctx.key else None
     request.state.model = ctx.model or None
     request.state.upstream = ctx.upstream
+    request.state.warning = ctx.warning
 
 
 def _call(ctx: Context, spec: ModelSpec, request: dict[str, Any], method: Method) -> Call:
@@ -88,7 +89,7 @@ async def list_models(request: Request) -> Response:
         key = await gateway.authenticate(ctx, extract_key(request))
     except GatewayError as error:
         return error_response(error)
-    return Response(common.list_models(gateway.catalog, key), media_type=JSON_TYPE)
+    return Response(common.list_models(gateway.callable_models(key)), media_type=JSON_TYPE)
 
 
 async def get_model(request: Request) -> Response:
@@ -96,7 +97,7 @@ async def get_model(request: Request) -> Response:
     ctx = Context(request.state.request_id, "openai")
     try:
         key = await gateway.authenticate(ctx, extract_key(request))
-        spec = gateway.resolve(ctx, key, request.path_params["tail"])
+        spec = await gateway.resolve(ctx, key, request.path_params["tail"])
     except GatewayError as error:
         return error_response(error)
     return Response(orjson.dumps(common.model_object(spec)), media_type=JSON_TYPE)
@@ -114,7 +115,7 @@ async def chat_completions(request: Request) -> Response | RelayStream:
         key = await gateway.authenticate(ctx, extract_key(request))
         body = await read_body(request, settings.max_request_bytes)
         doc = common.json_object(body, "chat completions")
-        spec = gateway.resolve(ctx, key, common.model_name(doc))
+        spec = await gateway.resolve(ctx, key, common.model_name(doc))
         parsed = chat.parse(doc, spec, max_images=settings.max_images_per_request)
         del doc
         idem = idempotency_key(request, body, stream=parsed.stream)
@@ -336,11 +337,6 @@ def _chat_stream(
 # -- images ------------------------------------------------------------------------------------
 
 
-def _default_image_model(gateway: Gateway) -> str:
-    specs: list[ModelSpec] = list(gateway.catalog)
-    return next(spec.name for spec in specs if spec.is_image)
-
-
 Parse = Callable[
     [Request, Context, KeyRecord, bytes], Awaitable[tuple[ModelSpec, images.ImagesRequest]]
 ]
@@ -352,7 +348,9 @@ async def image_generations(request: Request) -> Response:
     ) -> tuple[ModelSpec, images.ImagesRequest]:
         gateway = _gateway(request)
         doc = common.json_object(body, "images generations")
-        spec = gateway.resolve(ctx, key, common.model_name(doc, _default_image_model(gateway)))
+        spec = await gateway.resolve(
+            ctx, key, common.model_name(doc, gateway.default_image_model())
+        )
         limit = _settings(request).max_images_per_request
         return spec, images.parse_generation(doc, spec, max_images=limit)
 
@@ -365,7 +363,7 @@ async def image_edits(request: Request) -> Response:
     ) -> tuple[ModelSpec, images.ImagesRequest]:
         gateway = _gateway(request)
         fields, files = await _form(request.headers, body)
-        spec = gateway.resolve(ctx, key, fields.get("model") or _default_image_model(gateway))
+        spec = await gateway.resolve(ctx, key, fields.get("model") or gateway.default_image_model())
         uploads = [*files.get("image", []), *files.get("image[]", [])]
         inputs = [await _upload(request, f"image[{i}]", f) for i, f in enumerate(uploads)]
         masks = files.get("mask", [])

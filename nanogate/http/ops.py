@@ -25,8 +25,13 @@ async def readyz(request: Request) -> JSONResponse:
             await conn.execute(text("SELECT 1"))
     except Exception:
         return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
-    upstreams = request.app.state.gateway.router.health()
-    return JSONResponse({"status": "ready", "database": "up", "upstreams": upstreams})
+    gateway = request.app.state.gateway
+    body = {"status": "ready", "database": "up", "upstreams": gateway.router.health()}
+    if gateway.watch is not None and gateway.watch.upstreams:
+        # Per gemini upstream: the catalog models it does not list, from the daily check
+        # (empty until the first check, which this starts, has answered).
+        body["models"] = gateway.watch.kick()
+    return JSONResponse(body)
 
 
 @router.get("/metrics", summary="Prometheus metrics")

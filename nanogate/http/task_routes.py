@@ -71,8 +71,11 @@ async def _create(request: Request, form: Form) -> Response:
     idem = idempotency_key(request, body)
     task = tasks.parse_create(body, form)
     service: TaskService = request.app.state.tasks
-    task_id = await service.create(ctx, key, task, idem)
-    request.state.model = ctx.model or None
+    try:
+        task_id = await service.create(ctx, key, task, idem)
+    finally:
+        request.state.model = ctx.model or None
+        request.state.warning = ctx.warning
     data = {"task_id": task_id} if form == "message" else {"taskId": task_id}
     return Response(tasks.envelope(data, form), headers=quoted(ctx), media_type=JSON_TYPE)
 

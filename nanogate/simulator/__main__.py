@@ -59,6 +59,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--credits", type=int, default=1_000_000, help="task API balance; 402 once spent"
     )
     parser.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated ids GET /v1beta/models lists (default: Google's current image and "
+        "text ids, and the seeds' older ones)",
+    )
+    parser.add_argument(
         "--chat-images",
         choices=CHAT_IMAGES,
         default="images",
@@ -93,6 +99,8 @@ async def _serve(args: argparse.Namespace) -> None:
         credits=args.credits,
         chat_images=args.chat_images,
     )
+    if args.models is not None:
+        state.models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     runner, port = await start(args.host, args.port, state=state)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -120,6 +120,7 @@ def _config_view(state: SimState) -> dict[str, Any]:
         "credits": state.credits,
         "task_cost": state.task_cost,
         "task_models": list(state.task_models),
+        "models": list(state.models),
         "chat_images": state.chat_images,
     }
 
@@ -151,6 +152,8 @@ async def _config_post(request: web.Request) -> web.StreamResponse:
             setattr(state, key, value)
         elif key == "task_models" and _is_names(value):
             state.task_models = tuple(value)
+        elif key == "models" and _is_names(value):
+            state.models = tuple(value)
         elif key == "chat_images" and value in CHAT_IMAGES:
             state.chat_images = value
         else:

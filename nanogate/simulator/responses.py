@@ -56,9 +56,29 @@ _MODEL_DEFAULTS: dict[str, Any] = {
     "maxTemperature": 2.0,
 }
 
-# What `GET /models` lists. Generation itself accepts any model name, so a test can invent models.
-MODELS: tuple[dict[str, Any], ...] = tuple(
-    {
+# What `GET /models` lists by default (`--models` or POST /_sim/config {"models": [...]} change
+# it: the model check's tests need an upstream that lacks some). Generation itself accepts any
+# model name, so a test can invent models. Google's current ids, and the older ones the seeds use.
+_KNOWN: dict[str, tuple[str, int, int, bool]] = {
+    "gemini-3-pro-image": ("Nano Banana Pro", 65536, 32768, True),
+    "gemini-3.1-flash-image": ("Nano Banana 2", 65536, 32768, True),
+    "gemini-nano-banana-2.1": ("Nano Banana 2.1", 65536, 32768, True),
+    "gemini-3.1-flash-lite-image": ("Nano Banana 2 Lite", 65536, 4096, True),
+    "gemini-2.5-flash-image": ("Nano Banana", 32768, 32768, False),
+    "gemini-2.5-flash-image-preview": ("Nano Banana (preview)", 32768, 32768, False),
+    "gemini-3-pro-image-preview": ("Nano Banana Pro (preview)", 65536, 32768, True),
+    "gemini-3.1-flash-image-preview": ("Nano Banana 2 (preview)", 65536, 32768, True),
+    "gemini-3.8-flash": ("Gemini 3.8 Flash", 1048576, 65536, True),
+    "gemini-2.5-flash": ("Gemini 2.5 Flash", 1048576, 65536, True),
+    "gemini-2.5-pro": ("Gemini 2.5 Pro", 1048576, 65536, True),
+}
+DEFAULT_MODELS: tuple[str, ...] = tuple(_KNOWN)
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """Google's `Model` resource for `name` (made-up figures for a name we do not know)."""
+    display, in_limit, out_limit, thinking = _KNOWN.get(name, (name, 1048576, 65536, True))
+    return {
         "name": f"models/{name}",
         "displayName": display,
         "description": f"Simulated {display} (nanogate upstream simulator).",
@@ -68,17 +88,10 @@ MODELS: tuple[dict[str, Any], ...] = tuple(
         **_MODEL_DEFAULTS,
         "thinking": thinking,
     }
-    for name, display, in_limit, out_limit, thinking in (
-        ("gemini-2.5-flash-image", "Nano Banana", 32768, 32768, False),
-        ("gemini-2.5-flash-image-preview", "Nano Banana (preview)", 32768, 32768, False),
-        ("gemini-3-pro-image-preview", "Nano Banana Pro", 65536, 32768, True),
-        ("gemini-3.1-flash-image-preview", "Nano Banana 2", 65536, 32768, True),
-        ("gemini-2.5-flash", "Gemini 2.5 Flash", 1048576, 65536, True),
-        ("gemini-2.5-pro", "Gemini 2.5 Pro", 1048576, 65536, True),
-    )
-)
-MODELS_BY_NAME: dict[str, dict[str, Any]] = {m["name"].removeprefix("models/"): m for m in MODELS}
-MODELS_LIST_BODY = orjson.dumps({"models": list(MODELS)})
+
+
+def models_list_body(names: tuple[str, ...]) -> bytes:
+    return orjson.dumps({"models": [model_info(name) for name in names]})
 
 
 def is_image_model(model: str) -> bool:

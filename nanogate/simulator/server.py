@@ -114,9 +114,9 @@ async def _api(
     if tail is None:  # GET /models
         if request.method != "GET":
             return _error(404, "Method not found.")
-        return _json_bytes(r.MODELS_LIST_BODY, 200, extra)
+        return _json_bytes(r.models_list_body(state.models), 200, extra)
     if method is None:
-        return _get_model(request, model or "")
+        return _get_model(request, state, model or "")
 
     if request.method != "POST" or method not in (
         "generateContent",
@@ -143,13 +143,12 @@ async def _api(
     return _json_bytes(reply.whole(), 200, extra)
 
 
-def _get_model(request: web.Request, model: str) -> web.Response:
+def _get_model(request: web.Request, state: SimState, model: str) -> web.Response:
     if request.method != "GET":
         return _error(404, "Method not found.")
-    info = r.MODELS_BY_NAME.get(model)
-    if info is None:
+    if model not in state.models:
         return _error(404, f"models/{model} is not found for API version v1beta.")
-    return _json(info)
+    return _json(r.model_info(model))
 
 
 async def _stream(

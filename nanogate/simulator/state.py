@@ -31,7 +31,7 @@ DEFAULT_TASK_MODELS: tuple[str, ...] = (
     "google/nano-banana-pro",
     "nano-banana-pro",
     "nano-banana-2",
-    *(name for name in r.MODELS_BY_NAME if r.is_image_model(name)),
+    *(name for name in r.DEFAULT_MODELS if r.is_image_model(name)),
 )
 # Result files kept for download; the oldest go first (a benchmark makes thousands).
 FILE_LIMIT = 10_000
@@ -89,6 +89,8 @@ class SimState:
     credits: int = 1_000_000
     task_cost: int = 4
     task_models: tuple[str, ...] = DEFAULT_TASK_MODELS
+    # What GET /v1beta/models lists.
+    models: tuple[str, ...] = r.DEFAULT_MODELS
     # OpenAI chat: the image in message.images[] or as a markdown data URL in content.
     chat_images: ChatImages = "images"
     requests: deque[dict[str, Any]] = field(init=False)

@@ -71,7 +71,7 @@ class TaskService:
         Raises 402 when the account cannot cover its most possible cost."""
         if "tasks" in self.disabled:
             raise FeatureDisabled("Creating tasks is switched off on this gateway.")
-        spec = self.gateway.resolve(ctx, key, task.model)
+        spec = await self.gateway.resolve(ctx, key, task.model)
         self._check(task, spec)
         await self._vet_urls(task)
         call = self._estimate_call(ctx.request_id, task, spec)

@@ -187,8 +187,7 @@ class Worker(ClaimLoop):
         key = await self.gateway.keys.by_id(record.key_id)
         ctx.key = key
         task = dialect.task_request(record)
-        spec = self.gateway.catalog.resolve(task.model)
-        ctx.model = spec.name
+        spec = await self.gateway.lookup(ctx, task.model)
         images = await asyncio.gather(
             *(self._fetch(index, url) for index, url in enumerate(task.image_urls))
         )

@@ -8,6 +8,8 @@ whole.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -94,13 +96,48 @@ class GeminiUpstream:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    async def list_models(self, *, max_pages: int = 20) -> list[dict[str, Any]]:
+        """Google's `Model` resources from GET …/models, every page (for `nanogate models
+        check` and the daily model check)."""
+        found: list[dict[str, Any]] = []
+        token = ""
+        for _ in range(max_pages):
+            url = f"{self.config.base_url}{self.config.path_prefix}/models?pageSize=1000"
+            if token:
+                url += f"&pageToken={quote(token)}"
+            async with (
+                self._transport_errors(),
+                self._http().get(
+                    self._with_query_key(url),
+                    headers=self._headers(),
+                    timeout=aiohttp.ClientTimeout(
+                        total=self.config.timeout_s, connect=self.config.connect_timeout_s
+                    ),
+                ) as resp,
+            ):
+                body = await resp.read()
+                if resp.status != 200:
+                    raise self._status_error(resp, body)
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise UpstreamError(self.name, 502, "the models list is not JSON") from None
+            models = doc.get("models") if isinstance(doc, dict) else None
+            if not isinstance(models, list):
+                raise UpstreamError(self.name, 502, "the models list has no 'models' array")
+            found.extend(m for m in models if isinstance(m, dict))
+            token = str(doc.get("nextPageToken") or "")
+            if not token:
+                break
+        return found
+
     async def close(self) -> None:
         await self._client.close()
 
     # -- plumbing --------------------------------------------------------------------------
 
     def _url(self, call: Call, *, sse: bool) -> str:
-        model = self.config.model_map.get(call.model.name, call.model.name)
+        model = self.config.mapped(self.config.model_map, call.model.names)
         url = f"{self.config.base_url}{self.config.path_prefix}/models/{model}:{call.method}"
         if sse:
             url += "?alt=sse"

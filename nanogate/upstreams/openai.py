@@ -43,7 +43,7 @@ class OpenAIUpstream:
     async def generate(self, call: Call) -> Reply:
         deadline = time.monotonic() + self.config.timeout_s
         prompt = prompt_of(call)
-        model = self.config.model_map.get(call.model.name, call.model.name)
+        model = self.config.mapped(self.config.model_map, call.model.names)
         if self.config.mode == "chat":
             body = orjson.dumps(_chat(call, model, prompt))
             doc = await self._post("/v1/chat/completions", body)

@@ -129,7 +129,7 @@ class TaskUpstream:
         text = "\n".join(t for t in (prompt.system, prompt.text) if t)
         urls = [await self._hand_over(mime, data) for mime, data in prompt.images]
         urls += prompt.urls
-        edit = bool(urls) and call.model.name in self.config.edit_model_map
+        edit = bool(urls) and any(n in self.config.edit_model_map for n in call.model.names)
         names = self.config.edit_model_map if edit else self.config.model_map
         fields: dict[str, Any] = {"prompt": text}
         if urls:
@@ -142,7 +142,7 @@ class TaskUpstream:
         if size:
             fields["resolution"] = size
         fields["output_format"] = "png"
-        return {"model": names.get(call.model.name, call.model.name), "input": fields}
+        return {"model": self.config.mapped(names, call.model.names), "input": fields}
 
     async def _hand_over(self, mime: str, data: bytes) -> str:
         """An inline input image as a signed URL the vendor can fetch."""

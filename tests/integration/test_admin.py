@@ -37,7 +37,7 @@ def test_create_use_list_revoke(demo_gateway: Gateway) -> None:
     body = created.json()
     key, prefix = body["key"], body["prefix"]
     assert key.startswith(prefix + "_") and body["status"] == "active" and body["balance"] == 5000
-    assert body["allowed_models"] == ["gemini-3-pro-image-preview"]  # the alias, resolved
+    assert body["allowed_models"] == ["gemini-3-pro-image"]  # the alias, resolved (a GA id)
 
     listed = httpx.get(f"{demo_gateway.url}/admin/keys", headers=admin(demo_gateway)).json()
     assert prefix in {k["prefix"] for k in listed}

@@ -215,7 +215,8 @@ def test_failures_are_listed(sim_gateway: Gateway, simulator: Simulator, tmp_pat
         "promptFeedback": {"blockReason": "SAFETY"},
         "usageMetadata": {"promptTokenCount": 5},
     }
-    simulator.faults({"model": PRO, "body": blocked})
+    # The shut-down preview id reaches the upstream as its GA id (issue 15).
+    simulator.faults({"model": "gemini-3-pro-image", "body": blocked})
     items = [
         {"prompt": "A fine picture"},
         {"prompt": "[[sim:status=400]] refused upstream"},
@@ -236,7 +237,8 @@ def test_failures_are_listed(sim_gateway: Gateway, simulator: Simulator, tmp_pat
         assert any(row.startswith(f"│ {number} ") and reason in row for row in rows), rows
 
     # The same in single mode: exit 1, the reason in one line.
-    simulator.faults({"model": PRO, "body": blocked})
+    # The shut-down preview id reaches the upstream as its GA id (issue 15).
+    simulator.faults({"model": "gemini-3-pro-image", "body": blocked})
     line = fails(1, generate("Stopped", "-m", PRO, *on(sim_gateway), cwd=tmp_path))
     assert line.startswith("error: prompt blocked: SAFETY (request id ")
 

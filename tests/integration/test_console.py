@@ -38,7 +38,7 @@ import nanogate
 from nanogate.simulator.processes import stop
 
 from . import test_tasks as task_api
-from .conftest import Gateway, start_gateway
+from .conftest import SIM_KEY, Gateway, start_gateway, start_simulator
 from .receiver import Receiver
 
 CHROMIUM = "/usr/bin/chromium"
@@ -311,6 +311,10 @@ def test_playground_generates_an_image(page: Page, gateway: Gateway) -> None:
     expect(page.locator("#play-result")).not_to_contain_text("Download")
 
     page.fill("#play-prompt", "A lighthouse at dusk, oil painting")
+    # The default is a current GA image model; shut-down ids are not offered.
+    expect(page.locator("#play-model")).to_have_value("gemini-3-pro-image")
+    offered = page.locator("#play-model option").evaluate_all("(os) => os.map((o) => o.value)")
+    assert "gemini-3-pro-image-preview" not in offered and MODEL in offered
     page.select_option("#play-model", MODEL)
     page.select_option("#play-aspect", "16:9")
     reference: FilePayload = {"name": "ref.png", "mimeType": "image/png", "buffer": png()}
@@ -696,6 +700,28 @@ def test_csrf_token_is_required_from_the_page(
     assert "csrf-probe" not in {a["name"] for a in accounts}
     status, body = page.evaluate(script, ["csrf-probe", True])  # the same call, with the token
     assert status == 201, body
+
+
+def test_upstreams_show_which_catalog_models_a_gemini_upstream_lacks(
+    page: Page, tmp_path: Path
+) -> None:
+    sim = start_simulator("--models", "gemini-3-pro-image,gemini-3.8-flash")
+    gw = start_gateway(
+        tmp_path,
+        {"upstreams": [{"name": "sim", "kind": "gemini", "base_url": sim.url, "api_key": SIM_KEY}]},
+    )
+    try:
+        log_in(page, gw)
+        open_page(page, gw, "upstreams")
+        cell = page.locator('tr[data-upstream="sim"] td.model-check')
+        # The first look starts the check; the 5-second refresh shows its answer.
+        expect(cell).to_contain_text("missing", timeout=20_000)
+        expect(cell).to_contain_text("gemini-3.1-flash-image")
+        expect(cell).to_contain_text("checked")
+        page.screenshot(path=ARTIFACTS / "upstreams-model-check-1280.png", full_page=True)
+    finally:
+        stop(gw.proc)
+        stop(sim.proc)
 
 
 def test_every_page_fits_a_phone_and_is_screenshotted(

@@ -81,7 +81,9 @@ def test_readme_curl_returns_a_png(demo_gateway: Gateway, tmp_path: Path) -> Non
     )
     assert out.returncode == 0, out.stderr
     image = Image.open(tmp_path / "otter.png")
-    assert image.format == "PNG" and image.size == (1184, 864)
+    # The README's first example is a current GA model (issue 15), and says what size it makes.
+    assert image.format == "PNG" and image.size == (1200, 896)
+    assert "`otter.png` is a 1200x896 PNG" in readme
 
 
 @pytest.mark.parametrize(
@@ -180,11 +182,14 @@ def test_count_tokens_and_models(demo_gateway: Gateway) -> None:
     names = {m.name for m in c.models.list()}
     assert {
         "models/gemini-2.5-flash-image",
-        "models/gemini-3-pro-image-preview",
-        "models/gemini-3.1-flash-image-preview",
+        "models/gemini-3-pro-image",
+        "models/gemini-3.1-flash-image",
     } <= names
+    # Shut-down ids are not offered (issue 15), but still answer, as the model they run on.
+    assert "models/gemini-3-pro-image-preview" not in names
     model = c.models.get(model="gemini-3-pro-image-preview")
     assert model.input_token_limit == 65536 and model.display_name
+    assert model.name == "models/gemini-3-pro-image"
 
 
 # -- every error path, as the SDK reports it ------------------------------------------------
@@ -316,9 +321,9 @@ def test_v1_models_serves_both_sdks(demo_gateway: Gateway) -> None:
     import openai
 
     names = {m.name for m in client(demo_gateway).models.list()}
-    assert "models/gemini-3-pro-image-preview" in names
+    assert "models/gemini-3-pro-image" in names
     oa = openai.OpenAI(api_key=demo_gateway.client_key, base_url=f"{demo_gateway.url}/v1")
     ids = {m.id for m in oa.models.list()}
-    assert "gemini-3-pro-image-preview" in ids
+    assert "gemini-3-pro-image" in ids
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(api_key="nope", base_url=f"{demo_gateway.url}/v1").models.list()

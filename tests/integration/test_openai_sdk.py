@@ -22,6 +22,7 @@ from .receiver import Receiver
 
 IMAGE_MODEL = "gemini-2.5-flash-image"
 PRO_MODEL = "gemini-3-pro-image-preview"
+PRO_GA = "gemini-3-pro-image"  # the preview id, shut down, runs on its GA id (issue 15)
 TEXT_MODEL = "gemini-2.5-flash"
 
 
@@ -420,7 +421,7 @@ def test_the_demo_edit_follows_its_prompt(gw: Gateway) -> None:
 def test_models_listing_through_the_sdk(gw: Gateway) -> None:
     ids = [model.id for model in client(gw).models.list()]
     assert IMAGE_MODEL in ids and TEXT_MODEL in ids
-    assert client(gw).models.retrieve(PRO_MODEL).id == PRO_MODEL
+    assert client(gw).models.retrieve(PRO_MODEL).id == PRO_GA
 
 
 # -- what reaches the upstream -----------------------------------------------------------------
@@ -448,7 +449,7 @@ def test_chat_parameters_arrive_upstream_as_gemini_fields(
         },
     )
     sent = upstream_request(simulator)
-    assert sent["path"] == f"/v1beta/models/{PRO_MODEL}:generateContent"
+    assert sent["path"] == f"/v1beta/models/{PRO_GA}:generateContent"
     body = sent["json"]
     assert body["systemInstruction"] == {"parts": [{"text": "Be terse."}]}
     assert body["contents"] == [{"role": "user", "parts": [{"text": "a poster"}]}]

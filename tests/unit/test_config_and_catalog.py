@@ -77,15 +77,13 @@ def test_catalog_matches_the_design() -> None:
         "21:9",
     )
     assert flash.image_tokens(None) == 1290 and flash.image_pixels("16:9", None) == (1344, 768)
+    # The task API's names are aliases of Google's GA ids (issue 15).
     pro = catalog.resolve("nano-banana-pro")
-    assert (
-        pro.name == "gemini-3-pro-image-preview"
-        and catalog.resolve("google/nano-banana-pro") is pro
-    )
+    assert pro.name == "gemini-3-pro-image" and catalog.resolve("google/nano-banana-pro") is pro
     assert [pro.image_tokens(s) for s in ("1K", "2K", "4K")] == [1120, 1120, 2000]
     assert pro.image_pixels("1:1", "4K") == (4096, 4096)
     v2 = catalog.resolve("google/nano-banana-v2")
-    assert v2 is catalog.resolve("nano-banana-2")
+    assert v2 is catalog.resolve("nano-banana-2") and v2.name == "gemini-3.1-flash-image"
     assert {"1:4", "4:1", "1:8", "8:1"} <= set(v2.aspect_ratios)
     assert [v2.image_tokens(s) for s in ("1K", "2K", "4K")] == [1120, 1680, 2520]
     # Every pixel table is complete: each size has every ratio, at the ratio it claims.

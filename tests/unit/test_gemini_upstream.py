@@ -163,3 +163,35 @@ async def test_health(sim: tuple[SimState, str]) -> None:
     down = adapter("http://127.0.0.1:9", connect_timeout_s=1)
     assert await up.health() is True
     assert await down.health() is False
+
+
+async def test_list_models_reads_every_page(sim: tuple[SimState, str]) -> None:
+    state, url = sim
+    first = {"models": [{"name": "models/page-one"}], "nextPageToken": "t/2"}
+    state.faults.append(Fault(body=first, has_body=True, path="/v1beta/models"))
+    models = await adapter(url).list_models()
+    names = [m["name"] for m in models]
+    assert names[0] == "models/page-one" and "models/gemini-3-pro-image" in names
+    asked = [r for r in state.requests if r["path"] == "/v1beta/models"]
+    assert [r["query"].get("pageToken") for r in asked] == [None, "t/2"]
+    assert all(r["query"]["pageSize"] == "1000" for r in asked)
+
+
+async def test_list_models_failures_are_upstream_errors(sim: tuple[SimState, str]) -> None:
+    state, url = sim
+    state.faults.append(Fault(status=403, path="/v1beta/models"))
+    with pytest.raises(UpstreamError) as info:
+        await adapter(url).list_models()
+    assert info.value.status == 403
+    state.faults.append(Fault(body={"nope": 1}, has_body=True, path="/v1beta/models"))
+    with pytest.raises(UpstreamError, match="no 'models' array"):
+        await adapter(url).list_models()
+
+
+async def test_a_preview_ids_model_map_applies_to_its_ga_id(sim: tuple[SimState, str]) -> None:
+    state, url = sim
+    up = adapter(url, model_map={"gemini-3-pro-image-preview": "vendor-pro"})
+    body = orjson.dumps({"contents": [{"parts": [{"text": "a fox"}]}]})
+    ga = CATALOG.resolve("gemini-3-pro-image")
+    await up.generate(parse_call("t", "generateContent", ga, body))
+    assert state.requests[-1]["path"] == "/v1beta/models/vendor-pro:generateContent"

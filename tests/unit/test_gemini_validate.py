@@ -236,3 +236,20 @@ def test_sniff() -> None:
     assert sniff_image(b"RIFF\0\0\0\0WEBPVP8 ") == "image/webp"
     assert sniff_image(b"\0\0\0\x18ftypheic") == "image/heic"
     assert sniff_image(b"hello") is None
+
+
+def test_a_model_the_catalog_does_not_list_takes_text_only() -> None:
+    spec = ModelSpec(name="gemini-9-flash-exp", display_name="x", kind="text", unlisted=True)
+    assert parse_call("r", "generateContent", spec, req()).model is spec
+    data = base64.b64encode(png_bytes()).decode()
+    image = {"inlineData": {"mimeType": "image/png", "data": data}}
+    with pytest.raises(InvalidArgument, match="takes text only"):
+        parse_call("r", "generateContent", spec, req(parts=[{"text": "x"}, image]))
+    body = orjson.dumps(
+        {
+            "contents": [{"role": "user", "parts": [{"text": "draw"}]}],
+            "generationConfig": {"responseModalities": ["TEXT", "IMAGE"]},
+        }
+    )
+    with pytest.raises(InvalidArgument, match="remove IMAGE"):
+        parse_call("r", "generateContent", spec, body)

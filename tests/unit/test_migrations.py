@@ -59,7 +59,7 @@ async def test_upgrade_is_idempotent_and_reaches_head(db_url: str) -> None:
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
     finally:
         await engine.dispose()
-    assert version == "0007"
+    assert version == "0008"
 
 
 async def test_0007_gives_existing_usage_records_an_empty_error_message(db_url: str) -> None:

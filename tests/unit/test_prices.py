@@ -143,8 +143,8 @@ def test_quote_certain_is_the_input_and_the_images_asked_for() -> None:
     quote = prices.quote(call)
     text_tokens = -(-len(call.body) // 3)
     assert quote.certain == -(-(text_tokens * 300_000 + 1290 * 30_000_000) // 1_000_000)
-    # Likely: the catalog's caption allowance (1,024 tokens) at the output text rate.
-    assert quote.likely == quote.certain + 1024 * 2_500_000 // 1_000_000
+    # Likely: the catalog's caption allowance (256 tokens) at the output text rate.
+    assert quote.likely == quote.certain + 256 * 2_500_000 // 1_000_000
     # Worst: the whole 32,768-token output budget.
     assert quote.worst == quote.certain + 32_768 * 2_500_000 // 1_000_000
     assert quote.worst == prices.estimate(call)

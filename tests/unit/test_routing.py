@@ -179,6 +179,21 @@ async def test_unserved_model() -> None:
         await r.generate(CALL)
 
 
+async def test_only_the_named_upstreams_and_config_for_former_ids() -> None:
+    a, b = Scripted("a", [b"ok-a"]), Scripted("b", [b"ok-b"])
+    r = router(("a", 0, a), ("b", 1, b))
+    # A shut-down model only some upstreams still serve: the others are never asked.
+    assert (await r.generate(CALL, only=frozenset({"b"}))).body == b"ok-b" and a.calls == 0
+    assert (await r.generate(CALL)).body == b"ok-a"  # the filter is not cached
+    with pytest.raises(NotFound):
+        await r.generate(CALL, only=frozenset())
+    # An upstream configured for a preview id serves the GA id it now runs on.
+    ga = load_catalog().resolve("gemini-3-pro-image")
+    vendor = router(("v", 0, Scripted("v", [b"ok-v"])), models=["gemini-3-pro-image-preview"])
+    reply = await vendor.generate(Call("r", "generateContent", ga, b"{}", {}))
+    assert reply.body == b"ok-v"
+
+
 async def test_stream_fails_over_before_first_chunk_only() -> None:
     a = Scripted("a", [UpstreamError("a", 503, "busy")])
     b = Scripted("b", [b"first-b"])

@@ -237,6 +237,23 @@ async def test_models_routes(sim: Sim, prefix: str) -> None:
         assert (await resp.json())["error"]["status"] == "NOT_FOUND"
 
 
+async def test_the_models_list_is_configurable(sim: Sim) -> None:
+    headers = {"x-goog-api-key": KEY}
+    names = ["gemini-3-pro-image", "my-model"]
+    async with sim.session.post(sim.url("/_sim/config"), json={"models": names}) as resp:
+        assert (await resp.json())["models"] == names
+    async with sim.session.get(sim.url("/v1beta/models"), headers=headers) as resp:
+        listing = await resp.json()
+    assert [m["name"] for m in listing["models"]] == [f"models/{n}" for n in names]
+    async with sim.session.get(sim.url("/v1beta/models/my-model"), headers=headers) as resp:
+        assert resp.status == 200 and (await resp.json())["displayName"] == "my-model"
+    url = sim.url(f"/v1beta/models/{IMAGE_MODEL}")
+    async with sim.session.get(url, headers=headers) as resp:
+        assert resp.status == 404  # no longer listed
+    async with sim.session.post(sim.url("/_sim/config"), json={"models": "x"}) as resp:
+        assert resp.status == 400
+
+
 async def test_unknown_method_and_path(sim: Sim) -> None:
     resp = await sim.post(TEXT_MODEL, "fooBar")
     assert resp.status == 404

@@ -446,6 +446,15 @@ function tasksPage() {
 
 // ---- upstreams -------------------------------------------------------------------------------
 
+// The daily model check of a gemini upstream: what it does not list, and when it was asked.
+function modelCheck(check) {
+  if (!check) return ["–"];
+  const asked = ` (checked ${when(check.checked_at)})`;
+  if (check.error) return [badge("check failed", "bad"), ` ${check.error}${asked}`];
+  if (check.missing.length) return [badge(`${check.missing.length} missing`, "bad"), ` ${check.missing.join(", ")}${asked}`];
+  return [badge(`all ${check.expected} listed`, "good"), asked];
+}
+
 function upstreamsPage() {
   const tone = { closed: "good", open: "bad", "half-open": "warn" };
   const load = () => guarded(async () => {
@@ -458,7 +467,8 @@ function upstreamsPage() {
       el("td", { class: "num" }, u.p50_ms === null ? "–" : u.p50_ms.toFixed(0)),
       el("td", { class: "num" }, u.p99_ms === null ? "–" : u.p99_ms.toFixed(0)),
       el("td", { class: "num" }, `${pct(u.error_rate)} of ${num(u.recent_attempts)}`),
-      el("td", {}, u.skip_until ? `${when(u.skip_until)} (${u.retry_after} s)` : "–"))));
+      el("td", {}, u.skip_until ? `${when(u.skip_until)} (${u.retry_after} s)` : "–"),
+      el("td", { class: "model-check" }, ...modelCheck(u.models)))));
     document.body.dataset.loaded = "upstreams";
   });
   load();
@@ -606,8 +616,11 @@ function playgroundPage() {
 
   guarded(async () => {
     await loadModels();
-    const images = models.filter((m) => m.kind === "image");
+    // Shut-down models are not offered; the first GA one is the default.
+    const images = models.filter((m) => m.kind === "image" && m.status !== "shut_down");
     $("#play-model").replaceChildren(...images.map((m) => el("option", { value: m.name, text: m.display_name || m.name })));
+    const current = images.find((m) => m.status === "ga");
+    if (current) $("#play-model").value = current.name;
     fillModel();
     const { data: accounts } = await api("GET", "/admin/accounts");
     $("#play-account").replaceChildren(...accounts.filter((a) => a.name !== "admin").map((a) => el("option", { value: a.name, text: `${a.name}: ${creditsText(a.balance)}` })));
