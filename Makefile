@@ -31,6 +31,7 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff check nanogate tests bench
 	$(BIN)/ruff format --check nanogate tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint services
 	$(BIN)/pytest -q

@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from nanogate.simulator.processes import pump_stdout, stop, wait_for_line
+from tests.simulator.processes import pump_stdout, stop, wait_for_line
 
 SIM_KEY = "bench-simulator-key-0123456789abcdef"
 GATEWAY_COMMAND = (sys.executable, "-m", "nanogate", "serve")
@@ -68,7 +68,7 @@ def wait_for_output(
 def start_simulator(stack: ExitStack, tmp: Path, image_bytes: int | None) -> Server:
     """The upstream simulator on a free port, stopped when `stack` closes."""
     log = tmp / f"simulator-{image_bytes or 'small'}.log"
-    cmd = [sys.executable, "-m", "nanogate.simulator", "--port", "0"]
+    cmd = [sys.executable, "-m", "tests.simulator", "--port", "0"]
     cmd += ["--api-key", SIM_KEY, "--no-record"]
     if image_bytes is not None:
         cmd += ["--image-bytes", str(image_bytes)]

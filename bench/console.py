@@ -88,16 +88,16 @@ from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from nanogate import reports
-from nanogate.catalog import ModelSpec, load_catalog
+from nanogate.access.keys import hash_key, new_key
+from nanogate.console import reports
 from nanogate.console.sessions import COOKIE
+from nanogate.core.catalog import ModelSpec, load_catalog
 from nanogate.db import make_engine, run_migrations
 from nanogate.db.tables import accounts, api_keys, callback_deliveries, tasks, usage_records
-from nanogate.keys import hash_key, new_key
-from nanogate.simulator.processes import free_port
 from nanogate.storage import UrlSigner
 from nanogate.storage.local import LocalStorage
 from nanogate.upstreams.demo.render import render_image
+from tests.simulator.processes import free_port
 
 BOUND_MS = 300.0
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -91,7 +91,7 @@ from common import (
     write_json,
 )
 
-from nanogate.simulator.processes import free_port
+from tests.simulator.processes import free_port
 
 TEXT_MODEL = "gemini-2.5-flash"
 IMAGE_MODEL = "gemini-2.5-flash-image"

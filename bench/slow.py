@@ -16,7 +16,7 @@ S. slow burst: `--requests` (2,000) image requests (`gemini-2.5-flash-image`) se
    answers, errors by kind, p50/p99/max latency, wall time, the server's CPU seconds and its
    RSS (before, sampled peak, VmHWM). Goals: every request answered, gateway p99 within 1.1x of
    direct's, gateway RSS under 400 MB. It runs twice: on the stock simulator
-   (`python -m nanogate.simulator`, aiohttp's listen backlog of 128: a burst of 2,000 connects
+   (`python -m tests.simulator`, aiohttp's listen backlog of 128: a burst of 2,000 connects
    overflows its accept queue, and the dropped SYNs come back after the kernel's 1 s and 3 s
    retransmit timeouts, on the direct side as on the gateway's), and on the same simulator app
    listening with `--backlog` (4096), where direct is what a production upstream looks like and
@@ -69,7 +69,7 @@ from common import (
     write_json,
 )
 
-from nanogate.simulator.processes import free_port, pump_stdout, stop
+from tests.simulator.processes import free_port, pump_stdout, stop
 
 IMAGE_MODEL = "gemini-2.5-flash-image"
 TEXT_MODEL = "gemini-2.5-flash"
@@ -81,13 +81,13 @@ RSS_GOAL_MB = 400.0
 
 
 def serve_simulator(backlog: int) -> None:
-    """Child mode (`--serve-simulator`): the simulator's app (`nanogate.simulator.build_app`) on
-    a socket listening with `backlog`, announced like `python -m nanogate.simulator` does."""
+    """Child mode (`--serve-simulator`): the simulator's app (`tests.simulator.build_app`) on
+    a socket listening with `backlog`, announced like `python -m tests.simulator` does."""
     import signal
 
     from aiohttp import web
 
-    from nanogate.simulator import SimState, build_app
+    from tests.simulator import SimState, build_app
 
     async def main() -> None:
         state = SimState(api_key=SIM_KEY, record=False)
@@ -293,7 +293,7 @@ class Instant:
         self.name = name
 
     async def generate(self, call: Any) -> Any:
-        from nanogate.types import Reply
+        from nanogate.core.types import Reply
 
         return Reply(b"{}", self.name)
 
@@ -308,10 +308,10 @@ class Instant:
 
 
 async def router_alone(calls: int) -> list[dict[str, Any]]:
-    from nanogate.catalog import load_catalog
-    from nanogate.config import UpstreamConfig
+    from nanogate.core.catalog import load_catalog
+    from nanogate.core.config import UpstreamConfig
+    from nanogate.core.types import Call
     from nanogate.routing import Router
-    from nanogate.types import Call
 
     call = Call("bench", "generateContent", load_catalog().resolve(TEXT_MODEL), TEXT_BODY, {})
 

@@ -92,8 +92,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from nanogate.billing.ledger import aware
-from nanogate.simulator.processes import free_port
 from nanogate.tasks.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from tests.simulator.processes import free_port
 
 MODEL = "google/nano-banana"
 CREATE_PATH = "/api/v1/client/job/CreateTask"

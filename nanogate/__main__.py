@@ -1,3 +1,3 @@
-from .cli import main
+from nanogate.cli.main import main
 
 main()

@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import metrics
-from .config import UpstreamConfig
-from .errors import (
+from nanogate.core import metrics
+from nanogate.core.config import UpstreamConfig
+from nanogate.core.errors import (
     DeadlineExceeded,
     GatewayError,
     NotFound,
@@ -51,10 +51,10 @@ from .errors import (
     Unavailable,
     UpstreamError,
 )
-from .metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY_BUCKETS, UpstreamSample
-from .streams import GuardedStream
-from .types import Call, Chunk, Reply
-from .upstreams.base import Upstream
+from nanogate.core.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY_BUCKETS, UpstreamSample
+from nanogate.core.streams import GuardedStream
+from nanogate.core.types import Call, Chunk, Reply
+from nanogate.upstreams.base import Upstream
 
 log = logging.getLogger("nanogate")
 

@@ -15,10 +15,10 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..db.tables import HOLD_POLICIES, accounts, api_keys, holds
-from ..db.tables import ledger as ledger_table
-from . import ledger
-from .runners import Runner
+from nanogate.billing import ledger
+from nanogate.billing.runners import Runner
+from nanogate.db.tables import HOLD_POLICIES, accounts, api_keys, holds
+from nanogate.db.tables import ledger as ledger_table
 
 
 class AccountError(ValueError):

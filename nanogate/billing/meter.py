@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from ..errors import GatewayError, InsufficientCredits, RateLimited, Unavailable
-from ..keys import KeyRecord
-from ..metrics import observe_writeoff
-from . import ledger
-from .ledger import Hold, Policy, Refusal, Resolution, Tx
-from .prices import Quote
-from .runners import Journal
+from nanogate.access.keys import KeyRecord
+from nanogate.billing import ledger
+from nanogate.billing.ledger import Hold, Policy, Refusal, Resolution, Tx
+from nanogate.billing.prices import Quote
+from nanogate.billing.runners import Journal
+from nanogate.core.errors import GatewayError, InsufficientCredits, RateLimited, Unavailable
+from nanogate.core.metrics import observe_writeoff
 
 logger = logging.getLogger(__name__)
 

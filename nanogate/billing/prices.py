@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..catalog import ModelSpec
-from ..dialects.gemini_validate import field
-from ..types import Call, Usage
+from nanogate.core.canonical import field
+from nanogate.core.catalog import ModelSpec
+from nanogate.core.types import Call, Usage
 
 PER_MILLION = 1_000_000
 # Characters per token when estimating input from the body. Gemini averages about four for

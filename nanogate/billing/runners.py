@@ -26,7 +26,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .ledger import Row, Tx
+from nanogate.billing.ledger import Row, Tx
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 from typing import Any, Literal
 
-from .money import Money
+from nanogate.console.money import Money
 
 Metric = Literal["requests", "images", "credits", "error_rate"]
 TITLES: dict[str, str] = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Settings
+from nanogate.core.config import Settings
 
 # Codes an operator is likely to sell in, shown by their symbol; any other code or word is
 # shown as written, followed by a space ("CHF 1.20"), and a symbol as written ("₿0.0001").

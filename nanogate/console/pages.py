@@ -7,8 +7,8 @@ from html import escape
 from importlib import resources
 from string import Template
 
-from .. import __version__
-from .money import Money
+from nanogate import __version__
+from nanogate.console.money import Money
 
 # Path segment -> title, in the navigation's order.
 PAGES = {

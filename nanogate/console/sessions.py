@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..db.tables import console_sessions
+from nanogate.db.tables import console_sessions
 
 COOKIE = "nanogate_session"
 CSRF_HEADER = "x-csrf-token"

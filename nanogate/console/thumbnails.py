@@ -10,9 +10,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..db.tables import thumbnails, utcnow
-from ..images import ImageRejected, thumbnail_image
-from ..storage import Storage
+from nanogate.core.images import ImageRejected, thumbnail_image
+from nanogate.db.tables import thumbnails, utcnow
+from nanogate.storage import Storage
 
 MAX_SIDE = 384  # two columns of a 1280 px grid at 2x density stay sharp
 THUMB_TYPE = "image/webp"

@@ -1,7 +1,7 @@
 """Persistence: the schema (SQLAlchemy Core), the engine factory and Alembic migrations."""
 
-from .engine import make_engine, run_migrations
-from .tables import (
+from nanogate.db.engine import make_engine, run_migrations
+from nanogate.db.tables import (
     accounts,
     api_keys,
     callback_deliveries,

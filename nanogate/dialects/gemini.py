@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 
-from ..catalog import ModelSpec
-from ..errors import GatewayError, InvalidArgument, NotFound
-from ..types import Call, Method
-from .gemini_validate import validate_count_tokens, validate_generate
+from nanogate.core.catalog import ModelSpec
+from nanogate.core.errors import GatewayError, InvalidArgument, NotFound
+from nanogate.core.types import Call, Method
+from nanogate.dialects.gemini_validate import validate_count_tokens, validate_generate
 
 METHODS: dict[str, Method] = {
     "generateContent": "generateContent",

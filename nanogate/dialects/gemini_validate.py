@@ -8,18 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..catalog import ModelSpec
-from ..errors import InvalidArgument
-from ..media import decode_base64, sniff_image
-from ..types import JSON, ImageRequest
+from nanogate.core.canonical import field
+from nanogate.core.catalog import ModelSpec
+from nanogate.core.errors import InvalidArgument
+from nanogate.core.media import decode_base64, sniff_image
+from nanogate.core.types import JSON, ImageRequest
 
 ROLES = frozenset({"user", "model"})
-
-
-def field(obj: JSON, camel: str, snake: str) -> Any:
-    """Read a field under either of its JSON spellings."""
-    value = obj.get(camel)
-    return obj.get(snake) if value is None else value
 
 
 def validate_generate(request: Any, spec: ModelSpec) -> tuple[ImageRequest | None, int]:

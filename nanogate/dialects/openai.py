@@ -12,11 +12,11 @@ from typing import Any
 
 import orjson
 
-from .. import inline
-from ..catalog import ModelSpec
-from ..errors import GatewayError, InvalidArgument
-from ..inline import Blob, Text
-from .gemini_validate import field as gfield
+from nanogate.core import inline
+from nanogate.core.canonical import field as gfield
+from nanogate.core.catalog import ModelSpec
+from nanogate.core.errors import GatewayError, InvalidArgument
+from nanogate.core.inline import Blob, Text
 
 # OpenAI's `type` and `code` for each status, as its SDK and clients read them.
 _TYPES = {

@@ -19,11 +19,11 @@ from typing import Any
 
 import orjson
 
-from ..catalog import ModelSpec
-from ..inline import Blob, Text, text_of
-from ..media import decode_base64, sniff_image
-from . import openai as common
-from .openai import Candidate, Tokens, bad, show
+from nanogate.core.catalog import ModelSpec
+from nanogate.core.inline import Blob, Text, text_of
+from nanogate.core.media import decode_base64, sniff_image
+from nanogate.dialects import openai as common
+from nanogate.dialects.openai import Candidate, Tokens, bad, show
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MODALITIES = {"text": "TEXT", "image": "IMAGE"}

@@ -14,11 +14,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..catalog import ModelSpec
-from ..images import Format
-from . import openai as common
-from .openai import bad, show
-from .openai_chat import image_settings
+from nanogate.core.catalog import ModelSpec
+from nanogate.core.images import Format
+from nanogate.dialects import openai as common
+from nanogate.dialects.openai import bad, show
+from nanogate.dialects.openai_chat import image_settings
 
 RESPONSE_FORMATS = ("b64_json", "url")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")

@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import orjson
 
-from ..catalog import ModelSpec
-from ..errors import FeatureDisabled, GatewayError, InvalidArgument, Maintenance
-from ..tasks.records import Form, TaskRecord
+from nanogate.core.catalog import ModelSpec
+from nanogate.core.errors import FeatureDisabled, GatewayError, InvalidArgument, Maintenance
+from nanogate.core.task_records import Form, TaskRecord
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 

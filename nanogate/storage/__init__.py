@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from .signing import UrlSigner
+from nanogate.storage.signing import UrlSigner
 
 __all__ = [
     "CONTENT_TYPES",
@@ -105,6 +105,6 @@ def digest_of(name: str) -> str:
 def open_storage(directory: Path, public_base_url: str, signer: UrlSigner) -> Storage:
     """The configured backend; the local directory is the only one so far."""
     # Imported here so a future S3 backend's client library loads only when it is chosen.
-    from .local import LocalStorage
+    from nanogate.storage.local import LocalStorage
 
     return LocalStorage(directory, public_base_url, signer)

@@ -16,8 +16,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import Stored, content_type_for, name_for, valid_name
-from .signing import UrlSigner
+from nanogate.storage import Stored, content_type_for, name_for, valid_name
+from nanogate.storage.signing import UrlSigner
 
 _TEMP_PREFIX = ".tmp-"
 # A temp file this old belongs to no write in progress: its writer crashed.

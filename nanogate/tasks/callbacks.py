@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from .. import __version__
-from ..billing.runners import Journal
-from ..egress import EgressRefused, FetchFailed, GuardedHttp
-from . import queue
-from .claims import ClaimLoop
-from .records import TaskRecord
+from nanogate import __version__
+from nanogate.billing.runners import Journal
+from nanogate.core.task_records import TaskRecord
+from nanogate.tasks import queue
+from nanogate.tasks.claims import ClaimLoop
+from nanogate.transport.egress import EgressRefused, FetchFailed, GuardedHttp
 
 logger = logging.getLogger(__name__)
 

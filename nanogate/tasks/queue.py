@@ -17,10 +17,10 @@ from typing import Any
 
 import orjson
 
-from .. import idempotency as idempotency_sql
-from ..billing import ledger
-from ..billing.ledger import Hold, Refusal, Row, Tx
-from .records import StoredFile, TaskRecord
+from nanogate.billing import ledger
+from nanogate.billing.ledger import Hold, Refusal, Row, Tx
+from nanogate.core.task_records import StoredFile, TaskRecord
+from nanogate.engine import idempotency as idempotency_sql
 
 _COLUMNS = (
     "id, request_id, form, key_id, account_id, model, param, state, hold_id, attempts, "

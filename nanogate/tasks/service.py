@@ -15,21 +15,21 @@ from typing import Any
 
 import orjson
 
-from .. import idempotency
-from ..billing.ledger import Refusal, Tx, aware
-from ..billing.meter import database_unavailable, refused
-from ..billing.runners import Journal
-from ..catalog import ModelSpec
-from ..dialects import gemini
-from ..dialects import tasks as dialect
-from ..egress import EgressRefused, GuardedHttp
-from ..errors import Conflict, FeatureDisabled, InvalidArgument, NotFound
-from ..gateway import Context, Gateway
-from ..keys import KeyRecord
-from ..storage import Storage
-from ..types import Call
-from . import queue
-from .records import TaskRecord
+from nanogate.access.keys import KeyRecord
+from nanogate.billing.ledger import Refusal, Tx, aware
+from nanogate.billing.meter import database_unavailable, refused
+from nanogate.billing.runners import Journal
+from nanogate.core.catalog import ModelSpec
+from nanogate.core.errors import Conflict, FeatureDisabled, InvalidArgument, NotFound
+from nanogate.core.task_records import TaskRecord
+from nanogate.core.types import Call
+from nanogate.dialects import gemini
+from nanogate.dialects import tasks as dialect
+from nanogate.engine import idempotency
+from nanogate.engine.gateway import Context, Gateway
+from nanogate.storage import Storage
+from nanogate.tasks import queue
+from nanogate.transport.egress import EgressRefused, GuardedHttp
 
 # A task's hold outlives its deadline by this much, so only a worker (never the sweeper)
 # closes it in the normal course; the sweeper refunds it if every worker is gone for good.

@@ -26,19 +26,19 @@ from typing import Any
 
 import orjson
 
-from .. import canonical
-from ..billing.runners import Journal
-from ..dialects import gemini
-from ..dialects import tasks as dialect
-from ..errors import GatewayError, InvalidArgument
-from ..gateway import Context, Gateway
-from ..images import convert_image
-from ..inputs import ImageFetcher, InputRejected
-from ..media import decode_base64
-from ..storage import Storage
-from . import queue
-from .claims import ClaimLoop
-from .records import StoredFile, TaskRecord
+from nanogate.billing.runners import Journal
+from nanogate.core import canonical
+from nanogate.core.errors import GatewayError, InvalidArgument
+from nanogate.core.images import convert_image
+from nanogate.core.media import decode_base64
+from nanogate.core.task_records import StoredFile, TaskRecord
+from nanogate.dialects import gemini
+from nanogate.dialects import tasks as dialect
+from nanogate.engine.gateway import Context, Gateway
+from nanogate.storage import Storage
+from nanogate.tasks import queue
+from nanogate.tasks.claims import ClaimLoop
+from nanogate.transport.fetch import ImageFetcher, InputRejected
 
 logger = logging.getLogger(__name__)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import UpstreamConfig
-from .base import Services, Upstream
-from .demo import DemoUpstream
-from .gemini import GeminiUpstream
-from .openai import OpenAIUpstream
-from .task import TaskUpstream
+from nanogate.core.config import UpstreamConfig
+from nanogate.upstreams.base import Services, Upstream
+from nanogate.upstreams.demo import DemoUpstream
+from nanogate.upstreams.gemini import GeminiUpstream
+from nanogate.upstreams.openai import OpenAIUpstream
+from nanogate.upstreams.task import TaskUpstream
 
 KINDS: dict[str, Callable[[UpstreamConfig, Services], Upstream]] = {
     "demo": lambda config, _: DemoUpstream(config),

@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 
-from ..billing import prices
-from ..canonical import usage_from_response
-from ..dialects.gemini_validate import field as gfield
-from ..media import decode_base64
-from ..types import Call, Reply
+from nanogate.billing import prices
+from nanogate.core.canonical import field as gfield
+from nanogate.core.canonical import usage_from_response
+from nanogate.core.media import decode_base64
+from nanogate.core.types import Call, Reply
 
 CHARS_PER_TOKEN = 4
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..egress import GuardedHttp
-from ..storage import Storage
-from ..types import Call, ChunkStream, Reply
+from nanogate.core.types import Call, ChunkStream, Reply
+from nanogate.storage import Storage
+from nanogate.transport.egress import GuardedHttp
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,11 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from ..canonical import MalformedResponse, usage_from_response
-from ..config import UpstreamConfig
-from ..errors import UpstreamError
-from ..types import Call, Chunk, Reply
-from . import http
+from nanogate.core.canonical import MalformedResponse, usage_from_response
+from nanogate.core.config import UpstreamConfig
+from nanogate.core.errors import UpstreamError
+from nanogate.core.types import Call, Chunk, Reply
+from nanogate.transport import client as http
 
 
 class GeminiUpstream:

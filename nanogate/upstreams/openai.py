@@ -15,14 +15,14 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..config import UpstreamConfig
-from ..egress import EgressRefused, FetchFailed
-from ..errors import UpstreamError
-from ..media import decode_base64, sniff_image
-from ..types import Call, Chunk, ChunkStream, Reply
-from . import http
-from .answers import Prompt, image_reply, prompt_of
-from .base import Services
+from nanogate.core.config import UpstreamConfig
+from nanogate.core.errors import UpstreamError
+from nanogate.core.media import decode_base64, sniff_image
+from nanogate.core.types import Call, Chunk, ChunkStream, Reply
+from nanogate.transport import client as http
+from nanogate.transport.egress import EgressRefused, FetchFailed
+from nanogate.upstreams.answers import Prompt, image_reply, prompt_of
+from nanogate.upstreams.base import Services
 
 # ![alt](data:image/png;base64,...) or ![alt](https://...), as resellers put images in content.
 _MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*(data:image/[^)\s]+|https?://[^)\s]+)\s*\)")

@@ -22,15 +22,15 @@ from typing import Any
 
 import orjson
 
-from ..config import UpstreamConfig
-from ..egress import EgressRefused, FetchFailed
-from ..errors import UpstreamError
-from ..media import sniff_image
-from ..metrics import UPSTREAM_ERRORS
-from ..types import Call, Chunk, ChunkStream, Reply
-from . import http
-from .answers import Prompt, image_reply, prompt_of
-from .base import Services
+from nanogate.core.config import UpstreamConfig
+from nanogate.core.errors import UpstreamError
+from nanogate.core.media import sniff_image
+from nanogate.core.metrics import UPSTREAM_ERRORS
+from nanogate.core.types import Call, Chunk, ChunkStream, Reply
+from nanogate.transport import client as http
+from nanogate.transport.egress import EgressRefused, FetchFailed
+from nanogate.upstreams.answers import Prompt, image_reply, prompt_of
+from nanogate.upstreams.base import Services
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from google import genai
 
-from nanogate.simulator.processes import free_port, pump_stdout, stop, wait_for_line
+from tests.simulator.processes import free_port, pump_stdout, stop, wait_for_line
 
 from .receiver import Receiver
 
@@ -71,7 +71,7 @@ class Gateway:
 
 def start_simulator(*extra: str) -> Simulator:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nanogate.simulator", "--port", "0", "--api-key", SIM_KEY, *extra],
+        [sys.executable, "-m", "tests.simulator", "--port", "0", "--api-key", SIM_KEY, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

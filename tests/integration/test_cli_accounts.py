@@ -21,7 +21,7 @@ from sqlalchemy import func, insert, select
 
 from nanogate.db import make_engine
 from nanogate.db.tables import accounts, api_keys, ledger, usage_records
-from nanogate.usage import RECORD_COLUMNS
+from nanogate.engine.usage import RECORD_COLUMNS
 
 PREFIX = re.compile(r"^(ng_[0-9a-f]{8})_")
 

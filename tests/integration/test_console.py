@@ -35,7 +35,7 @@ from playwright.sync_api import (
 )
 
 import nanogate
-from nanogate.simulator.processes import stop
+from tests.simulator.processes import stop
 
 from . import test_tasks as task_api
 from .conftest import SIM_KEY, Gateway, start_gateway, start_simulator

@@ -18,10 +18,10 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from nanogate.billing import prices
-from nanogate.canonical import usage_from_response
-from nanogate.catalog import load_catalog
+from nanogate.core.canonical import usage_from_response
+from nanogate.core.catalog import load_catalog
 from nanogate.db import make_engine
-from nanogate.simulator.processes import stop
+from tests.simulator.processes import stop
 
 from .conftest import (
     Gateway,

@@ -17,9 +17,9 @@ import httpx
 import orjson
 
 from nanogate.billing import prices
-from nanogate.catalog import load_catalog
+from nanogate.core.catalog import load_catalog
 from nanogate.dialects.gemini import parse_call
-from nanogate.simulator.processes import stop
+from tests.simulator.processes import stop
 
 from .conftest import Gateway, start_gateway
 from .test_credits import balance, ledger_matches_balances, new_key, query

@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from nanogate.simulator.processes import stop
+from tests.simulator.processes import stop
 
 from .conftest import Gateway, Simulator, simulator_upstream, start_gateway
 from .test_credits import balance, ledger_matches_balances, new_key, query

@@ -20,7 +20,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from PIL import Image
 
-from nanogate.simulator.processes import stop
+from tests.simulator.processes import stop
 
 from .conftest import Gateway, start_gateway
 from .receiver import Receiver

@@ -24,8 +24,8 @@ import yaml
 from google.genai import errors, types
 from PIL import Image
 
-from nanogate.simulator.processes import stop
-from nanogate.simulator.responses import DEFAULT_MODELS
+from tests.simulator.processes import stop
+from tests.simulator.responses import DEFAULT_MODELS
 
 from .conftest import SIM_KEY, Gateway, Simulator, sdk_client, start_gateway, start_simulator
 

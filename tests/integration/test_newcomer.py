@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from nanogate.simulator.processes import stop
+from tests.simulator.processes import stop
 
 from .conftest import start_gateway
 

@@ -20,7 +20,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from nanogate.simulator.processes import stop
+from tests.simulator.processes import stop
 
 from .conftest import SIM_KEY, Gateway, Simulator, start_gateway
 from .test_credits import balance, new_key

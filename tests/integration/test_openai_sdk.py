@@ -15,7 +15,7 @@ import pytest
 from openai import OpenAI
 from PIL import Image, ImageStat
 
-from nanogate.simulator.processes import stop
+from tests.simulator.processes import stop
 
 from .conftest import Gateway, Simulator, start_gateway
 from .receiver import Receiver

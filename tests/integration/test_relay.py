@@ -16,7 +16,7 @@ import pytest
 from google.genai import errors, types
 from PIL import Image
 
-from nanogate.simulator.processes import stop
+from tests.simulator.processes import stop
 
 from .conftest import (
     SIM_KEY,

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from nanogate.simulator.processes import free_port, stop
+from tests.simulator.processes import free_port, stop
 
 from .conftest import Gateway, Simulator, simulator_upstream, start_gateway, start_simulator
 

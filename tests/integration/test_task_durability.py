@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import make_url
 
-from nanogate.simulator.processes import stop
+from tests.simulator.processes import stop
 
 from .conftest import PG_ADMIN_URL, Gateway, Simulator, _pg, simulator_upstream, start_gateway
 from .receiver import Receiver

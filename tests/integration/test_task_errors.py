@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 
-from nanogate.simulator.processes import stop
+from tests.simulator.processes import stop
 
 from .conftest import Gateway, Simulator, simulator_upstream, start_gateway
 from .receiver import Receiver

@@ -19,10 +19,10 @@ import orjson
 import pytest
 from PIL import Image
 
-from nanogate.catalog import load_catalog
-from nanogate.media import sniff_image
-from nanogate.simulator.processes import free_port, pump_stdout, stop, wait_for_line
+from nanogate.core.catalog import load_catalog
+from nanogate.core.media import sniff_image
 from nanogate.tasks.callbacks import sign
+from tests.simulator.processes import free_port, pump_stdout, stop, wait_for_line
 
 from .conftest import Gateway, start_gateway
 from .receiver import Receiver

@@ -8,7 +8,7 @@ import os
 import orjson
 import pytest
 
-from nanogate.canonical import FULL_PARSE_LIMIT, MalformedResponse, usage_from_response
+from nanogate.core.canonical import FULL_PARSE_LIMIT, MalformedResponse, usage_from_response
 
 META = {
     "promptTokenCount": 17,

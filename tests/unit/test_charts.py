@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from nanogate.config import Settings
 from nanogate.console import charts
 from nanogate.console.money import Money
+from nanogate.core.config import Settings
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from nanogate.catalog import load_catalog
-from nanogate.config import load_settings
-from nanogate.errors import NotFound
+from nanogate.core.catalog import load_catalog
+from nanogate.core.config import load_settings
+from nanogate.core.errors import NotFound
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import pillow_heif
 import pytest
 from PIL import Image, ImageChops, ImageOps, ImageStat
 
-from nanogate.catalog import load_catalog
+from nanogate.core.catalog import load_catalog
 from nanogate.upstreams.demo.render import (
     nearest_aspect_ratio,
     probe_size,

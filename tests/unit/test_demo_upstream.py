@@ -12,10 +12,10 @@ import orjson
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from nanogate.catalog import load_catalog
-from nanogate.config import UpstreamConfig
-from nanogate.errors import InvalidArgument
-from nanogate.types import Call, Chunk, ImageRequest, Method, Reply, Usage
+from nanogate.core.catalog import load_catalog
+from nanogate.core.config import UpstreamConfig
+from nanogate.core.errors import InvalidArgument
+from nanogate.core.types import Call, Chunk, ImageRequest, Method, Reply, Usage
 from nanogate.upstreams.base import Upstream
 from nanogate.upstreams.demo import DemoUpstream
 

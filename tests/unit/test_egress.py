@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.abc import ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from nanogate.egress import (
+from nanogate.transport.egress import (
     EgressGuard,
     EgressRefused,
     FetchFailed,

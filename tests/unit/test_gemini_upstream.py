@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from nanogate.catalog import load_catalog
-from nanogate.config import UpstreamConfig
+from nanogate.core.catalog import load_catalog
+from nanogate.core.config import UpstreamConfig
+from nanogate.core.errors import UpstreamError
+from nanogate.core.types import Call, Method
 from nanogate.dialects.gemini import parse_call
-from nanogate.errors import UpstreamError
-from nanogate.simulator import Fault, SimState, start
-from nanogate.types import Call, Method
 from nanogate.upstreams.gemini import GeminiUpstream
+from tests.simulator import Fault, SimState, start
 
 KEY = "upstream-key-for-tests"
 CATALOG = load_catalog()

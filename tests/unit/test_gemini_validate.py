@@ -10,10 +10,10 @@ import orjson
 import pytest
 from PIL import Image
 
-from nanogate.catalog import ModelSpec, load_catalog
+from nanogate.core.catalog import ModelSpec, load_catalog
+from nanogate.core.errors import InvalidArgument, NotFound
+from nanogate.core.media import decode_base64, sniff_image
 from nanogate.dialects.gemini import parse_call, split_model_action
-from nanogate.errors import InvalidArgument, NotFound
-from nanogate.media import decode_base64, sniff_image
 
 CATALOG = load_catalog()
 FLASH = CATALOG.resolve("gemini-2.5-flash-image")
@@ -67,7 +67,7 @@ def test_flash_accepts_only_its_native_1k() -> None:
 
 
 def test_image_size_on_a_model_without_sizes() -> None:
-    from nanogate.catalog import load_catalog as load
+    from nanogate.core.catalog import load_catalog as load
 
     custom = load({"my-image-model": {"kind": "image", "pixels": {"1K": {"1:1": "1024x1024"}}}})
     spec = custom.resolve("my-image-model")

@@ -19,8 +19,8 @@ from aiohttp import web
 from PIL import Image as PILImage
 from rich.console import Console
 
-from nanogate import generate as g
-from nanogate.http.replay import COST_HEADER
+from nanogate.cli import generate as g
+from nanogate.web.replay import COST_HEADER
 
 
 def png(width: int = 8, height: int = 6) -> bytes:

@@ -12,8 +12,8 @@ import pillow_heif
 import pytest
 from PIL import Image
 
-from nanogate.images import Format, ImageRejected, convert_image, image_size, inspect_image
-from nanogate.media import sniff_image
+from nanogate.core.images import Format, ImageRejected, convert_image, image_size, inspect_image
+from nanogate.core.media import sniff_image
 
 MP = 1_000_000
 

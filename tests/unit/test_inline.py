@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from nanogate import inline
-from nanogate.inline import MIN_BLOB, SMALL_BODY, Blob
+from nanogate.core import inline
+from nanogate.core.inline import MIN_BLOB, SMALL_BODY, Blob
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes: base64 of it is well over MIN_BLOB
 B64 = base64.b64encode(PAYLOAD).decode()

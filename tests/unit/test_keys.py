@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from nanogate.access.keys import KeyRecord, new_key
+from nanogate.billing.keys import KeyStore, _NewKey, bootstrap
 from nanogate.db import accounts, api_keys, ledger, make_engine
-from nanogate.keys import KeyRecord, KeyStore, _NewKey, bootstrap, new_key
 
 # --- tests ---
 

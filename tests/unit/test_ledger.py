@@ -13,14 +13,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from nanogate.access.keys import KeyRecord
 from nanogate.billing import ledger
 from nanogate.billing.accounts import AccountError, AccountStore
+from nanogate.billing.keys import KeyStore
 from nanogate.billing.ledger import Hold, Refusal
 from nanogate.billing.runners import Journal, SqliteRunner, open_runner
 from nanogate.db import accounts, api_keys, holds
 from nanogate.db import ledger as ledger_table
-from nanogate.keys import KeyRecord, KeyStore
-from nanogate.usage import UsageRecord, UsageRecorder
+from nanogate.engine.usage import UsageRecord, UsageRecorder
 
 
 @pytest.fixture

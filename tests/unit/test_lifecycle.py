@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from nanogate import lifecycle
-from nanogate.catalog import CatalogError, load_catalog
-from nanogate.config import UpstreamConfig, load_settings
-from nanogate.errors import NotFound
+from nanogate.core import lifecycle
+from nanogate.core.catalog import CatalogError, load_catalog
+from nanogate.core.config import UpstreamConfig, load_settings
+from nanogate.core.errors import NotFound
 
 TODAY = date(2026, 12, 4)
 BEFORE_PREVIEW_SHUTDOWN = date(2026, 6, 1)

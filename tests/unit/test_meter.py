@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from nanogate.access.keys import KeyRecord
+from nanogate.billing.keys import KeyStore
 from nanogate.billing.meter import Meter
 from nanogate.billing.prices import Quote
 from nanogate.billing.runners import Journal, open_runner
-from nanogate.errors import InsufficientCredits, RateLimited
-from nanogate.keys import KeyRecord, KeyStore
+from nanogate.core.errors import InsufficientCredits, RateLimited
 
 
 @pytest.fixture

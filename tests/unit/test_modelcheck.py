@@ -6,10 +6,10 @@ import asyncio
 from datetime import UTC, date, datetime
 from typing import Any
 
-from nanogate.catalog import load_catalog
-from nanogate.config import UpstreamConfig
-from nanogate.errors import UpstreamError
-from nanogate.modelcheck import ModelWatch, check, compare
+from nanogate.core.catalog import load_catalog
+from nanogate.core.config import UpstreamConfig
+from nanogate.core.errors import UpstreamError
+from nanogate.upstreams.modelcheck import ModelWatch, check, compare
 
 TODAY = date(2026, 12, 4)
 NOW = datetime(2026, 12, 4, 12, tzinfo=UTC)

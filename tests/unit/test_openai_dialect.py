@@ -13,13 +13,9 @@ import orjson
 import pytest
 from PIL import Image as PILImage
 
-from nanogate import inline
-from nanogate.catalog import ModelSpec, load_catalog
-from nanogate.dialects import openai, openai_chat, openai_images
-from nanogate.dialects.openai import Candidate, Image, Tokens
-from nanogate.dialects.openai_chat import ChatStream, RemoteImage
-from nanogate.dialects.openai_images import MASK_INSTRUCTION
-from nanogate.errors import (
+from nanogate.core import inline
+from nanogate.core.catalog import ModelSpec, load_catalog
+from nanogate.core.errors import (
     GatewayError,
     InsufficientCredits,
     Internal,
@@ -29,7 +25,11 @@ from nanogate.errors import (
     RateLimited,
     Unauthenticated,
 )
-from nanogate.inline import Blob
+from nanogate.core.inline import Blob
+from nanogate.dialects import openai, openai_chat, openai_images
+from nanogate.dialects.openai import Candidate, Image, Tokens
+from nanogate.dialects.openai_chat import ChatStream, RemoteImage
+from nanogate.dialects.openai_images import MASK_INSTRUCTION
 
 CATALOG = load_catalog()
 FLASH_IMAGE = CATALOG.resolve("gemini-2.5-flash-image")

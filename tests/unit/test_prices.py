@@ -8,9 +8,9 @@ import orjson
 import pytest
 
 from nanogate.billing import prices
-from nanogate.catalog import load_catalog
+from nanogate.core.catalog import load_catalog
+from nanogate.core.types import Call, Usage
 from nanogate.dialects.gemini import parse_call
-from nanogate.types import Call, Usage
 
 CATALOG = load_catalog()
 

@@ -12,8 +12,7 @@ from typing import Any
 from sqlalchemy import event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from nanogate import reports
-from nanogate.console import charts
+from nanogate.console import charts, reports
 from nanogate.db.tables import usage_records
 
 NOW = datetime(2026, 11, 21, 12, 0, 30, tzinfo=UTC)

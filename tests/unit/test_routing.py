@@ -11,10 +11,10 @@ from email.utils import format_datetime
 
 import pytest
 
-from nanogate import metrics
-from nanogate.catalog import load_catalog
-from nanogate.config import UpstreamConfig
-from nanogate.errors import (
+from nanogate.core import metrics
+from nanogate.core.catalog import load_catalog
+from nanogate.core.config import UpstreamConfig
+from nanogate.core.errors import (
     DeadlineExceeded,
     GatewayError,
     NotFound,
@@ -22,9 +22,9 @@ from nanogate.errors import (
     Unavailable,
     UpstreamError,
 )
+from nanogate.core.types import Call, Chunk, Reply
 from nanogate.routing import Router
-from nanogate.types import Call, Chunk, Reply
-from nanogate.upstreams.http import parse_retry_after
+from nanogate.transport.client import parse_retry_after
 
 FAILURE_THRESHOLD = UpstreamConfig(name="x", kind="demo").breaker_failures
 

@@ -18,8 +18,8 @@ import orjson
 import pytest
 from PIL import Image
 
-from nanogate.simulator import Fault, SimState, start
-from nanogate.simulator.faults import FaultError, fault_from_body, fault_from_json
+from tests.simulator import Fault, SimState, start
+from tests.simulator.faults import FaultError, fault_from_body, fault_from_json
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "sim-test-key"
@@ -677,7 +677,7 @@ async def test_cli_prints_listening_line() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nanogate.simulator",
+        "tests.simulator",
         "--host",
         "127.0.0.1",
         "--port",

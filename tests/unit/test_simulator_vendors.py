@@ -17,9 +17,9 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from nanogate.simulator import Fault, SimState, start
-from nanogate.simulator.__main__ import _parse_args
-from nanogate.simulator.faults import FaultError, fault_from_body, fault_from_json
+from tests.simulator import Fault, SimState, start
+from tests.simulator.__main__ import _parse_args
+from tests.simulator.faults import FaultError, fault_from_body, fault_from_json
 
 KEY = "vendor-key"
 TASK_SECONDS = 0.1

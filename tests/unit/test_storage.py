@@ -15,10 +15,10 @@ import pytest
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from nanogate.http import file_routes
 from nanogate.storage import Storage, content_type_for, extension_for, open_storage, valid_name
 from nanogate.storage.local import TEMP_GRACE_S, LocalStorage
 from nanogate.storage.signing import UrlSigner
+from nanogate.web import file_routes
 
 SECRET = b"s" * 32
 BASE = "http://testserver"

@@ -12,19 +12,8 @@ import orjson
 import pytest
 from PIL import Image
 
-from nanogate.catalog import Catalog, ModelSpec, load_catalog
-from nanogate.dialects import gemini
-from nanogate.dialects.tasks import (
-    TaskRequest,
-    check_model,
-    code_for,
-    error_body,
-    form_for,
-    gemini_request,
-    parse_create,
-    render,
-)
-from nanogate.errors import (
+from nanogate.core.catalog import Catalog, ModelSpec, load_catalog
+from nanogate.core.errors import (
     Conflict,
     DeadlineExceeded,
     FeatureDisabled,
@@ -38,8 +27,19 @@ from nanogate.errors import (
     RateLimited,
     Unavailable,
 )
-from nanogate.tasks.records import Form, StoredFile, TaskRecord
-from nanogate.types import Call
+from nanogate.core.task_records import Form, StoredFile, TaskRecord
+from nanogate.core.types import Call
+from nanogate.dialects import gemini
+from nanogate.dialects.tasks import (
+    TaskRequest,
+    check_model,
+    code_for,
+    error_body,
+    form_for,
+    gemini_request,
+    parse_create,
+    render,
+)
 
 CATALOG: Catalog = load_catalog()
 

@@ -14,14 +14,15 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from nanogate import idempotency
+from nanogate.access.keys import KeyRecord
+from nanogate.billing.keys import KeyStore
 from nanogate.billing.ledger import Hold, Refusal, Tx, aware
 from nanogate.billing.runners import EngineRunner, Runner, SqliteRunner, open_runner
+from nanogate.core.task_records import StoredFile, TaskRecord
 from nanogate.db import accounts, holds, idempotency_keys, results, tasks
 from nanogate.db import ledger as ledger_table
-from nanogate.keys import KeyRecord, KeyStore
+from nanogate.engine import idempotency
 from nanogate.tasks import queue
-from nanogate.tasks.records import StoredFile, TaskRecord
 
 T = TypeVar("T")
 

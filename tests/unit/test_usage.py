@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from nanogate.core.types import Usage
 from nanogate.db import usage_records
-from nanogate.types import Usage
-from nanogate.usage import UsageRecord, UsageRecorder
+from nanogate.engine.usage import UsageRecord, UsageRecorder
 
 # --- tests ---
 

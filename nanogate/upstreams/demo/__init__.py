@@ -3,6 +3,6 @@ and its canned text and schema-valid fake JSON (text.py)."""
 
 from __future__ import annotations
 
-from .adapter import DemoUpstream
+from nanogate.upstreams.demo.adapter import DemoUpstream
 
 __all__ = ["DemoUpstream"]

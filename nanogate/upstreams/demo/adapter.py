@@ -21,19 +21,19 @@ from typing import Any
 
 import orjson
 
-from ...catalog import ModelSpec
-from ...config import UpstreamConfig
-from ...errors import InvalidArgument
-from ...media import decode_base64
-from ...types import JSON, Call, Chunk, Reply, Usage
-from .render import (
+from nanogate.core.catalog import ModelSpec
+from nanogate.core.config import UpstreamConfig
+from nanogate.core.errors import InvalidArgument
+from nanogate.core.media import decode_base64
+from nanogate.core.types import JSON, Call, Chunk, Reply, Usage
+from nanogate.upstreams.demo.render import (
     nearest_aspect_ratio,
     probe_size,
     read_edit,
     render_image,
     transform_image,
 )
-from .text import estimate_tokens, fake_from_schema, text_reply, thought_text
+from nanogate.upstreams.demo.text import estimate_tokens, fake_from_schema, text_reply, thought_text
 
 _PIECES = 3  # a streamed text part arrives in up to this many chunks, as a model's would
 

@@ -1,0 +1,415 @@
+"""The layers a request walks through, once and in one direction:
+
+    dialect (parse) -> auth and limits -> credits (reserve) -> router -> upstream adapter
+        -> credits (settle or refund) -> usage record -> dialect (render)
+
+Dialects call `Gateway` and never touch keys, credits, routing or the database themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+from nanogate.access.keys import KeyLookup, KeyRecord
+from nanogate.access.limits import Limiter
+from nanogate.billing import prices
+from nanogate.billing.ledger import Hold
+from nanogate.billing.meter import Meter
+from nanogate.core import canonical, lifecycle
+from nanogate.core.catalog import Catalog, ModelSpec, parse_prices
+from nanogate.core.errors import (
+    GatewayError,
+    Maintenance,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    UpstreamError,
+)
+from nanogate.core.metrics import observe_request
+from nanogate.core.streams import GuardedStream
+from nanogate.core.types import Call, Chunk, Reply, Usage
+from nanogate.engine.usage import UsageRecord, UsageRecorder
+from nanogate.routing import Router
+from nanogate.upstreams.modelcheck import ModelWatch
+
+
+@dataclass(slots=True)
+class Context:
+    """What one request has gathered so far; becomes its usage record when it ends."""
+
+    request_id: str
+    dialect: str
+    method: str = ""
+    started: float = field(default_factory=time.perf_counter)
+    key: KeyRecord | None = None
+    model: str = ""
+    # The name the client sent, where it differs from `model` (an alias, a shut-down id).
+    requested_model: str | None = None
+    # The Warning header the answer carries (a shut-down or deprecated model), if any.
+    warning: str | None = None
+    # The upstreams that may take the call (None: any that serves the model).
+    route_only: frozenset[str] | None = None
+    upstream: str | None = None
+    status: int = 200
+    error: str | None = None  # the status name (RESOURCE_EXHAUSTED, ...)
+    error_message: str | None = None  # the message the client got
+    usage: Usage = field(default_factory=Usage)
+    cost: int = 0  # credits charged (or, with metering off, what would have been)
+    quote: int = 0  # the certain cost: what the call needs available to be admitted
+    finished: bool = False
+
+    def fail(self, error: GatewayError) -> None:
+        self.status = error.status
+        self.error = error.reason
+        self.error_message = error.message
+
+
+class Gateway:
+    def __init__(
+        self,
+        catalog: Catalog,
+        keys: KeyLookup,
+        router: Router,
+        recorder: UsageRecorder,
+        limiter: Limiter,
+        meter: Meter,
+        *,
+        charge_blocked_prompts: bool = False,
+        maintenance: bool = False,
+        today: Callable[[], date] = lifecycle.today,
+        watch: ModelWatch | None = None,
+        allow_unlisted: bool = False,
+        unlisted_prices: dict[str, int] | None = None,
+    ) -> None:
+        """`watch`: the daily check of which models the gemini upstreams list. With
+        `allow_unlisted`, text models the catalog does not list go through where an upstream
+        lists them, at `unlisted_prices`."""
+        self.catalog = catalog
+        self.today = today
+        self.watch = watch
+        self.allow_unlisted = allow_unlisted
+        self.unlisted_prices = unlisted_prices
+        self.keys = keys
+        self.router = router
+        self.recorder = recorder
+        self.limiter = limiter
+        self.meter = meter
+        self.charge_blocked_prompts = charge_blocked_prompts
+        self.maintenance = maintenance
+
+    # -- auth --------------------------------------------------------------------------------
+
+    async def authenticate(self, ctx: Context, presented: str | None) -> KeyRecord:
+        if self.maintenance:
+            raise Maintenance("The gateway is in maintenance mode; retry later.", retry_after=60)
+        if not presented:
+            raise Unauthenticated(
+                "No API key: send it as the x-goog-api-key header, ?key=, "
+                "'Authorization: Bearer <key>' or x-api-key."
+            )
+        record = await self.keys.authenticate(presented)
+        if record is None:
+            raise Unauthenticated("API key not valid. Check the key, or ask the operator for one.")
+        state = record.status(datetime.now(UTC))
+        if state != "active":
+            raise PermissionDenied(f"API key {record.prefix} is {state}.")
+        ctx.key = record
+        return record
+
+    async def resolve(self, ctx: Context, key: KeyRecord, model_name: str) -> ModelSpec:
+        """The model a call runs as, for a key that may call it (see `lookup`)."""
+        spec = await self.lookup(ctx, model_name)
+        named = self.catalog.get(model_name)
+        # A key allowed a shut-down id may call it on its replacement, and the other way round.
+        if not (key.allows(spec.name) or (named is not None and key.allows(named.name))):
+            raise PermissionDenied(f"API key {key.prefix} may not call model '{spec.name}'.")
+        return spec
+
+    async def lookup(self, ctx: Context, model_name: str) -> ModelSpec:
+        """Map a client's model name to what the call runs as today (lifecycle.py), noting on
+        `ctx` the name asked for, the Warning and the upstreams that may take it. Raises 404 for
+        a name no upstream can serve."""
+        requested = model_name.removeprefix("models/")
+        ctx.model = requested
+        try:
+            found = lifecycle.resolve(self.catalog, requested, self.today())
+        except NotFound:
+            spec = await self._unlisted(ctx, requested)
+            if spec is None:
+                raise
+            return spec
+        spec = found.spec
+        ctx.model = spec.name
+        ctx.requested_model = requested if requested != spec.name else None
+        if found.shut_down:
+            keeping = frozenset(
+                t.name for t in self.router.targets if t.config.keeps_shut_down(spec.name)
+            )
+            if not keeping:
+                raise lifecycle.not_served(spec)
+            ctx.route_only = keeping
+        ctx.warning = found.warning_header
+        return spec
+
+    async def _unlisted(self, ctx: Context, name: str) -> ModelSpec | None:
+        """A text model the catalog does not list, where allow_unlisted_models is on and an
+        upstream's models list (the daily model check) has it."""
+        if not self.allow_unlisted or self.watch is None or not name or len(name) > 128:
+            return None
+        reports = await self.watch.current()
+        upstreams = frozenset(
+            t.name
+            for t in self.router.targets
+            if t.config.serves(name) and t.name in reports and reports[t.name].lists(name)
+        )
+        if not upstreams:
+            return None
+        in_limit, out_limit = next(reports[u].limits[name] for u in sorted(upstreams))
+        ctx.route_only = upstreams
+        return ModelSpec(
+            name=name,
+            display_name=name,
+            kind="text",
+            input_token_limit=in_limit,
+            output_token_limit=out_limit,
+            max_input_images=0,
+            prices=parse_prices(self.unlisted_prices or {}),
+            unlisted=True,
+        )
+
+    def callable_models(self, key: KeyRecord) -> list[ModelSpec]:
+        """The catalog's models this key may call today: a shut-down one only where an upstream
+        still serves it (a shut-down name that runs on its replacement is not a model of its
+        own)."""
+        on = self.today()
+        return [
+            spec
+            for spec in self.catalog
+            if key.allows(spec.name)
+            and (
+                lifecycle.state(spec, on) != "shut_down"
+                or (
+                    not lifecycle.switches(spec)
+                    and any(t.config.keeps_shut_down(spec.name) for t in self.router.targets)
+                )
+            )
+        ]
+
+    def default_image_model(self) -> str:
+        spec = lifecycle.default_image_model(self.catalog, self.today())
+        if spec is None:
+            raise NotFound("This gateway's catalog has no image model; name one in `model`.")
+        return spec.name
+
+    # -- the call ----------------------------------------------------------------------------
+
+    async def generate(self, ctx: Context, call: Call) -> Reply:
+        key = ctx.key
+        assert key is not None
+        ctx.method = call.method
+        await self.limiter.acquire(key)
+        try:
+            hold = await self.meter.reserve(ctx.request_id, key, self.quote(ctx, call))
+            try:
+                reply, cost = await self.execute(ctx, call)
+            except BaseException:
+                await self.meter.refund(hold)
+                raise
+            # Durable before the caller sends a byte of the answer.
+            ctx.cost = await self.meter.settle(hold, cost)
+        finally:
+            self.limiter.release(key)
+        return reply
+
+    async def generate_many(self, ctx: Context, call: Call, copies: int) -> list[Reply]:
+        """`copies` runs of one call at once (a Gemini image model makes one image a call):
+        one reservation for all of them, a charge for those that succeed. Raises only when
+        none succeeded; the answers come back in the order they were started."""
+        if copies == 1:
+            return [await self.generate(ctx, call)]
+        key = ctx.key
+        assert key is not None
+        ctx.method = call.method
+        await self.limiter.acquire(key)
+        try:
+            hold = await self.meter.reserve(ctx.request_id, key, self.quote(ctx, call, copies))
+            try:
+                runs = [self._copy(ctx, call) for _ in range(copies)]
+                outcomes = await asyncio.gather(*runs, return_exceptions=True)
+            except BaseException:
+                await self.meter.refund(hold)
+                raise
+            answers = [o for o in outcomes if isinstance(o, tuple)]
+            if not answers:
+                await self.meter.refund(hold)
+                raise next(o for o in outcomes if isinstance(o, BaseException))
+            for sub, _ in answers:
+                ctx.upstream = ctx.upstream or sub.upstream
+                ctx.usage.add(sub.usage)
+                ctx.error = ctx.error or sub.error
+                ctx.error_message = ctx.error_message or sub.error_message
+            failed = [o for o in outcomes if isinstance(o, GatewayError)]
+            if failed and ctx.error is None:
+                ctx.error = f"{len(failed)} of {copies} failed: {failed[0].reason}"
+                ctx.error_message = failed[0].message
+            ctx.cost = await self.meter.settle(hold, sum(sub.cost for sub, _ in answers))
+        finally:
+            self.limiter.release(key)
+        return [reply for _, reply in answers]
+
+    async def _copy(self, ctx: Context, call: Call) -> tuple[Context, Reply]:
+        sub = Context(
+            ctx.request_id, ctx.dialect, key=ctx.key, model=ctx.model, route_only=ctx.route_only
+        )
+        reply, sub.cost = await self.execute(sub, call)
+        return sub, reply
+
+    async def execute(self, ctx: Context, call: Call) -> tuple[Reply, int]:
+        """The upstream part alone, for a call whose credits are held elsewhere (a task's are
+        reserved when it is created, and settled with its end): route it and price the answer."""
+        ctx.method = call.method
+        reply = await self.router.generate(call, only=ctx.route_only)
+        ctx.upstream = reply.upstream
+        ctx.usage = reply.usage
+        return reply, self.charge(ctx, call, reply.body)
+
+    async def stream(self, ctx: Context, call: Call) -> tuple[Chunk, GuardedStream]:
+        """The first chunk (so errors before any byte still get a proper status) and the rest.
+
+        The rest must be closed (aclose) however it ends: that closes the upstream, releases
+        the limits, settles or refunds the credits and records usage, once.
+        """
+        key = ctx.key
+        assert key is not None
+        ctx.method = call.method
+        await self.limiter.acquire(key)
+        try:
+            hold = await self.meter.reserve(ctx.request_id, key, self.quote(ctx, call))
+            try:
+                upstream, first, rest = await self.router.open_stream(call, only=ctx.route_only)
+            except BaseException:
+                await self.meter.refund(hold)
+                raise
+        except BaseException:
+            self.limiter.release(key)
+            raise
+        ctx.upstream = upstream
+        bill = _StreamBill(self, ctx, call, hold)
+        bill.seen(first)
+
+        async def cleanup() -> None:
+            try:
+                await rest.aclose()
+            finally:
+                self.limiter.release(key)
+                try:
+                    # A client that hung up (499) pays for what the upstream produced; an
+                    # upstream that failed mid-way costs nothing.
+                    if ctx.status in (200, 499):
+                        await bill.settle()
+                    else:
+                        await bill.refund()
+                finally:
+                    self.finish(ctx)
+
+        return first, GuardedStream(bill.metered(rest), cleanup)
+
+    @staticmethod
+    def quote(ctx: Context, call: Call, copies: int = 1) -> prices.Quote:
+        """The call's quote (`copies` runs of it); its certain cost is told to the client."""
+        quote = prices.quote(call).times(copies)
+        ctx.quote = quote.certain
+        return quote
+
+    def charge(self, ctx: Context, call: Call, body: bytes, *, complete: bool = True) -> int:
+        """What an answer costs: its usage at the model's rates, or nothing (by default) when
+        it is complete, an image was asked for and none came back. An answer cut short (the
+        client left mid-stream) costs what the upstream produced up to then."""
+        if call.method == "countTokens":
+            return 0
+        usage = ctx.usage
+        if complete and usage.images == 0 and prices.expects_image(call):
+            ctx.error = f"NO_IMAGE: {canonical.no_image_reason(body)}"
+            return prices.input_price(call.model, usage) if self.charge_blocked_prompts else 0
+        return prices.price(call.model, usage, prices.image_size(call))
+
+    # -- the record --------------------------------------------------------------------------
+
+    def finish(self, ctx: Context) -> None:
+        """Write the request's usage record (buffered; no database trip here). Once only."""
+        if ctx.finished:
+            return
+        ctx.finished = True
+        latency = time.perf_counter() - ctx.started
+        usage = ctx.usage
+        # Metrics only label catalog names: a client's typo must not mint a new time series.
+        known = ctx.model if self.catalog.get(ctx.model) else "unknown"
+        observe_request(ctx.dialect, known, ctx.status, latency, usage)
+        record = UsageRecord(
+            request_id=ctx.request_id,
+            key_id=ctx.key.id if ctx.key else None,
+            key_prefix=ctx.key.prefix if ctx.key else "",
+            account_id=ctx.key.account_id if ctx.key else None,
+            dialect=ctx.dialect,
+            method=ctx.method,
+            model=ctx.model,
+            requested_model=ctx.requested_model,
+            upstream=ctx.upstream,
+            status=ctx.status,
+            latency_ms=int(latency * 1000),
+            cost=ctx.cost,
+            error=ctx.error,
+            error_message=ctx.error_message,
+        )
+        record.add_usage(usage)
+        self.recorder.record(record)
+
+
+class _StreamBill:
+    """The credits of one stream: usage gathered chunk by chunk, settled once.
+
+    The chunk that carries `finishReason` is the last one that counts: the charge is settled
+    (and durable) before that chunk goes to the client, so the client's last byte comes after
+    it. A stream that ends without one settles when it closes.
+    """
+
+    def __init__(self, gateway: Gateway, ctx: Context, call: Call, hold: Hold | None) -> None:
+        self.gateway = gateway
+        self.ctx = ctx
+        self.call = call
+        self.hold = hold
+        self.last = b""
+        self.done = False
+
+    def seen(self, chunk: Chunk) -> None:
+        if chunk.usage is not None:
+            self.ctx.usage.merge_max(chunk.usage)
+        self.last = chunk.body
+
+    async def metered(self, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        """Pass chunks on, keeping their usage and the error that ends them."""
+        try:
+            async for chunk in rest:
+                self.seen(chunk)
+                if canonical.FINISH_KEY in chunk.body:
+                    await self.settle()
+                yield chunk
+        except UpstreamError as exc:
+            self.ctx.fail(exc.to_gateway_error())
+            raise
+
+    async def settle(self) -> None:
+        if not self.done:
+            self.done = True
+            complete = self.ctx.status != 499
+            charge = self.gateway.charge(self.ctx, self.call, self.last, complete=complete)
+            self.ctx.cost = await self.gateway.meter.settle(self.hold, charge)
+
+    async def refund(self) -> None:
+        if not self.done:
+            self.done = True
+            await self.gateway.meter.refund(self.hold)

@@ -1,0 +1,1 @@
+"""Outbound HTTP: the pooled client, the egress guard, fetching input images."""

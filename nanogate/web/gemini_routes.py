@@ -1,0 +1,247 @@
+"""Gemini native routes, under /v1beta and /v1/v1beta. Thin: authenticate, parse, call, render."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from nanogate.billing import prices
+from nanogate.core.errors import GatewayError, NotFound, UpstreamError
+from nanogate.core.streams import GuardedStream
+from nanogate.core.types import Call, Chunk
+from nanogate.dialects import gemini
+from nanogate.engine.gateway import Context, Gateway
+from nanogate.engine.results import ResultKeeper
+from nanogate.web import openai_routes
+from nanogate.web.common import extract_key, idempotency_key, read_body
+from nanogate.web.replay import answer_once, quoted
+from nanogate.web.streaming import RelayStream
+
+log = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json"
+# /v1beta is Google's; /v1/v1beta is seed 003's URL shape; /v1 is where google-genai 3.x sends
+# requests by default (its api_version is "v1"). GET /v1/models is shared with the OpenAI
+# dialect: see list_models.
+PREFIXES = ("/v1beta", "/v1/v1beta", "/v1")
+
+
+def error_response(error: GatewayError) -> Response:
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    return Response(gemini.error_body(error), error.status, headers, JSON_TYPE)
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _context(request: Request) -> Context:
+    return Context(request_id=request.state.request_id, dialect="gemini")
+
+
+def _note(request: Request, ctx: Context) -> None:
+    """Hand what we learned to the access log line (and the Warning header to the answer)."""
+    request.state.key_prefix = ctx.key.prefix if ctx.key else None
+    request.state.model = ctx.model or None
+    request.state.upstream = ctx.upstream
+    request.state.warning = ctx.warning
+
+
+async def generate(request: Request) -> Response | RelayStream:
+    """generateContent, streamGenerateContent and countTokens for `models/{model}:{method}`."""
+    gateway = _gateway(request)
+    ctx = _context(request)
+    streaming = False
+    try:
+        key = await gateway.authenticate(ctx, extract_key(request))
+        model_name, method = gemini.split_model_action(request.path_params["tail"])
+        ctx.method = method
+        spec = await gateway.resolve(ctx, key, model_name)
+        body = await read_body(request, request.app.state.settings.max_request_bytes)
+        idem = idempotency_key(request, body, stream=method == "streamGenerateContent")
+        call = gemini.parse_call(ctx.request_id, method, spec, body)
+        if method == "streamGenerateContent":
+            first, rest = await gateway.stream(ctx, call)
+            streaming = True
+            # An image stream whose client leaves is finished anyway and kept (the rescue
+            # path); a text stream stops, and costs what was produced until then.
+            keeper = request.app.state.results if prices.expects_image(call) else None
+            sse = request.query_params.get("alt") == "sse"
+            return _relay(ctx, first, rest, sse=sse, keeper=keeper)
+        if method == "countTokens":
+            return Response((await gateway.generate(ctx, call)).body, media_type=JSON_TYPE)
+        return await _generate(request, ctx, call, idem)
+    except GatewayError as error:
+        ctx.fail(error)
+        return error_response(error)
+    except Exception:
+        ctx.status, ctx.error = 500, "INTERNAL"
+        raise
+    finally:
+        _note(request, ctx)
+        if not streaming:
+            gateway.finish(ctx)
+
+
+async def _generate(
+    request: Request, ctx: Context, call: Call, idem: tuple[str, str] | None
+) -> Response:
+    async def produce() -> bytes:
+        return (await _gateway(request).generate(ctx, call)).body
+
+    return await answer_once(request, ctx, idem, produce)
+
+
+def _relay(
+    ctx: Context,
+    first: Chunk,
+    rest: GuardedStream,
+    *,
+    sse: bool,
+    keeper: ResultKeeper | None,
+) -> RelayStream:
+    """SSE events, or the JSON array Google sends when `alt` is not `sse`."""
+    completed = False
+    # With a keeper, the chunks sent so far, to keep the whole answer if the client leaves.
+    bodies: list[bytes] | None = [first.body] if keeper is not None else None
+
+    async def frames() -> AsyncIterator[bytes]:
+        nonlocal completed
+        yield gemini.sse_event(first.body) if sse else b"[" + first.body
+        try:
+            async for chunk in rest:
+                if bodies is not None:
+                    bodies.append(chunk.body)
+                yield gemini.sse_event(chunk.body) if sse else b",\r\n" + chunk.body
+        except UpstreamError as exc:
+            # Bytes already went out, so no retry and no status change: the error travels as
+            # a final chunk the SDK raises from.
+            error = gemini.error_body(exc.to_gateway_error())
+            yield gemini.sse_event(error) if sse else b",\r\n" + error
+        if not sse:
+            yield b"]"
+        completed = True
+
+    async def cleanup() -> None:
+        # Runs however the response ends, even if not one byte was sent: closing `rest`
+        # releases the upstream and the limits and writes the usage record.
+        if not completed and ctx.status == 200:
+            if keeper is not None and bodies is not None:
+                await _finish_for_later(ctx, rest, bodies, keeper)
+            else:
+                ctx.status, ctx.error = 499, "CLIENT_CLOSED"
+        await rest.aclose()
+
+    media_type = "text/event-stream" if sse else JSON_TYPE
+    return RelayStream(frames(), media_type, cleanup, quoted(ctx))
+
+
+async def _finish_for_later(
+    ctx: Context, rest: GuardedStream, bodies: list[bytes], keeper: ResultKeeper
+) -> None:
+    """The client left an image stream: read it to its end (billed whole as it passes the
+    meter) and keep it, as Google's JSON array of chunks, for GET /v1/results/{request_id}."""
+    assert ctx.key is not None
+    with keeper.running(ctx.key.id, ctx.request_id):
+        try:
+            async for chunk in rest:
+                bodies.append(chunk.body)
+        except UpstreamError:
+            return  # the stream failed: refunded when it closes, nothing to keep
+        try:
+            answer = b"[" + b",\r\n".join(bodies) + b"]"
+            await keeper.keep(ctx.key.id, ctx.request_id, answer)
+        except Exception as exc:
+            log.error("could not keep a stream's answer (%s)", type(exc).__name__)
+
+
+def wants_gemini(request: Request) -> bool:
+    """On the shared GET /v1/models, Gemini clients send x-goog-api-key or ?key=."""
+    return (
+        not request.url.path.startswith("/v1/models")
+        or "x-goog-api-key" in request.headers
+        or "key" in request.query_params
+    )
+
+
+async def list_models(request: Request) -> Response:
+    if not wants_gemini(request):
+        return await openai_routes.list_models(request)
+    gateway = _gateway(request)
+    ctx = _context(request)
+    try:
+        key = await gateway.authenticate(ctx, extract_key(request))
+    except GatewayError as error:
+        return error_response(error)
+    finally:
+        _note(request, ctx)
+    return Response(gemini.list_models(gateway.callable_models(key)), media_type=JSON_TYPE)
+
+
+async def get_model(request: Request) -> Response:
+    if not wants_gemini(request):
+        return await openai_routes.get_model(request)
+    gateway = _gateway(request)
+    ctx = _context(request)
+    try:
+        await gateway.authenticate(ctx, extract_key(request))
+        tail: str = request.path_params["tail"]
+        if ":" in tail:
+            raise NotFound(f"GET is not supported on models/{tail}; use POST.")
+        spec = await gateway.lookup(ctx, tail)
+    except GatewayError as error:
+        return error_response(error)
+    finally:
+        _note(request, ctx)
+    return Response(gemini.model_resource_bytes(spec), media_type=JSON_TYPE)
+
+
+# Plain Starlette routes: the relay is the hot path, and FastAPI's per-request machinery
+# (dependency solving, its router) cost more than the rest of the request. OPENAPI_PATHS
+# describes them for /docs instead.
+routes = [
+    route
+    for prefix in PREFIXES
+    for route in (
+        Route(f"{prefix}/models/{{tail:path}}", generate, methods=["POST"]),
+        Route(f"{prefix}/models", list_models, methods=["GET"]),
+        Route(f"{prefix}/models/{{tail:path}}", get_model, methods=["GET"]),
+    )
+]
+
+
+def _operation(summary: str, description: str) -> dict[str, Any]:
+    return {
+        "tags": ["Gemini native"],
+        "summary": summary,
+        "description": description,
+        "parameters": [
+            {"name": "tail", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "responses": {"200": {"description": "Google's response, as the upstream sent it"}},
+    }
+
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1beta/models/{tail}": {
+        "post": _operation(
+            "generateContent / streamGenerateContent / countTokens",
+            "`tail` is `{model}:{method}`. The body is Google's GenerateContentRequest, "
+            "forwarded as it came. Also served under /v1/v1beta and /v1.",
+        ),
+        "get": _operation("Get a model", "Google's Model resource for `tail` = `{model}`."),
+    },
+    "/v1beta/models": {
+        "get": {
+            "tags": ["Gemini native"],
+            "summary": "List models",
+            "responses": {"200": {"description": "Google's ListModelsResponse"}},
+        }
+    },
+}
