@@ -16,6 +16,7 @@ from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.routing import Router as StarletteRouter
 
 from nanogate import __version__
@@ -37,6 +38,7 @@ from nanogate.web import (
     task_routes,
 )
 from nanogate.web.front import Front
+from nanogate.web.handling import either
 from nanogate.web.middleware import RequestIdMiddleware
 from nanogate.web.runtime import running
 
@@ -102,13 +104,25 @@ def create_app(settings: Settings) -> Front:
     relay = ServerErrorMiddleware(
         RequestIdMiddleware(
             ExceptionMiddleware(
-                StarletteRouter([*gemini_routes.routes, *openai_routes.routes]),
+                StarletteRouter([*gemini_routes.routes, *openai_routes.routes, *_shared_routes()]),
                 handlers={HTTPException: _http_error},
             )
         ),
         handler=_unexpected_error,
     )
     return Front(relay, app)
+
+
+def _shared_routes() -> list[Route]:
+    """GET /v1/models and /v1/models/{model}: Gemini's listing for Gemini clients, OpenAI's for
+    the others (see gemini_routes.wants_gemini)."""
+    wants = gemini_routes.wants_gemini
+    listing = either(gemini_routes.list_models, openai_routes.list_models, wants)
+    model = either(gemini_routes.get_model, openai_routes.get_model, wants)
+    return [
+        Route("/v1/models", listing, methods=["GET"]),
+        Route("/v1/models/{tail:path}", model, methods=["GET"]),
+    ]
 
 
 def _document(app: FastAPI, paths: dict[str, Any]) -> None:

@@ -15,10 +15,10 @@ from nanogate.core.errors import GatewayError, NotFound, UpstreamError
 from nanogate.core.streams import GuardedStream
 from nanogate.core.types import Call, Chunk
 from nanogate.dialects import gemini
-from nanogate.engine.gateway import Context, Gateway
+from nanogate.engine.gateway import Context
 from nanogate.engine.results import ResultKeeper
-from nanogate.web import openai_routes
 from nanogate.web.common import extract_key, idempotency_key, read_body
+from nanogate.web.handling import Answer, endpoint, gateway_of
 from nanogate.web.replay import answer_once, quoted
 from nanogate.web.streaming import RelayStream
 
@@ -36,64 +36,34 @@ def error_response(error: GatewayError) -> Response:
     return Response(gemini.error_body(error), error.status, headers, JSON_TYPE)
 
 
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
-def _context(request: Request) -> Context:
-    return Context(request_id=request.state.request_id, dialect="gemini")
-
-
-def _note(request: Request, ctx: Context) -> None:
-    """Hand what we learned to the access log line (and the Warning header to the answer)."""
-    request.state.key_prefix = ctx.key.prefix if ctx.key else None
-    request.state.model = ctx.model or None
-    request.state.upstream = ctx.upstream
-    request.state.warning = ctx.warning
-
-
-async def generate(request: Request) -> Response | RelayStream:
+@endpoint("gemini", error_response)
+async def generate(request: Request, ctx: Context) -> Answer:
     """generateContent, streamGenerateContent and countTokens for `models/{model}:{method}`."""
-    gateway = _gateway(request)
-    ctx = _context(request)
-    streaming = False
-    try:
-        key = await gateway.authenticate(ctx, extract_key(request))
-        model_name, method = gemini.split_model_action(request.path_params["tail"])
-        ctx.method = method
-        spec = await gateway.resolve(ctx, key, model_name)
-        body = await read_body(request, request.app.state.settings.max_request_bytes)
-        idem = idempotency_key(request, body, stream=method == "streamGenerateContent")
-        call = gemini.parse_call(ctx.request_id, method, spec, body)
-        if method == "streamGenerateContent":
-            first, rest = await gateway.stream(ctx, call)
-            streaming = True
-            # An image stream whose client leaves is finished anyway and kept (the rescue
-            # path); a text stream stops, and costs what was produced until then.
-            keeper = request.app.state.results if prices.expects_image(call) else None
-            sse = request.query_params.get("alt") == "sse"
-            return _relay(ctx, first, rest, sse=sse, keeper=keeper)
-        if method == "countTokens":
-            return Response((await gateway.generate(ctx, call)).body, media_type=JSON_TYPE)
-        return await _generate(request, ctx, call, idem)
-    except GatewayError as error:
-        ctx.fail(error)
-        return error_response(error)
-    except Exception:
-        ctx.status, ctx.error = 500, "INTERNAL"
-        raise
-    finally:
-        _note(request, ctx)
-        if not streaming:
-            gateway.finish(ctx)
+    gateway = gateway_of(request)
+    key = await gateway.authenticate(ctx, extract_key(request))
+    model_name, method = gemini.split_model_action(request.path_params["tail"])
+    ctx.method = method
+    spec = await gateway.resolve(ctx, key, model_name)
+    body = await read_body(request, request.app.state.settings.max_request_bytes)
+    idem = idempotency_key(request, body, stream=method == "streamGenerateContent")
+    call = gemini.parse_call(ctx.request_id, method, spec, body)
+    if method == "streamGenerateContent":
+        first, rest = await gateway.stream(ctx, call)
+        # An image stream whose client leaves is finished anyway and kept (the rescue path);
+        # a text stream stops, and costs what was produced until then.
+        keeper = request.app.state.results if prices.expects_image(call) else None
+        sse = request.query_params.get("alt") == "sse"
+        return _relay(ctx, first, rest, sse=sse, keeper=keeper)
+    if method == "countTokens":
+        return Response((await gateway.generate(ctx, call)).body, media_type=JSON_TYPE)
+    return await _generate(request, ctx, call, idem)
 
 
 async def _generate(
     request: Request, ctx: Context, call: Call, idem: tuple[str, str] | None
 ) -> Response:
     async def produce() -> bytes:
-        return (await _gateway(request).generate(ctx, call)).body
+        return (await gateway_of(request).generate(ctx, call)).body
 
     return await answer_once(request, ctx, idem, produce)
 
@@ -170,48 +140,41 @@ def wants_gemini(request: Request) -> bool:
     )
 
 
-async def list_models(request: Request) -> Response:
-    if not wants_gemini(request):
-        return await openai_routes.list_models(request)
-    gateway = _gateway(request)
-    ctx = _context(request)
-    try:
-        key = await gateway.authenticate(ctx, extract_key(request))
-    except GatewayError as error:
-        return error_response(error)
-    finally:
-        _note(request, ctx)
+@endpoint("gemini", error_response, record=False)
+async def list_models(request: Request, ctx: Context) -> Answer:
+    gateway = gateway_of(request)
+    key = await gateway.authenticate(ctx, extract_key(request))
     return Response(gemini.list_models(gateway.callable_models(key)), media_type=JSON_TYPE)
 
 
-async def get_model(request: Request) -> Response:
-    if not wants_gemini(request):
-        return await openai_routes.get_model(request)
-    gateway = _gateway(request)
-    ctx = _context(request)
-    try:
-        await gateway.authenticate(ctx, extract_key(request))
-        tail: str = request.path_params["tail"]
-        if ":" in tail:
-            raise NotFound(f"GET is not supported on models/{tail}; use POST.")
-        spec = await gateway.lookup(ctx, tail)
-    except GatewayError as error:
-        return error_response(error)
-    finally:
-        _note(request, ctx)
+@endpoint("gemini", error_response, record=False)
+async def get_model(request: Request, ctx: Context) -> Answer:
+    gateway = gateway_of(request)
+    await gateway.authenticate(ctx, extract_key(request))
+    tail: str = request.path_params["tail"]
+    if ":" in tail:
+        raise NotFound(f"GET is not supported on models/{tail}; use POST.")
+    spec = await gateway.lookup(ctx, tail)
     return Response(gemini.model_resource_bytes(spec), media_type=JSON_TYPE)
 
 
 # Plain Starlette routes: the relay is the hot path, and FastAPI's per-request machinery
 # (dependency solving, its router) cost more than the rest of the request. OPENAPI_PATHS
 # describes them for /docs instead.
+# GET /v1/models(/…) is shared with the OpenAI dialect: app.py routes it to either.
 routes = [
     route
     for prefix in PREFIXES
     for route in (
         Route(f"{prefix}/models/{{tail:path}}", generate, methods=["POST"]),
-        Route(f"{prefix}/models", list_models, methods=["GET"]),
-        Route(f"{prefix}/models/{{tail:path}}", get_model, methods=["GET"]),
+        *(
+            (
+                Route(f"{prefix}/models", list_models, methods=["GET"]),
+                Route(f"{prefix}/models/{{tail:path}}", get_model, methods=["GET"]),
+            )
+            if prefix != "/v1"
+            else ()
+        ),
     )
 ]
 

@@ -41,10 +41,11 @@ from nanogate.dialects import gemini
 from nanogate.dialects import openai as common
 from nanogate.dialects import openai_chat as chat
 from nanogate.dialects import openai_images as images
-from nanogate.engine.gateway import Context, Gateway
+from nanogate.engine.gateway import Context
 from nanogate.storage import Storage, UrlSigner
 from nanogate.transport.fetch import ImageFetcher, InputRejected
 from nanogate.web.common import extract_key, idempotency_key, read_body
+from nanogate.web.handling import Answer, endpoint, gateway_of
 from nanogate.web.replay import answer_once, quoted
 from nanogate.web.streaming import RelayStream
 
@@ -63,21 +64,9 @@ class _ContentFiltered(InvalidArgument):
     reason = "CONTENT_POLICY_VIOLATION"
 
 
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
-
-
-def _note(request: Request, ctx: Context) -> None:
-    request.state.key_prefix = ctx.key.prefix if ctx.key else None
-    request.state.model = ctx.model or None
-    request.state.upstream = ctx.upstream
-    request.state.warning = ctx.warning
 
 
 def _call(ctx: Context, spec: ModelSpec, request: dict[str, Any], method: Method) -> Call:
@@ -88,74 +77,55 @@ def _call(ctx: Context, spec: ModelSpec, request: dict[str, Any], method: Method
 # -- models ------------------------------------------------------------------------------------
 
 
-async def list_models(request: Request) -> Response:
-    gateway = _gateway(request)
-    ctx = Context(request.state.request_id, "openai")
-    try:
-        key = await gateway.authenticate(ctx, extract_key(request))
-    except GatewayError as error:
-        return error_response(error)
+@endpoint("openai", error_response, record=False)
+async def list_models(request: Request, ctx: Context) -> Answer:
+    gateway = gateway_of(request)
+    key = await gateway.authenticate(ctx, extract_key(request))
     return Response(common.list_models(gateway.callable_models(key)), media_type=JSON_TYPE)
 
 
-async def get_model(request: Request) -> Response:
-    gateway = _gateway(request)
-    ctx = Context(request.state.request_id, "openai")
-    try:
-        key = await gateway.authenticate(ctx, extract_key(request))
-        spec = await gateway.resolve(ctx, key, request.path_params["tail"])
-    except GatewayError as error:
-        return error_response(error)
+@endpoint("openai", error_response, record=False)
+async def get_model(request: Request, ctx: Context) -> Answer:
+    gateway = gateway_of(request)
+    key = await gateway.authenticate(ctx, extract_key(request))
+    spec = await gateway.resolve(ctx, key, request.path_params["tail"])
     return Response(orjson.dumps(common.model_object(spec)), media_type=JSON_TYPE)
 
 
 # -- chat completions --------------------------------------------------------------------------
 
 
-async def chat_completions(request: Request) -> Response | RelayStream:
-    gateway = _gateway(request)
+@endpoint("openai", error_response)
+async def chat_completions(request: Request, ctx: Context) -> Answer:
+    gateway = gateway_of(request)
     settings = _settings(request)
-    ctx = Context(request.state.request_id, "openai")
-    streaming = False
-    try:
-        key = await gateway.authenticate(ctx, extract_key(request))
-        body = await read_body(request, settings.max_request_bytes)
-        doc = common.json_object(body, "chat completions")
-        spec = await gateway.resolve(ctx, key, common.model_name(doc))
-        parsed = chat.parse(doc, spec, max_images=settings.max_images_per_request)
-        del doc
-        idem = idempotency_key(request, body, stream=parsed.stream)
-        await _fetch_remote(request, parsed.remote)
-        as_urls = (parsed.image_output or key.image_output or "data") == "url"
-        copies = parsed.n if spec.is_image else 1
-        if not parsed.stream:
-            call = _call(ctx, spec, parsed.gemini, "generateContent")
+    key = await gateway.authenticate(ctx, extract_key(request))
+    body = await read_body(request, settings.max_request_bytes)
+    doc = common.json_object(body, "chat completions")
+    spec = await gateway.resolve(ctx, key, common.model_name(doc))
+    parsed = chat.parse(doc, spec, max_images=settings.max_images_per_request)
+    del doc
+    idem = idempotency_key(request, body, stream=parsed.stream)
+    await _fetch_remote(request, parsed.remote)
+    as_urls = (parsed.image_output or key.image_output or "data") == "url"
+    copies = parsed.n if spec.is_image else 1
+    if not parsed.stream:
+        call = _call(ctx, spec, parsed.gemini, "generateContent")
 
-            async def produce() -> bytes:
-                replies = await gateway.generate_many(ctx, call, copies)
-                return await _completion(request, ctx, spec, [r.body for r in replies], as_urls)
-
-            return await answer_once(request, ctx, idem, produce)
-        if copies > 1:
-            # n images come from n calls at once: they are streamed when all have finished.
-            call = _call(ctx, spec, parsed.gemini, "generateContent")
+        async def produce() -> bytes:
             replies = await gateway.generate_many(ctx, call, copies)
-            bodies = [reply.body for reply in replies]
-            return _chat_events(request, ctx, spec, parsed, bodies, as_urls)
-        call = _call(ctx, spec, parsed.gemini, "streamGenerateContent")
-        first, rest = await gateway.stream(ctx, call)
-        streaming = True
-        return _chat_stream(request, ctx, spec, parsed, first, rest, as_urls)
-    except GatewayError as error:
-        ctx.fail(error)
-        return error_response(error)
-    except Exception:
-        ctx.status, ctx.error = 500, "INTERNAL"
-        raise
-    finally:
-        _note(request, ctx)
-        if not streaming:
-            gateway.finish(ctx)
+            return await _completion(request, ctx, spec, [r.body for r in replies], as_urls)
+
+        return await answer_once(request, ctx, idem, produce)
+    if copies > 1:
+        # n images come from n calls at once: they are streamed when all have finished.
+        call = _call(ctx, spec, parsed.gemini, "generateContent")
+        replies = await gateway.generate_many(ctx, call, copies)
+        bodies = [reply.body for reply in replies]
+        return _chat_events(request, ctx, spec, parsed, bodies, as_urls)
+    call = _call(ctx, spec, parsed.gemini, "streamGenerateContent")
+    first, rest = await gateway.stream(ctx, call)
+    return _chat_stream(request, ctx, spec, parsed, first, rest, as_urls)
 
 
 async def _fetch_remote(request: Request, remote: list[chat.RemoteImage]) -> None:
@@ -348,11 +318,12 @@ Parse = Callable[
 ]
 
 
-async def image_generations(request: Request) -> Response:
+@endpoint("openai", error_response)
+async def image_generations(request: Request, ctx: Context) -> Answer:
     async def parse(
         request: Request, ctx: Context, key: KeyRecord, body: bytes
     ) -> tuple[ModelSpec, images.ImagesRequest]:
-        gateway = _gateway(request)
+        gateway = gateway_of(request)
         doc = common.json_object(body, "images generations")
         spec = await gateway.resolve(
             ctx, key, common.model_name(doc, gateway.default_image_model())
@@ -360,14 +331,15 @@ async def image_generations(request: Request) -> Response:
         limit = _settings(request).max_images_per_request
         return spec, images.parse_generation(doc, spec, max_images=limit)
 
-    return await _images_route(request, parse)
+    return await _images_route(request, ctx, parse)
 
 
-async def image_edits(request: Request) -> Response:
+@endpoint("openai", error_response)
+async def image_edits(request: Request, ctx: Context) -> Answer:
     async def parse(
         request: Request, ctx: Context, key: KeyRecord, body: bytes
     ) -> tuple[ModelSpec, images.ImagesRequest]:
-        gateway = _gateway(request)
+        gateway = gateway_of(request)
         fields, files = await _form(request.headers, body)
         spec = await gateway.resolve(ctx, key, fields.get("model") or gateway.default_image_model())
         uploads = [*files.get("image", []), *files.get("image[]", [])]
@@ -377,28 +349,16 @@ async def image_edits(request: Request) -> Response:
         limit = _settings(request).max_images_per_request
         return spec, images.parse_edit(fields, inputs, mask, spec, max_images=limit)
 
-    return await _images_route(request, parse)
+    return await _images_route(request, ctx, parse)
 
 
-async def _images_route(request: Request, parse: Parse) -> Response:
+async def _images_route(request: Request, ctx: Context, parse: Parse) -> Answer:
     """Both images endpoints: authenticate, read, parse (their own part), call, render."""
-    gateway = _gateway(request)
-    ctx = Context(request.state.request_id, "openai")
-    try:
-        key = await gateway.authenticate(ctx, extract_key(request))
-        body = await read_body(request, _settings(request).max_request_bytes)
-        idem = idempotency_key(request, body)
-        spec, parsed = await parse(request, ctx, key, body)
-        return await _images(request, ctx, spec, parsed, idem)
-    except GatewayError as error:
-        ctx.fail(error)
-        return error_response(error)
-    except Exception:
-        ctx.status, ctx.error = 500, "INTERNAL"
-        raise
-    finally:
-        _note(request, ctx)
-        gateway.finish(ctx)
+    key = await gateway_of(request).authenticate(ctx, extract_key(request))
+    body = await read_body(request, _settings(request).max_request_bytes)
+    idem = idempotency_key(request, body)
+    spec, parsed = await parse(request, ctx, key, body)
+    return await _images(request, ctx, spec, parsed, idem)
 
 
 async def _form(
@@ -445,7 +405,7 @@ async def _images(
     parsed: images.ImagesRequest,
     idem: tuple[str, str] | None,
 ) -> Response:
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     call = _call(ctx, spec, parsed.gemini, "generateContent")
 
     async def produce() -> bytes:
