@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -207,22 +208,43 @@ class Gateway:
 
     # -- the call ----------------------------------------------------------------------------
 
-    async def generate(self, ctx: Context, call: Call) -> Reply:
+    async def _admit(self, ctx: Context, call: Call, copies: int = 1) -> Hold | None:
+        """The steps before the upstream: the key's limits, then its credits. A refusal leaves
+        nothing taken; once admitted, the caller must `_leave`."""
         key = ctx.key
         assert key is not None
         ctx.method = call.method
         await self.limiter.acquire(key)
         try:
-            hold = await self.meter.reserve(ctx.request_id, key, self.quote(ctx, call))
+            return await self.meter.reserve(ctx.request_id, key, self.quote(ctx, call, copies))
+        except BaseException:
+            self.limiter.release(key)
+            raise
+
+    def _leave(self, ctx: Context) -> None:
+        assert ctx.key is not None
+        self.limiter.release(ctx.key)
+
+    @asynccontextmanager
+    async def _admitted(
+        self, ctx: Context, call: Call, copies: int = 1
+    ) -> AsyncIterator[Hold | None]:
+        """Admitted for the body, which settles the hold: refunded if the body raises."""
+        hold = await self._admit(ctx, call, copies)
+        try:
             try:
-                reply, cost = await self.execute(ctx, call)
+                yield hold
             except BaseException:
                 await self.meter.refund(hold)
                 raise
+        finally:
+            self._leave(ctx)
+
+    async def generate(self, ctx: Context, call: Call) -> Reply:
+        async with self._admitted(ctx, call) as hold:
+            reply, cost = await self.execute(ctx, call)
             # Durable before the caller sends a byte of the answer.
             ctx.cost = await self.meter.settle(hold, cost)
-        finally:
-            self.limiter.release(key)
         return reply
 
     async def generate_many(self, ctx: Context, call: Call, copies: int) -> list[Reply]:
@@ -231,21 +253,11 @@ class Gateway:
         none succeeded; the answers come back in the order they were started."""
         if copies == 1:
             return [await self.generate(ctx, call)]
-        key = ctx.key
-        assert key is not None
-        ctx.method = call.method
-        await self.limiter.acquire(key)
-        try:
-            hold = await self.meter.reserve(ctx.request_id, key, self.quote(ctx, call, copies))
-            try:
-                runs = [self._copy(ctx, call) for _ in range(copies)]
-                outcomes = await asyncio.gather(*runs, return_exceptions=True)
-            except BaseException:
-                await self.meter.refund(hold)
-                raise
+        async with self._admitted(ctx, call, copies) as hold:
+            runs = [self._copy(ctx, call) for _ in range(copies)]
+            outcomes = await asyncio.gather(*runs, return_exceptions=True)
             answers = [o for o in outcomes if isinstance(o, tuple)]
             if not answers:
-                await self.meter.refund(hold)
                 raise next(o for o in outcomes if isinstance(o, BaseException))
             for sub, _ in answers:
                 ctx.upstream = ctx.upstream or sub.upstream
@@ -257,8 +269,6 @@ class Gateway:
                 ctx.error = f"{len(failed)} of {copies} failed: {failed[0].reason}"
                 ctx.error_message = failed[0].message
             ctx.cost = await self.meter.settle(hold, sum(sub.cost for sub, _ in answers))
-        finally:
-            self.limiter.release(key)
         return [reply for _, reply in answers]
 
     async def _copy(self, ctx: Context, call: Call) -> tuple[Context, Reply]:
@@ -283,19 +293,14 @@ class Gateway:
         The rest must be closed (aclose) however it ends: that closes the upstream, releases
         the limits, settles or refunds the credits and records usage, once.
         """
-        key = ctx.key
-        assert key is not None
-        ctx.method = call.method
-        await self.limiter.acquire(key)
+        hold = await self._admit(ctx, call)
         try:
-            hold = await self.meter.reserve(ctx.request_id, key, self.quote(ctx, call))
-            try:
-                upstream, first, rest = await self.router.open_stream(call, only=ctx.route_only)
-            except BaseException:
-                await self.meter.refund(hold)
-                raise
+            upstream, first, rest = await self.router.open_stream(call, only=ctx.route_only)
         except BaseException:
-            self.limiter.release(key)
+            try:
+                await self.meter.refund(hold)
+            finally:
+                self._leave(ctx)
             raise
         ctx.upstream = upstream
         bill = _StreamBill(self, ctx, call, hold)
@@ -305,7 +310,7 @@ class Gateway:
             try:
                 await rest.aclose()
             finally:
-                self.limiter.release(key)
+                self._leave(ctx)
                 try:
                     # A client that hung up (499) pays for what the upstream produced; an
                     # upstream that failed mid-way costs nothing.
