@@ -141,13 +141,6 @@ class AccountStore:
             row = (await conn.execute(_ACCOUNTS.where(where))).first()
         return _account(row) if row is not None else None
 
-    async def for_key(self, prefix: str) -> Account | None:
-        async with self._engine.connect() as conn:
-            account_id = await conn.scalar(
-                select(api_keys.c.account_id).where(api_keys.c.prefix == prefix)
-            )
-        return await self.get(str(account_id)) if account_id is not None else None
-
     async def set_hold_policy(self, account_id: int, policy: str | None) -> None:
         """How much the account's calls hold (HOLD_POLICIES); None follows the setting."""
         _check_policy(policy)

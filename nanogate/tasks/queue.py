@@ -20,7 +20,7 @@ import orjson
 from nanogate.billing import ledger
 from nanogate.billing.ledger import Hold, Refusal, Row, Tx
 from nanogate.core.task_records import StoredFile, TaskRecord
-from nanogate.engine import idempotency as idempotency_sql
+from nanogate.engine import replay as idempotency_sql
 
 _COLUMNS = (
     "id, request_id, form, key_id, account_id, model, param, state, hold_id, attempts, "

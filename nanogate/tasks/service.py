@@ -25,7 +25,7 @@ from nanogate.core.task_records import TaskRecord
 from nanogate.core.types import Call
 from nanogate.dialects import gemini
 from nanogate.dialects import tasks as dialect
-from nanogate.engine import idempotency
+from nanogate.engine import replay
 from nanogate.engine.gateway import Context, Gateway
 from nanogate.storage import Storage
 from nanogate.tasks import queue
@@ -103,7 +103,7 @@ class TaskService:
 
         async def work(tx: Tx) -> tuple[str, str] | Refusal | None:
             if idem is not None:
-                found = await idempotency.remembered(tx, key.id, idem[0], now)
+                found = await replay.remembered(tx, key.id, idem[0], now)
                 if found is not None:
                     return found
             return await queue.create(tx, record, hold, deadline, remember)

@@ -9,13 +9,13 @@ import re
 from starlette.requests import Request
 
 from nanogate.core.errors import InvalidArgument, PayloadTooLarge
-from nanogate.engine import idempotency
+from nanogate.engine import replay
 
 MiB = 1024 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 _VALID_KEY = (
-    f"a valid key is 1 to {idempotency.MAX_KEY_CHARS} printable ASCII characters without "
+    f"a valid key is 1 to {replay.MAX_KEY_CHARS} printable ASCII characters without "
     "spaces, new for each operation (a UUID works)"
 )
 # A random per-process prefix and a counter: unique across processes, and no syscall per request.
@@ -85,7 +85,7 @@ def idempotency_key(
     key = key.strip()
     if not key:
         raise InvalidArgument(f"The Idempotency-Key header is empty; {_VALID_KEY}.")
-    if len(key) > idempotency.MAX_KEY_CHARS:
+    if len(key) > replay.MAX_KEY_CHARS:
         raise InvalidArgument(
             f"The Idempotency-Key header is {len(key)} characters long; {_VALID_KEY}."
         )
@@ -100,4 +100,4 @@ def idempotency_key(
             "a non-streaming call, or stream without it.",
             param="stream",
         )
-    return key, idempotency.fingerprint(request.method, request.url.path, body)
+    return key, replay.fingerprint(request.method, request.url.path, body)

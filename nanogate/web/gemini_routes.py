@@ -16,7 +16,7 @@ from nanogate.core.streams import GuardedStream
 from nanogate.core.types import Call, Chunk
 from nanogate.dialects import gemini
 from nanogate.engine.gateway import Context
-from nanogate.engine.results import ResultKeeper
+from nanogate.engine.replay import ResultKeeper
 from nanogate.web.common import extract_key, idempotency_key, read_body
 from nanogate.web.handling import Answer, endpoint, gateway_of
 from nanogate.web.replay import answer_once, quoted

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from nanogate.engine.gateway import Context
-from nanogate.engine.results import ResultKeeper
+from nanogate.engine.replay import ResultKeeper
 
 log = logging.getLogger(__name__)
 

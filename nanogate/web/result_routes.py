@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from nanogate.core.errors import NotFound
 from nanogate.engine.gateway import Context, Gateway
-from nanogate.engine.results import ResultKeeper
+from nanogate.engine.replay import ResultKeeper
 from nanogate.web.common import extract_key
 
 PREFIX = "/v1/results/"

@@ -30,9 +30,9 @@ from nanogate.core.catalog import Catalog
 from nanogate.core.config import Settings
 from nanogate.core.task_records import TaskRecord
 from nanogate.db.engine import make_engine
-from nanogate.engine import idempotency
+from nanogate.engine import replay
 from nanogate.engine.gateway import Gateway
-from nanogate.engine.results import ResultKeeper
+from nanogate.engine.replay import ResultKeeper
 from nanogate.engine.usage import UsageRecorder
 from nanogate.routing import Router
 from nanogate.storage import Storage, UrlSigner, open_storage
@@ -247,7 +247,7 @@ async def _sweep(meter: Meter, journal: Journal, storage: Storage, result_ttl_s:
         try:
             await meter.recover(starting=False)
             now = datetime.now(UTC)
-            await journal.submit(functools.partial(idempotency.sweep, now=now))
+            await journal.submit(functools.partial(replay.sweep, now=now))
             removed = await storage.sweep(now - timedelta(seconds=result_ttl_s))
             if removed:
                 log.info("retention sweep", extra={"removed": removed})

@@ -21,7 +21,7 @@ from nanogate.billing.runners import EngineRunner, Runner, SqliteRunner, open_ru
 from nanogate.core.task_records import StoredFile, TaskRecord
 from nanogate.db import accounts, holds, idempotency_keys, results, tasks
 from nanogate.db import ledger as ledger_table
-from nanogate.engine import idempotency
+from nanogate.engine import replay as idempotency
 from nanogate.tasks import queue
 
 T = TypeVar("T")

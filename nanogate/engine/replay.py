@@ -1,0 +1,230 @@
+"""Answers made safe to retry: Idempotency-Keys, and answers kept for a client that left.
+
+An Idempotency-Key is scoped to the API key that sent it and lives `result_ttl_hours`. It
+remembers a fingerprint of the first request (method, path, body) and what that request became:
+a task id on the task API, or a request id whose answer is kept (in result storage) on the
+synchronous dialects. The same key with another body is a conflict.
+
+The rescue path: a synchronous call runs to its end even when its client has gone (the server
+does not cancel a handler on disconnect), so it is billed once; its answer is then kept for
+`GET /v1/results/{request_id}`. Answers are kept only when needed: the call sent an
+Idempotency-Key, or its client was gone by the time the answer was ready. Keeping every answer
+would write every multi-megabyte image to disk on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+from nanogate.billing.ledger import Tx
+from nanogate.billing.meter import database_unavailable
+from nanogate.billing.runners import Journal
+from nanogate.core.errors import Conflict
+from nanogate.storage import Storage
+
+MAX_KEY_CHARS = 255
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    digest = hashlib.sha256(f"{method} {path}\n".encode())
+    digest.update(body)
+    return digest.hexdigest()
+
+
+async def remembered(tx: Tx, key_id: int, idem_key: str, now: datetime) -> tuple[str, str] | None:
+    """(fingerprint, target) of a live Idempotency-Key, or None (an expired one is dropped)."""
+    params = {"key": key_id, "idem": idem_key, "now": now}
+    await tx.exec(
+        "DELETE FROM idempotency_keys WHERE key_id = :key AND idem_key = :idem "
+        "AND expires_at <= :now",
+        params,
+    )
+    row = await tx.one(
+        "SELECT fingerprint, target FROM idempotency_keys WHERE key_id = :key AND idem_key = :idem",
+        params,
+    )
+    return (str(row[0]), str(row[1])) if row else None
+
+
+async def remember(
+    tx: Tx,
+    key_id: int,
+    idem_key: str,
+    fingerprint: str,
+    expires: datetime,
+    *,
+    target: str,
+    now: datetime,
+) -> None:
+    await tx.exec(
+        "INSERT INTO idempotency_keys (key_id, idem_key, fingerprint, target, created_at, "
+        "expires_at) VALUES (:key, :idem, :fingerprint, :target, :now, :expires)",
+        {
+            "key": key_id,
+            "idem": idem_key,
+            "fingerprint": fingerprint,
+            "target": target,
+            "now": now,
+            "expires": expires,
+        },
+    )
+
+
+async def forget(tx: Tx, key_id: int, idem_key: str, target: str) -> None:
+    await tx.exec(
+        "DELETE FROM idempotency_keys WHERE key_id = :key AND idem_key = :idem "
+        "AND target = :target",
+        {"key": key_id, "idem": idem_key, "target": target},
+    )
+
+
+async def sweep(tx: Tx, now: datetime) -> int:
+    """Drop expired Idempotency-Keys and stored-answer rows (their objects expire with them)."""
+    gone = await tx.exec("DELETE FROM idempotency_keys WHERE expires_at <= :now", {"now": now})
+    return gone + await tx.exec("DELETE FROM results WHERE expires_at <= :now", {"now": now})
+
+
+async def keep_result(
+    tx: Tx,
+    key_id: int,
+    request_id: str,
+    *,
+    status: int,
+    content_type: str,
+    object_name: str,
+    now: datetime,
+    expires: datetime,
+) -> None:
+    """Remember where a synchronous call's answer is stored (a reused request id: the latest)."""
+    await tx.exec(
+        "INSERT INTO results (key_id, request_id, status, content_type, object_name, "
+        "created_at, expires_at) VALUES (:key, :request, :status, :type, :name, :now, :expires) "
+        "ON CONFLICT (key_id, request_id) DO UPDATE SET status = :status, content_type = :type, "
+        "object_name = :name, created_at = :now, expires_at = :expires",
+        {
+            "key": key_id,
+            "request": request_id,
+            "status": status,
+            "type": content_type,
+            "name": object_name,
+            "now": now,
+            "expires": expires,
+        },
+    )
+
+
+async def kept_result(
+    tx: Tx, key_id: int, request_id: str, now: datetime
+) -> tuple[int, str, str] | None:
+    """(status, content type, object name) of a stored answer still within its retention."""
+    row = await tx.one(
+        "SELECT status, content_type, object_name FROM results "
+        "WHERE key_id = :key AND request_id = :request AND expires_at > :now",
+        {"key": key_id, "request": request_id, "now": now},
+    )
+    return (int(row[0]), str(row[1]), str(row[2])) if row else None
+
+
+# -- kept answers ------------------------------------------------------------------------------
+JSON_TYPE = "application/json"
+# How often a repeated Idempotency-Key checks whether the first call has finished.
+_POLL_S = 0.25
+
+
+class ResultKeeper:
+    def __init__(self, journal: Journal, storage: Storage, *, ttl_s: float) -> None:
+        self.journal = journal
+        self.storage = storage
+        self.ttl = timedelta(seconds=ttl_s)
+        self._running: set[tuple[int, str]] = set()
+
+    @contextmanager
+    def running(self, key_id: int, request_id: str) -> Iterator[None]:
+        """Mark a call in flight on this node (the results route says so while it runs)."""
+        entry = (key_id, request_id)
+        self._running.add(entry)
+        try:
+            yield
+        finally:
+            self._running.discard(entry)
+
+    def is_running(self, key_id: int, request_id: str) -> bool:
+        return (key_id, request_id) in self._running
+
+    async def keep(self, key_id: int, request_id: str, body: bytes, status: int = 200) -> None:
+        stored = await self.storage.put(body, JSON_TYPE)
+        now = datetime.now(UTC)
+
+        async def work(tx: Tx) -> None:
+            await keep_result(
+                tx,
+                key_id,
+                request_id,
+                status=status,
+                content_type=JSON_TYPE,
+                object_name=stored.name,
+                now=now,
+                expires=now + self.ttl,
+            )
+
+        await self.journal.submit(work)
+
+    async def fetch(self, key_id: int, request_id: str) -> tuple[int, bytes] | None:
+        now = datetime.now(UTC)
+        try:
+            found = await self.journal.submit(lambda tx: kept_result(tx, key_id, request_id, now))
+        except Exception as exc:
+            raise database_unavailable("read the stored answer") from exc
+        if found is None:
+            return None
+        status, _, name = found
+        got = await self.storage.get(name)
+        return (status, got[0]) if got else None
+
+    async def claim(
+        self, key_id: int, idem: tuple[str, str], request_id: str, *, wait_s: float
+    ) -> tuple[int, bytes] | None:
+        """Make this request the owner of its Idempotency-Key (None: go ahead and run it), or
+        return the first request's answer, waiting up to `wait_s` for it while it runs."""
+        idem_key, fingerprint = idem
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            now = datetime.now(UTC)
+
+            async def work(tx: Tx, now: datetime = now) -> tuple[str, str] | None:
+                found = await remembered(tx, key_id, idem_key, now)
+                if found is None:
+                    expires = now + self.ttl
+                    await remember(
+                        tx, key_id, idem_key, fingerprint, expires, target=request_id, now=now
+                    )
+                return found
+
+            try:
+                found = await self.journal.submit(work)
+            except Exception as exc:
+                raise database_unavailable("check the Idempotency-Key") from exc
+            if found is None:
+                return None
+            if found[0] != fingerprint:
+                raise Conflict(
+                    f"Idempotency-Key '{idem_key}' was already used with a different request; "
+                    "use a new key for a new request."
+                )
+            answer = await self.fetch(key_id, found[1])
+            if answer is not None:
+                return answer
+            if asyncio.get_running_loop().time() > deadline:
+                raise Conflict(
+                    f"The first request with Idempotency-Key '{idem_key}' is still running; "
+                    "retry later to get its answer."
+                )
+            await asyncio.sleep(_POLL_S)
+
+    async def release(self, key_id: int, idem_key: str, request_id: str) -> None:
+        """The owner failed (nothing charged): a retry with the key runs afresh."""
+        await self.journal.submit(lambda tx: forget(tx, key_id, idem_key, request_id))
