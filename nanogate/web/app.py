@@ -26,7 +26,10 @@ from nanogate.core.catalog import load_catalog
 from nanogate.core.config import Settings
 from nanogate.core.errors import GatewayError, Internal, InvalidArgument, NotFound
 from nanogate.web import (
-    admin_routes,
+    admin_accounts,
+    admin_keys,
+    admin_tasks,
+    admin_upstreams,
     console_routes,
     file_routes,
     gemini_routes,
@@ -88,7 +91,10 @@ def create_app(settings: Settings) -> Front:
     app.state.settings = settings
     app.add_middleware(RequestIdMiddleware)
     app.include_router(ops.router)
-    app.include_router(admin_routes.router)
+    app.include_router(admin_keys.router)
+    app.include_router(admin_accounts.router)
+    app.include_router(admin_tasks.router)
+    app.include_router(admin_upstreams.router)
     app.include_router(report_routes.router)
     app.include_router(session_routes.router)
     app.include_router(console_routes.router)

@@ -16,7 +16,7 @@ from nanogate.console.money import Money
 from nanogate.console.thumbnails import THUMB_TYPE, Thumbnails
 from nanogate.core.errors import InvalidArgument, NotFound
 from nanogate.tasks.service import TaskService
-from nanogate.web.admin_routes import AdminAccounts, AdminGateway, find_account
+from nanogate.web.admin_common import AdminAccounts, AdminGateway, find_account
 
 router = APIRouter(prefix="/admin", tags=["Admin: reports"])
 

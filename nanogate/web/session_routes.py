@@ -18,7 +18,7 @@ from nanogate.access.keys import KeyRecord
 from nanogate.console import sessions
 from nanogate.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from nanogate.engine.gateway import Context, Gateway
-from nanogate.web.admin_routes import admin_key
+from nanogate.web.admin_common import admin_key
 
 router = APIRouter(prefix="/admin", tags=["Admin: console session"])
 
