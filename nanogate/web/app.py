@@ -33,6 +33,8 @@ from nanogate.web import (
     console_routes,
     file_routes,
     gemini_routes,
+    openai_common,
+    openai_images_routes,
     openai_routes,
     ops,
     report_routes,
@@ -102,7 +104,14 @@ def create_app(settings: Settings) -> Front:
     app.include_router(task_routes.router)
     app.include_router(file_routes.router)
     app.include_router(result_routes.router)
-    _document(app, {**gemini_routes.OPENAPI_PATHS, **openai_routes.OPENAPI_PATHS})
+    _document(
+        app,
+        {
+            **gemini_routes.OPENAPI_PATHS,
+            **openai_routes.OPENAPI_PATHS,
+            **openai_images_routes.OPENAPI_PATHS,
+        },
+    )
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -110,7 +119,14 @@ def create_app(settings: Settings) -> Front:
     relay = ServerErrorMiddleware(
         RequestIdMiddleware(
             ExceptionMiddleware(
-                StarletteRouter([*gemini_routes.routes, *openai_routes.routes, *_shared_routes()]),
+                StarletteRouter(
+                    [
+                        *gemini_routes.routes,
+                        *openai_routes.routes,
+                        *openai_images_routes.routes,
+                        *_shared_routes(),
+                    ]
+                ),
                 handlers={HTTPException: _http_error},
             )
         ),
@@ -153,7 +169,7 @@ def _render(request: Request, error: GatewayError) -> Response:
     openai_family = path.startswith("/v1/") and not path.startswith(("/v1/v1beta/", "/v1/models"))
     shared_listing = path.startswith("/v1/models") and request.method == "GET"
     if openai_family or (shared_listing and not gemini_routes.wants_gemini(request)):
-        return openai_routes.error_response(error)
+        return openai_common.error_response(error)
     return gemini_routes.error_response(error)
 
 
