@@ -148,7 +148,7 @@ def test_help_wraps_cleanly_at_80_columns(tmp_path: Path) -> None:
     # entry point runs it.
     script = (
         "import sys\n"
-        "from nanogate.cli import app\n"
+        "from nanogate.cli.main import app\n"
         f"for command in {COMMANDS!r}:\n"
         "    try:\n"
         "        app([*command, '--help'], prog_name='nanogate')\n"
