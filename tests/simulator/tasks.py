@@ -84,8 +84,21 @@ def _auth_error(state: SimState, request: web.Request, form: TaskForm) -> web.Re
     return None
 
 
-def _faulted(request: web.Request, fault: Fault, form: TaskForm) -> web.StreamResponse | None:
-    """The answer a fault puts in place of the real one, if it does."""
+async def _admit(
+    form: TaskForm,
+    request: web.Request,
+    state: SimState,
+    raw: bytes,
+    model: str | None,
+    *,
+    task: bool = False,
+) -> Fault | web.StreamResponse:
+    """The key check, then the fault this request consumes: the fault, or the answer it puts in
+    place of the real one (an error, a reset, a cut-off or a canned body)."""
+    denied = _auth_error(state, request, form)
+    if denied is not None:
+        return denied
+    fault = await wire.take_fault(request, state, raw, model, task=task)
     if fault.reset:
         return wire.abort(request)
     if fault.status is not None:
@@ -95,7 +108,7 @@ def _faulted(request: web.Request, fault: Fault, form: TaskForm) -> web.StreamRe
         return _json_bytes(form.truncated(), 200, extra)
     if fault.has_body:
         return _json_bytes(orjson.dumps(fault.body), 200, extra)
-    return None
+    return fault
 
 
 # --- create -------------------------------------------------------------------------------
@@ -121,16 +134,12 @@ def _check(state: SimState, task: Create) -> None:
 async def _create(
     form: TaskForm, request: web.Request, state: SimState, raw: bytes, parsed: Any
 ) -> web.StreamResponse:
-    denied = _auth_error(state, request, form)
-    if denied is not None:
-        return denied
     model = parsed.get("model") if isinstance(parsed, dict) else None
-    fault = await wire.take_fault(
-        request, state, raw, model if isinstance(model, str) else None, task=True
+    fault = await _admit(
+        form, request, state, raw, model if isinstance(model, str) else None, task=True
     )
-    answered = _faulted(request, fault, form)
-    if answered is not None:
-        return answered
+    if not isinstance(fault, Fault):
+        return fault
     try:
         spec = read_create(raw, form)
         _check(state, spec)
@@ -220,15 +229,11 @@ def answer(task: SimTask) -> bytes:
 async def _info(
     form: TaskForm, request: web.Request, state: SimState, raw: bytes, parsed: Any
 ) -> web.StreamResponse:
-    denied = _auth_error(state, request, form)
-    if denied is not None:
-        return denied
     task_id = request.query.get(form.id, "").strip()
     task = state.tasks.get(task_id)
-    fault = await wire.take_fault(request, state, raw, task.model if task else None)
-    answered = _faulted(request, fault, form)
-    if answered is not None:
-        return answered
+    fault = await _admit(form, request, state, raw, task.model if task else None)
+    if not isinstance(fault, Fault):
+        return fault
     if not task_id:
         return _error(form, 422, f"{form.id}: required, the id the create call answered with.")
     if task is None:
@@ -243,13 +248,9 @@ async def _credits(
     form: TaskForm, request: web.Request, state: SimState, raw: bytes, parsed: Any
 ) -> web.StreamResponse:
     """The account's balance: taskinfo's `{"balance": n}`, recordinfo's bare number."""
-    denied = _auth_error(state, request, form)
-    if denied is not None:
-        return denied
-    fault = await wire.take_fault(request, state, raw, None)
-    answered = _faulted(request, fault, form)
-    if answered is not None:
-        return answered
+    fault = await _admit(form, request, state, raw, None)
+    if not isinstance(fault, Fault):
+        return fault
     balance: Any = {"balance": state.credits} if form is TASKINFO else state.credits
     return _json_bytes(form.envelope(balance), 200, wire.retry_after_header(fault))
 
