@@ -1,8 +1,8 @@
 """What the benchmark scripts share: starting the simulator and `nanogate serve` as child
 processes, percentiles, the client's event loop, and stopping cleanly on a signal.
 
-Not a benchmark itself; `bench/relay.py`, `bench/tasks.py` and `bench/slow.py` import it (each
-script's own directory is first on sys.path when it runs).
+Not a benchmark itself; `bench/relay.py`, `bench/tasks.py`, `bench/slow.py` and
+`bench/console.py` import it (each script's own directory is first on sys.path when it runs).
 """
 
 from __future__ import annotations
@@ -29,12 +29,16 @@ from types import FrameType
 from typing import Any
 
 import aiohttp
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
+# The simulator and the PostgreSQL helper live in the repository's tests/ package, and a script
+# run as `python bench/<name>.py` has only bench/ on its path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests import postgres
 from tests.simulator.processes import pump_stdout, stop, wait_for_line
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SIM_KEY = "bench-simulator-key-0123456789abcdef"
 GATEWAY_COMMAND = (sys.executable, "-m", "nanogate", "serve")
@@ -72,7 +76,8 @@ def start_simulator(stack: ExitStack, tmp: Path, image_bytes: int | None) -> Ser
     cmd += ["--api-key", SIM_KEY, "--no-record"]
     if image_bytes is not None:
         cmd += ["--image-bytes", str(image_bytes)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+    # From the repository's root, where `-m tests.simulator` finds its package.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=ROOT)
     stack.callback(stop, proc)
     lines = pump_stdout(proc)
     found = wait_for_output(lines, re.compile(r"SIMULATOR LISTENING (\S+)"), 60, log)
@@ -300,21 +305,8 @@ def machine(loop_name: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-async def _postgres(server_url: str, statement: str) -> None:
-    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await admin.dispose()
-
-
 def postgres_database(
-    stack: ExitStack,
-    runner: asyncio.Runner,
-    server_url: str,
-    name: str | None = None,
-    keep: bool = False,
+    stack: ExitStack, server_url: str, name: str | None = None, keep: bool = False
 ) -> str:
     """A fresh database on the server at `server_url` (its own database is only connected to):
     `name` (one left by an earlier run is replaced) or a random one, dropped when `stack`
@@ -324,9 +316,8 @@ def postgres_database(
         server = server.set(database="postgres")
     admin_url = server.render_as_string(hide_password=False)
     name = name or f"nanogate_bench_{secrets.token_hex(6)}"
-    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-    runner.run(_postgres(admin_url, drop))
-    runner.run(_postgres(admin_url, f'CREATE DATABASE "{name}"'))
+    postgres.drop_database(name, admin_url)
+    url = postgres.create_database(name, admin_url)
     if not keep:
-        stack.callback(lambda: runner.run(_postgres(admin_url, drop)))
-    return server.set(database=name).render_as_string(hide_password=False)
+        stack.callback(postgres.drop_database, name, admin_url)
+    return url

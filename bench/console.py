@@ -1103,7 +1103,7 @@ def run(runner: asyncio.Runner, root: Path, knobs: Knobs) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     with ExitStack() as stack:
         if knobs.backend == "postgres":
-            url = postgres_database(stack, runner, knobs.database_url, PG_DATABASE, knobs.keep)
+            url = postgres_database(stack, knobs.database_url, PG_DATABASE, knobs.keep)
         else:
             url = f"sqlite+aiosqlite:///{(root / 'data' / 'nanogate.db').resolve()}"
         # The app's own migrations first, so the seeded schema is exactly what it runs on.

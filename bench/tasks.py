@@ -626,7 +626,7 @@ def run_all(runner: asyncio.Runner, tmp: Path, knobs: Knobs) -> list[dict[str, A
             with ExitStack() as stack:
                 root = tmp / f"run-{index}-workers-{workers}"
                 if knobs.database_url:
-                    url = postgres_database(stack, runner, knobs.database_url)
+                    url = postgres_database(stack, knobs.database_url)
                     database = "postgresql"
                 else:
                     url = f"sqlite+aiosqlite:///{(root / 'data' / 'nanogate.db').resolve()}"

@@ -204,43 +204,8 @@ def sdk_client(gw: Gateway, key: str | None = None) -> genai.Client:
     return _CLIENTS[gw.url, api_key]
 
 
-PG_ADMIN_URL = os.environ.get(
-    "NANOGATE_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
-
-
-async def _pg(statement: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
-
-    admin = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+@pytest.fixture
+def database_env(database: str | None) -> dict[str, str]:
     """Environment for a gateway on the embedded SQLite default, or on a fresh PostgreSQL
-    database of its own (never skipped: the machine and CI run PostgreSQL)."""
-    import asyncio
-    import secrets
-
-    from sqlalchemy.engine import make_url
-
-    if request.param == "sqlite":
-        yield {}
-        return
-    name = f"nanogate_it_{secrets.token_hex(6)}"
-    try:
-        asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
-    except OSError as exc:
-        pytest.fail(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield {"NANOGATE_DATABASE_URL": url}
-    finally:
-        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    database of its own."""
+    return {"NANOGATE_DATABASE_URL": database} if database else {}

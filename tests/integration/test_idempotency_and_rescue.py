@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import io
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,20 +17,17 @@ import orjson
 import pytest
 from google import genai
 from google.genai import errors as genai_errors
-from PIL import Image
 
 from tests.simulator.processes import stop
 
 from .conftest import Gateway, start_gateway
 from .receiver import Receiver
 from .test_credits import balance, ledger_matches_balances, new_key, query
-from .test_tasks import FORMS, TASK_ENV, create, task_id, wait_final
+from .test_tasks import FORMS, TASK_ENV, create, png, task_id, wait_final
 
 MODEL = "gemini-2.5-flash-image"
 BODY = {"contents": [{"role": "user", "parts": [{"text": "a kite"}]}]}
-_PNG = io.BytesIO()
-Image.new("RGB", (32, 32), (10, 20, 30)).save(_PNG, "PNG")
-PNG = _PNG.getvalue()
+PNG = png(32, 32, (10, 20, 30))
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,10 @@ import uuid
 from pathlib import Path
 
 import httpx
-from sqlalchemy.engine import make_url
 
 from tests.simulator.processes import stop
 
-from .conftest import PG_ADMIN_URL, Gateway, Simulator, _pg, simulator_upstream, start_gateway
+from .conftest import Gateway, Simulator, simulator_upstream, start_gateway
 from .receiver import Receiver
 from .test_credits import balance, ledger_matches_balances, new_key, query
 from .test_credits_under_load import restart
@@ -72,14 +71,13 @@ def start_worker(gw: Gateway, name: str, log: Path) -> subprocess.Popen[str]:
     )
 
 
-def test_two_workers_on_postgresql_run_each_task_once(tmp_path: Path, simulator: Simulator) -> None:
-    name = f"nanogate_it_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+def test_two_workers_on_postgresql_run_each_task_once(
+    tmp_path: Path, simulator: Simulator, postgres_url: str
+) -> None:
     config = {"upstreams": [simulator_upstream(simulator, timeout_s=10, breaker_failures=1000)]}
     # The server only takes tasks; the two workers run them.
     gw = start_gateway(
-        tmp_path, config, NANOGATE_DATABASE_URL=url, NANOGATE_TASK_WORKERS="0", **TASK_ENV
+        tmp_path, config, NANOGATE_DATABASE_URL=postgres_url, NANOGATE_TASK_WORKERS="0", **TASK_ENV
     )
     workers = [start_worker(gw, f"w{i}", tmp_path / f"worker{i}.log") for i in (1, 2)]
     try:
@@ -117,4 +115,3 @@ def test_two_workers_on_postgresql_run_each_task_once(tmp_path: Path, simulator:
         for worker in workers:
             stop(worker)
         stop(gw.proc)
-        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

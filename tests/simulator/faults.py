@@ -51,9 +51,6 @@ class Fault:
     # OpenAI chat: the image in message.images[] ("images") or markdown in content ("markdown").
     chat_images: str | None = None
 
-    def is_empty(self) -> bool:
-        return self == Fault()
-
     def is_task_fault(self) -> bool:
         return self.stuck or self.fail or self.task_delay > 0
 

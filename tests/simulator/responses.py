@@ -98,6 +98,25 @@ def is_image_model(model: str) -> bool:
     return "image" in model
 
 
+# The `status` Google's error envelope pairs with each HTTP code (google.rpc.Code's mapping).
+STATUS_NAMES: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    402: "RESOURCE_EXHAUSTED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    412: "FAILED_PRECONDITION",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
 def error_body(
     code: int, message: str, status: str, details: list[dict[str, Any]] | None = None
 ) -> bytes:

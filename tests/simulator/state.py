@@ -7,17 +7,15 @@ import base64
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Literal
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from nanogate.core.errors import STATUS_NAMES
-from nanogate.core.task_records import Form, State
 from tests.simulator import responses as r
 from tests.simulator.faults import Fault
+from tests.simulator.task_forms import Phase, TaskForm
 
 ChatImages = Literal["images", "markdown"]
 CHAT_IMAGES: tuple[ChatImages, ...] = ("images", "markdown")
@@ -57,16 +55,16 @@ class SimTask:
     """One task of the task API, in whichever form it was created."""
 
     id: str
-    form: Form
+    form: TaskForm
     model: str
     param: dict[str, Any]
     aspect_ratio: str | None
     output_format: str
     callback_url: str | None
     base_url: str  # where its result URL points: this simulator as the client reached it
-    created_at: datetime
-    state: State = "pending"
-    completed_at: datetime | None = None
+    created_at: float  # Unix seconds
+    phase: Phase = "queued"
+    completed_at: float | None = None
     error_code: int | None = None
     error_message: str | None = None
     urls: list[str] = field(default_factory=list)
@@ -206,7 +204,7 @@ def error_response(
     details: list[dict[str, Any]] | None = None,
 ) -> web.Response:
     """Google's error envelope with the status name that belongs to `code`."""
-    status = STATUS_NAMES.get(code, "UNKNOWN")
+    status = r.STATUS_NAMES.get(code, "UNKNOWN")
     headers = {"Retry-After": retry_after} if retry_after is not None else None
     body = r.error_body(code, message or f"simulated {code}", status, details)
     return json_bytes(body, code, headers)

@@ -1,11 +1,10 @@
-"""The task API a reseller offers for Google's image models, in both forms nanogate serves.
+"""The task API a reseller offers for Google's image models, in both of its forms.
 
-Seed 002's form: `POST /api/v1/client/job/CreateTask` and `GET /api/v1/client/job/TaskInfo?
-task_id=`, key in `x-api-key`, envelope `{code, message, data}`. The createTask form:
+`taskinfo` (seed 002): `POST /api/v1/client/job/CreateTask` and `GET /api/v1/client/job/TaskInfo?
+task_id=`, key in `x-api-key`, envelope `{code, message, data}`. `recordinfo`:
 `POST /api/v1/jobs/createTask` and `GET /api/v1/jobs/recordInfo?taskId=`, key as
-`Authorization: Bearer`, envelope `{code, msg, data}`. Create and query bodies, the record and
-its states are nanogate's own rendering (nanogate/dialects/tasks.py), so the simulator answers
-exactly what the gateway's task API answers.
+`Authorization: Bearer`, envelope `{code, msg, data}`. The bodies and the record are the
+simulator's own encoding of the vendor's documents (task_forms.py).
 
 A task is pending for the first half of `task_seconds` (plus any `task_delay` fault), running
 for the second, then succeeded with one result URL on this simulator (`/_sim/files/<id>.<ext>`)
@@ -17,23 +16,29 @@ the final record POSTed once (the query's body), and each attempt is logged for
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from nanogate.core.errors import InvalidArgument
-from nanogate.core.task_records import Form, TaskRecord
-from nanogate.dialects import tasks as dialect
 from tests.simulator import responses as r
 from tests.simulator import wire
 from tests.simulator.faults import Fault
 from tests.simulator.state import SimState, SimTask
 from tests.simulator.state import json_bytes as _json_bytes
+from tests.simulator.task_forms import (
+    RECORDINFO,
+    TASKINFO,
+    Create,
+    Invalid,
+    TaskForm,
+    read_create,
+    record,
+)
 
 # The vendor's codes (seed 002) and the text its envelope carries for them.
 VENDOR_MESSAGES = {
@@ -56,86 +61,89 @@ RESOLUTIONS = frozenset({"512", "1K", "2K", "4K"})
 
 
 def _error(
-    form: Form, code: int, message: str | None = None, *, retry_after: str | None = None
+    form: TaskForm, code: int, message: str | None = None, *, retry_after: str | None = None
 ) -> web.Response:
     """The vendor's error envelope; its code is the HTTP status too."""
     text = message or VENDOR_MESSAGES.get(code, f"simulated {code}")
     headers = {"Retry-After": retry_after} if retry_after is not None else None
-    return _json_bytes(dialect.envelope(None, form, code=code, message=text), code, headers)
+    return _json_bytes(form.envelope(None, code, text), code, headers)
 
 
-def _malformed(form: Form) -> bytes:
-    return b'{"code": 200, "' + form.encode() + b'": "success", "data": {"task'
-
-
-def _auth_error(state: SimState, request: web.Request, form: Form) -> web.Response | None:
-    """Each form reads its own header only: x-api-key (seed 002) or Authorization: Bearer."""
+def _auth_error(state: SimState, request: web.Request, form: TaskForm) -> web.Response | None:
+    """Each form reads its own header only: x-api-key (taskinfo) or Authorization: Bearer."""
     if state.api_key is None:
         return None
-    key = request.headers.get("x-api-key") if form == "message" else wire.bearer_token(request)
+    if form is TASKINFO:
+        key, where = request.headers.get("x-api-key"), "the x-api-key header"
+    else:
+        key, where = wire.bearer_token(request), "Authorization: Bearer <key>"
     if not key:
-        where = "the x-api-key header" if form == "message" else "Authorization: Bearer <key>"
         return _error(form, 401, f"Unauthorized - no API key; send it in {where}.")
     if key != state.api_key:
         return _error(form, 401, "Unauthorized - the API key is invalid.")
     return None
 
 
-def _faulted(request: web.Request, fault: Fault, form: Form) -> web.StreamResponse | None:
-    """The answer a fault puts in place of the real one, if it does."""
+async def _admit(
+    form: TaskForm,
+    request: web.Request,
+    state: SimState,
+    raw: bytes,
+    model: str | None,
+    *,
+    task: bool = False,
+) -> Fault | web.StreamResponse:
+    """The key check, then the fault this request consumes: the fault, or the answer it puts in
+    place of the real one (an error, a reset, a cut-off or a canned body)."""
+    denied = _auth_error(state, request, form)
+    if denied is not None:
+        return denied
+    fault = await wire.take_fault(request, state, raw, model, task=task)
     if fault.reset:
         return wire.abort(request)
     if fault.status is not None:
         return _error(form, fault.status, fault.message, retry_after=fault.retry_after)
     extra = wire.retry_after_header(fault)
     if fault.malformed:
-        return _json_bytes(_malformed(form), 200, extra)
+        return _json_bytes(form.truncated(), 200, extra)
     if fault.has_body:
         return _json_bytes(orjson.dumps(fault.body), 200, extra)
-    return None
+    return fault
 
 
 # --- create -------------------------------------------------------------------------------
 
 
-def _check(state: SimState, task: dialect.TaskRequest) -> None:
+def _check(state: SimState, task: Create) -> None:
     """What the vendor refuses beyond the request's shape: models, ratios and sizes."""
     if task.model not in state.task_models:
-        raise InvalidArgument(
+        raise Invalid(
             f"model: '{task.model[:80]}' is not supported; use one of "
             f"{', '.join(state.task_models)}."
         )
     if task.model.endswith("-edit") and not task.image_urls:
-        raise InvalidArgument(f"input.image_urls: '{task.model}' edits images; send at least 1.")
+        raise Invalid(f"input.image_urls: '{task.model}' edits images; send at least 1.")
     if task.aspect_ratio is not None and task.aspect_ratio not in ASPECT_RATIOS:
-        raise InvalidArgument(
-            f"{task.field('aspect_ratio')}: '{task.aspect_ratio[:20]}' is not a supported "
-            "aspect ratio."
+        raise Invalid(
+            f"{task.ratio_field}: '{task.aspect_ratio[:20]}' is not a supported aspect ratio."
         )
     if task.resolution is not None and task.resolution not in RESOLUTIONS:
-        raise InvalidArgument(
-            f"input.resolution: '{task.resolution[:20]}' is not one of 512, 1K, 2K, 4K."
-        )
+        raise Invalid(f"input.resolution: '{task.resolution[:20]}' is not one of 512, 1K, 2K, 4K.")
 
 
 async def _create(
-    request: web.Request, state: SimState, raw: bytes, parsed: Any
+    form: TaskForm, request: web.Request, state: SimState, raw: bytes, parsed: Any
 ) -> web.StreamResponse:
-    form = dialect.form_for(request.path)
-    denied = _auth_error(state, request, form)
-    if denied is not None:
-        return denied
     model = parsed.get("model") if isinstance(parsed, dict) else None
-    fault = await wire.take_fault(
-        request, state, raw, model if isinstance(model, str) else None, task=True
+    fault = await _admit(
+        form, request, state, raw, model if isinstance(model, str) else None, task=True
     )
-    answered = _faulted(request, fault, form)
-    if answered is not None:
-        return answered
+    if not isinstance(fault, Fault):
+        return fault
     try:
-        spec = dialect.parse_create(raw, form)
+        spec = read_create(raw, form)
         _check(state, spec)
-    except InvalidArgument as exc:
+    except Invalid as exc:
         return _error(form, 422, exc.message)
     if state.credits < state.task_cost:
         return _error(form, 402)
@@ -149,12 +157,12 @@ async def _create(
         output_format=spec.output_format or "png",
         callback_url=spec.callback_url,
         base_url=wire.base_url(request, state),
-        created_at=datetime.now(UTC),
+        created_at=time.time(),
     )
     state.tasks[task.id] = task
     state.spawn(_run(state, task, fault))
-    data = {"task_id": task.id} if form == "message" else {"taskId": task.id}
-    return _json_bytes(dialect.envelope(data, form), 200, wire.retry_after_header(fault))
+    created = form.envelope({form.id: task.id})
+    return _json_bytes(created, 200, wire.retry_after_header(fault))
 
 
 def _image(state: SimState, task: SimTask) -> bytes:
@@ -168,22 +176,22 @@ async def _run(state: SimState, task: SimTask, fault: Fault) -> None:
     """The task's life: pending, running, then final (unless stuck), then its callback."""
     seconds = state.task_seconds + fault.task_delay
     await asyncio.sleep(seconds / 2)
-    task.state = "running"
+    task.phase = "working"
     if fault.stuck:
         return
     await asyncio.sleep(seconds / 2)
     if fault.fail:
         task.error_code = 501
         task.error_message = fault.message or FAILED_MESSAGE
-        task.state = "failed"
+        task.phase = "failed"
         state.credits += state.task_cost  # the vendor refunds a failed generation
     else:
         ext, content_type, _ = r.IMAGE_FORMATS[task.output_format]
         file = state.add_file(_image(state, task), ext, content_type, task.id)
         task.urls = [f"{task.base_url}/_sim/files/{file.name}"]
         task.cost = state.task_cost
-        task.state = "succeeded"
-    task.completed_at = datetime.now(UTC)
+        task.phase = "done"
+    task.completed_at = time.time()
     if task.callback_url:
         await _deliver(state, task, task.callback_url)
 
@@ -213,46 +221,21 @@ async def _deliver(state: SimState, task: SimTask, url: str) -> None:
 # --- query --------------------------------------------------------------------------------
 
 
-def _record(task: SimTask) -> TaskRecord:
-    return TaskRecord(
-        id=task.id,
-        request_id=task.id,
-        form=task.form,
-        key_id=0,
-        account_id=0,
-        model=task.model,
-        param=task.param,
-        state=task.state,
-        error_code=task.error_code,
-        error_message=task.error_message,
-        cost=task.cost,
-        created_at=task.created_at,
-        completed_at=task.completed_at,
-        callback_url=task.callback_url,
-    )
-
-
 def answer(task: SimTask) -> bytes:
     """The query answer (also the callback's body), in the task's own form."""
-    return dialect.envelope(dialect.render(_record(task), task.urls), task.form)
+    return task.form.envelope(record(task.form, task))
 
 
 async def _info(
-    request: web.Request, state: SimState, raw: bytes, parsed: Any
+    form: TaskForm, request: web.Request, state: SimState, raw: bytes, parsed: Any
 ) -> web.StreamResponse:
-    form = dialect.form_for(request.path)
-    param = "task_id" if form == "message" else "taskId"
-    denied = _auth_error(state, request, form)
-    if denied is not None:
-        return denied
-    task_id = request.query.get(param, "").strip()
+    task_id = request.query.get(form.id, "").strip()
     task = state.tasks.get(task_id)
-    fault = await wire.take_fault(request, state, raw, task.model if task else None)
-    answered = _faulted(request, fault, form)
-    if answered is not None:
-        return answered
+    fault = await _admit(form, request, state, raw, task.model if task else None)
+    if not isinstance(fault, Fault):
+        return fault
     if not task_id:
-        return _error(form, 422, f"{param}: required, the id the create call answered with.")
+        return _error(form, 422, f"{form.id}: required, the id the create call answered with.")
     if task is None:
         return _error(form, 404, f"No task '{task_id[:40]}'.")
     return _json_bytes(answer(task), 200, wire.retry_after_header(fault))
@@ -262,28 +245,24 @@ async def _info(
 
 
 async def _credits(
-    request: web.Request, state: SimState, raw: bytes, parsed: Any
+    form: TaskForm, request: web.Request, state: SimState, raw: bytes, parsed: Any
 ) -> web.StreamResponse:
-    """The account's balance: seed 002's `{"balance": n}`, the createTask form's bare number."""
-    form = dialect.form_for(request.path)
-    denied = _auth_error(state, request, form)
-    if denied is not None:
-        return denied
-    fault = await wire.take_fault(request, state, raw, None)
-    answered = _faulted(request, fault, form)
-    if answered is not None:
-        return answered
-    data: Any = {"balance": state.credits} if form == "message" else state.credits
-    return _json_bytes(dialect.envelope(data, form), 200, wire.retry_after_header(fault))
+    """The account's balance: taskinfo's `{"balance": n}`, recordinfo's bare number."""
+    fault = await _admit(form, request, state, raw, None)
+    if not isinstance(fault, Fault):
+        return fault
+    balance: Any = {"balance": state.credits} if form is TASKINFO else state.credits
+    return _json_bytes(form.envelope(balance), 200, wire.retry_after_header(fault))
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    for prefix, create, info, credit in (
-        ("/api/v1/client", "/job/CreateTask", "/job/TaskInfo", "/account/balance"),
-        ("/api/v1/jobs", "/createTask", "/recordInfo", None),
-    ):
-        router.add_post(prefix + create, wire.instrumented(_create))
-        router.add_get(prefix + info, wire.instrumented(_info))
-        if credit is not None:
-            router.add_get(prefix + credit, wire.instrumented(_credits))
-    router.add_get("/api/v1/chat/credit", wire.instrumented(_credits))
+    routes = (
+        ("POST", "/api/v1/client/job/CreateTask", _create, TASKINFO),
+        ("GET", "/api/v1/client/job/TaskInfo", _info, TASKINFO),
+        ("GET", "/api/v1/client/account/balance", _credits, TASKINFO),
+        ("POST", "/api/v1/jobs/createTask", _create, RECORDINFO),
+        ("GET", "/api/v1/jobs/recordInfo", _info, RECORDINFO),
+        ("GET", "/api/v1/chat/credit", _credits, RECORDINFO),
+    )
+    for method, path, handler, form in routes:
+        router.add_route(method, path, wire.instrumented(functools.partial(handler, form)))

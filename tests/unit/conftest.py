@@ -1,47 +1,26 @@
-"""Shared fixtures for the unit tests: a fresh, migrated database on SQLite and on PostgreSQL."""
+"""Shared fixtures for the unit tests: a fresh, migrated database on SQLite and on PostgreSQL,
+the credit journal on it, and the helpers the credit tests share."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from nanogate.db import make_engine, run_migrations
-
-PG_ADMIN_URL = os.environ.get(
-    "NANOGATE_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
+from nanogate.access.keys import KeyRecord
+from nanogate.billing.keys import KeyStore
+from nanogate.billing.runners import Journal, open_runner
+from nanogate.db import accounts, make_engine, run_migrations
+from nanogate.db import ledger as ledger_table
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'nanogate.db'}"
-        return
-    admin = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    name = f"nanogate_test_{secrets.token_hex(6)}"
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except (OSError, DBAPIError) as exc:
-        await admin.dispose()
-        # The machine and CI run PostgreSQL: its absence is a broken setup, not a reason to skip.
-        pytest.fail(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+@pytest.fixture
+def db_url(database: str | None, tmp_path: Path) -> str:
+    return database or f"sqlite+aiosqlite:///{tmp_path / 'data' / 'nanogate.db'}"
 
 
 @pytest.fixture
@@ -50,3 +29,31 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     engine = make_engine(db_url)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+async def journal(db_url: str, engine: AsyncEngine) -> AsyncIterator[Journal]:
+    journal = Journal(open_runner(db_url, engine))
+    journal.start()
+    yield journal
+    await journal.stop()
+    await journal.runner.close()
+
+
+async def new_key(engine: AsyncEngine, credits: int, **caps: int) -> KeyRecord:
+    """A key on an account of its own holding `credits`."""
+    _, record = await KeyStore(engine, 0).create("k", credits=credits, **caps)  # type: ignore[arg-type]
+    return record
+
+
+async def ledger_balance(engine: AsyncEngine, account_id: int) -> int:
+    """The account's balance, once checked against the sum of its ledger rows."""
+    async with engine.connect() as conn:
+        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account_id))
+        total = await conn.scalar(
+            select(func.coalesce(func.sum(ledger_table.c.amount), 0)).where(
+                ledger_table.c.account_id == account_id
+            )
+        )
+    assert balance is not None and balance == total, "the ledger must sum to the balance"
+    return int(balance)

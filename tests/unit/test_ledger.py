@@ -6,7 +6,6 @@ Every test ends by checking the invariant: each account's ledger rows sum to its
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,26 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from nanogate.access.keys import KeyRecord
 from nanogate.billing import ledger
 from nanogate.billing.accounts import AccountError, AccountStore
-from nanogate.billing.keys import KeyStore
 from nanogate.billing.ledger import Hold, Refusal
 from nanogate.billing.runners import Journal, SqliteRunner, open_runner
 from nanogate.db import accounts, api_keys, holds
 from nanogate.db import ledger as ledger_table
 from nanogate.engine.usage import UsageRecord, UsageRecorder
 
-
-@pytest.fixture
-async def journal(db_url: str, engine: AsyncEngine) -> AsyncIterator[Journal]:
-    journal = Journal(open_runner(db_url, engine))
-    journal.start()
-    yield journal
-    await journal.stop()
-    await journal.runner.close()
-
-
-async def _key(engine: AsyncEngine, credits: int, **caps: int) -> KeyRecord:
-    _, record = await KeyStore(engine, 0).create("k", credits=credits, **caps)  # type: ignore[arg-type]
-    return record
+from .conftest import ledger_balance, new_key
 
 
 def _hold(key: KeyRecord, amount: int, *, node: str = "n1", ttl: float = 3600) -> Hold:
@@ -53,18 +39,6 @@ def _hold(key: KeyRecord, amount: int, *, node: str = "n1", ttl: float = 3600) -
     )
 
 
-async def _balance(engine: AsyncEngine, account_id: int) -> int:
-    async with engine.connect() as conn:
-        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account_id))
-        total = await conn.scalar(
-            select(func.coalesce(func.sum(ledger_table.c.amount), 0)).where(
-                ledger_table.c.account_id == account_id
-            )
-        )
-    assert balance == total, "the ledger must sum to the balance"
-    return int(balance)
-
-
 async def _reserve(journal: Journal, hold: Hold) -> Refusal | None:
     return await journal.submit(lambda tx: ledger.reserve(tx, hold))
 
@@ -80,13 +54,13 @@ def test_sqlite_files_get_the_in_loop_runner(tmp_path: object) -> None:
 
 
 async def test_reserve_then_settle_charges_the_cost(engine: AsyncEngine, journal: Journal) -> None:
-    key = await _key(engine, 1000)
+    key = await new_key(engine, 1000)
     hold = _hold(key, 600)
     assert await _reserve(journal, hold) is None
-    assert await _balance(engine, key.account_id) == 400
+    assert await ledger_balance(engine, key.account_id) == 400
     resolution = await _resolve(journal, hold, 250)
     assert resolution is not None and (resolution.charged, resolution.balance) == (250, 750)
-    assert await _balance(engine, key.account_id) == 750
+    assert await ledger_balance(engine, key.account_id) == 750
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
@@ -105,66 +79,66 @@ async def test_reserve_then_settle_charges_the_cost(engine: AsyncEngine, journal
 
 
 async def test_settle_and_refund_happen_once(engine: AsyncEngine, journal: Journal) -> None:
-    key = await _key(engine, 1000)
+    key = await new_key(engine, 1000)
     hold = _hold(key, 500)
     await _reserve(journal, hold)
     first, second, third = await asyncio.gather(
         _resolve(journal, hold, 100), _resolve(journal, hold, 100), _resolve(journal, hold, None)
     )
     assert first is not None and second is None and third is None
-    assert await _balance(engine, key.account_id) == 900
+    assert await ledger_balance(engine, key.account_id) == 900
     async with engine.connect() as conn:
         count = await conn.scalar(select(func.count()).select_from(ledger_table))
     assert count == 3  # top-up, reserve, one settle
 
 
 async def test_refund_gives_everything_back(engine: AsyncEngine, journal: Journal) -> None:
-    key = await _key(engine, 1000)
+    key = await new_key(engine, 1000)
     hold = _hold(key, 999)
     await _reserve(journal, hold)
     resolution = await _resolve(journal, hold, None)
     assert resolution is not None and resolution.charged == 0
-    assert await _balance(engine, key.account_id) == 1000
+    assert await ledger_balance(engine, key.account_id) == 1000
 
 
 async def test_short_balance_is_refused_and_changes_nothing(
     engine: AsyncEngine, journal: Journal
 ) -> None:
-    key = await _key(engine, 100)
+    key = await new_key(engine, 100)
     refusal = await _reserve(journal, _hold(key, 101))
     assert refusal == Refusal("balance", 100)
-    assert await _balance(engine, key.account_id) == 100
+    assert await ledger_balance(engine, key.account_id) == 100
 
 
 async def test_200_concurrent_reserves_on_50_affordable(
     engine: AsyncEngine, journal: Journal
 ) -> None:
-    key = await _key(engine, 50 * 7)
+    key = await new_key(engine, 50 * 7)
     results = await asyncio.gather(*(_reserve(journal, _hold(key, 7)) for _ in range(200)))
     assert sum(r is None for r in results) == 50
     assert sum(isinstance(r, Refusal) for r in results) == 150
-    assert await _balance(engine, key.account_id) == 0
+    assert await ledger_balance(engine, key.account_id) == 0
 
 
 async def test_overrun_is_taken_as_far_as_the_balance_goes(
     engine: AsyncEngine, journal: Journal
 ) -> None:
-    key = await _key(engine, 100)
+    key = await new_key(engine, 100)
     hold = _hold(key, 60)
     await _reserve(journal, hold)
     resolution = await _resolve(journal, hold, 130)  # 70 over, 40 left
     assert resolution is not None
     assert (resolution.charged, resolution.balance, resolution.shortfall) == (100, 0, 30)
-    assert await _balance(engine, key.account_id) == 0
+    assert await ledger_balance(engine, key.account_id) == 0
 
 
 async def test_daily_and_monthly_caps(engine: AsyncEngine, journal: Journal) -> None:
-    key = await _key(engine, 10_000, daily_cap=500, monthly_cap=800)
+    key = await new_key(engine, 10_000, daily_cap=500, monthly_cap=800)
     first = _hold(key, 400)
     assert await _reserve(journal, first) is None
     refused = await _reserve(journal, _hold(key, 200))
     assert refused == Refusal("daily_cap", 9_600, 400, 500)
-    assert await _balance(engine, key.account_id) == 9_600  # the refused debit was undone
+    assert await ledger_balance(engine, key.account_id) == 9_600  # the refused debit was undone
     await _resolve(journal, first, 100)  # unused 300 goes back to today's spend
     second = _hold(key, 400)
     assert await _reserve(journal, second) is None
@@ -180,14 +154,14 @@ async def test_daily_and_monthly_caps(engine: AsyncEngine, journal: Journal) -> 
 
 
 async def test_monthly_cap_refusal(engine: AsyncEngine, journal: Journal) -> None:
-    key = await _key(engine, 10_000, monthly_cap=300)
+    key = await new_key(engine, 10_000, monthly_cap=300)
     assert await _reserve(journal, _hold(key, 301)) == Refusal("monthly_cap", 10_000, 0, 300)
 
 
 async def test_recovery_closes_this_nodes_and_expired_holds(
     engine: AsyncEngine, journal: Journal
 ) -> None:
-    key = await _key(engine, 1000)
+    key = await new_key(engine, 1000)
     mine = _hold(key, 100, node="me")
     live_elsewhere = _hold(key, 100, node="other")
     dead_elsewhere = _hold(key, 100, node="gone", ttl=-1)
@@ -203,7 +177,7 @@ async def test_recovery_closes_this_nodes_and_expired_holds(
 async def test_recovery_settles_holds_whose_usage_is_known(
     engine: AsyncEngine, journal: Journal
 ) -> None:
-    key = await _key(engine, 1000)
+    key = await new_key(engine, 1000)
     hold = _hold(key, 300, node="me")
     await _reserve(journal, hold)
     recorder = UsageRecorder(engine)
@@ -230,7 +204,7 @@ async def test_topups_and_adjustments_carry_reasons(engine: AsyncEngine, journal
         ("topup", 250, "invoice 7"),
         ("topup", 500, "opening"),
     ]
-    assert await _balance(engine, account.id) == 700
+    assert await ledger_balance(engine, account.id) == 700
     found = await store.get("acme")
     assert found is not None and found.id == account.id and found.balance == 700
 
@@ -238,7 +212,7 @@ async def test_topups_and_adjustments_carry_reasons(engine: AsyncEngine, journal
 async def test_a_failing_operation_does_not_sink_its_batch(
     engine: AsyncEngine, journal: Journal
 ) -> None:
-    key = await _key(engine, 1000)
+    key = await new_key(engine, 1000)
 
     async def broken(tx: ledger.Tx) -> None:
         await tx.exec("INSERT INTO no_such_table VALUES (1)", {})
@@ -248,7 +222,7 @@ async def test_a_failing_operation_does_not_sink_its_batch(
         journal.submit(broken), _reserve(journal, good), return_exceptions=True
     )
     assert isinstance(results[0], Exception) and results[1] is None
-    assert await _balance(engine, key.account_id) == 990
+    assert await ledger_balance(engine, key.account_id) == 990
 
 
 # -- fair holds ---------------------------------------------------------------------------------
@@ -273,7 +247,7 @@ async def _exposure(engine: AsyncEngine, account_id: int) -> tuple[int, int]:
 async def test_fair_hold_takes_the_allowance_as_far_as_the_balance_goes(
     engine: AsyncEngine, journal: Journal
 ) -> None:
-    key = await _key(engine, 1_000)
+    key = await new_key(engine, 1_000)
     full = _fair(key, 300, 400, 400)
     assert await _reserve(journal, full) is None and full.amount == 400
     partial = _fair(key, 300, 700, 700)
@@ -281,13 +255,13 @@ async def test_fair_hold_takes_the_allowance_as_far_as_the_balance_goes(
     assert partial.amount == 600  # the rest of the balance, above its certain 300
     assert await _reserve(journal, _fair(key, 1, 5, 5)) == Refusal("balance", 0)
     await _resolve(journal, partial, 650)  # 50 over its hold; nothing left to take
-    assert await _balance(engine, key.account_id) == 0
+    assert await ledger_balance(engine, key.account_id) == 0
 
 
 async def test_below_the_certain_cost_is_refused(engine: AsyncEngine, journal: Journal) -> None:
-    key = await _key(engine, 299)
+    key = await new_key(engine, 299)
     assert await _reserve(journal, _fair(key, 300, 400, 9_000)) == Refusal("balance", 299)
-    assert await _balance(engine, key.account_id) == 299
+    assert await ledger_balance(engine, key.account_id) == 299
     assert await _exposure(engine, key.account_id) == (0, 0)
 
 
@@ -295,7 +269,7 @@ async def test_uncovered_calls_are_bounded_and_free_up_when_one_ends(
     engine: AsyncEngine, journal: Journal
 ) -> None:
     # 1,000 credits cannot cover a call that could cost 5,000: each is uncovered.
-    key = await _key(engine, 1_000)
+    key = await new_key(engine, 1_000)
     first, second = _fair(key, 100, 200, 5_000), _fair(key, 100, 200, 5_000)
     assert await _reserve(journal, first) is None
     assert await _reserve(journal, second) is None
@@ -309,7 +283,7 @@ async def test_uncovered_calls_are_bounded_and_free_up_when_one_ends(
 async def test_a_balance_that_covers_every_worst_case_is_never_busy(
     engine: AsyncEngine, journal: Journal
 ) -> None:
-    key = await _key(engine, 100_000)
+    key = await new_key(engine, 100_000)
     holds_made = [_fair(key, 10, 20, 1_000, limit=1) for _ in range(90)]
     results = await asyncio.gather(*(_reserve(journal, h) for h in holds_made))
     assert results == [None] * 90
@@ -319,19 +293,19 @@ async def test_a_balance_that_covers_every_worst_case_is_never_busy(
     assert await _reserve(journal, _fair(key, 10, 20, 1_000, limit=1)) is None
     for hold in holds_made:
         await _resolve(journal, hold, 1_000)  # every one runs to its worst case
-    assert await _balance(engine, key.account_id) == 100_000 - 90 * 1_000 - 20
+    assert await ledger_balance(engine, key.account_id) == 100_000 - 90 * 1_000 - 20
 
 
 async def test_an_overrun_the_balance_cannot_pay_is_written_off(
     engine: AsyncEngine, journal: Journal
 ) -> None:
-    key = await _key(engine, 500)
+    key = await new_key(engine, 500)
     hold = _fair(key, 100, 200, 5_000)
     await _reserve(journal, hold)
     resolution = await _resolve(journal, hold, 900)  # 700 over; 300 left to take
     assert resolution is not None
     assert (resolution.charged, resolution.balance, resolution.shortfall) == (500, 0, 400)
-    assert await _balance(engine, key.account_id) == 0
+    assert await ledger_balance(engine, key.account_id) == 0
     assert await _exposure(engine, key.account_id) == (0, 0)
     store = AccountStore(engine, journal.runner)
     rows = await store.entries(key.account_id)
@@ -349,7 +323,7 @@ async def test_an_overrun_the_balance_cannot_pay_is_written_off(
 async def test_worst_case_policy_holds_the_worst_case(
     engine: AsyncEngine, journal: Journal
 ) -> None:
-    key = await _key(engine, 1_000)
+    key = await new_key(engine, 1_000)
     store = AccountStore(engine, journal.runner)
     await store.set_hold_policy(key.account_id, "worst_case")
     assert await _reserve(journal, _fair(key, 100, 200, 1_001)) == Refusal("balance", 1_000)
@@ -363,9 +337,9 @@ async def test_worst_case_policy_holds_the_worst_case(
 async def test_caps_bound_the_hold_and_refuse_below_the_certain_cost(
     engine: AsyncEngine, journal: Journal
 ) -> None:
-    key = await _key(engine, 10_000, daily_cap=500)
+    key = await new_key(engine, 10_000, daily_cap=500)
     hold = _fair(key, 100, 800, 800)
     assert await _reserve(journal, hold) is None and hold.amount == 500
     assert await _reserve(journal, _fair(key, 1, 2, 2)) == Refusal("daily_cap", 9_500, 500, 500)
     await _resolve(journal, hold, 300)
-    assert await _balance(engine, key.account_id) == 9_700
+    assert await ledger_balance(engine, key.account_id) == 9_700

@@ -4,31 +4,16 @@ the next waits its turn (first come, first served), and gives up with a 429 afte
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from nanogate.access.keys import KeyRecord
-from nanogate.billing.keys import KeyStore
 from nanogate.billing.meter import Meter
 from nanogate.billing.prices import Quote
-from nanogate.billing.runners import Journal, open_runner
+from nanogate.billing.runners import Journal
 from nanogate.core.errors import InsufficientCredits, RateLimited
 
-
-@pytest.fixture
-async def journal(db_url: str, engine: AsyncEngine) -> AsyncIterator[Journal]:
-    journal = Journal(open_runner(db_url, engine))
-    journal.start()
-    yield journal
-    await journal.stop()
-    await journal.runner.close()
-
-
-async def _key(engine: AsyncEngine, credits: int) -> KeyRecord:
-    _, record = await KeyStore(engine, 0).create("k", credits=credits)
-    return record
+from .conftest import new_key
 
 
 def _meter(journal: Journal, wait_s: float) -> Meter:
@@ -43,7 +28,7 @@ async def test_an_uncovered_call_waits_for_the_one_before_it(
     engine: AsyncEngine, journal: Journal
 ) -> None:
     meter = _meter(journal, wait_s=10)
-    key = await _key(engine, 1_000)
+    key = await new_key(engine, 1_000)
     first = await meter.reserve("a", key, BIG)
     second = asyncio.create_task(meter.reserve("b", key, BIG))
     third = asyncio.create_task(meter.reserve("c", key, BIG))
@@ -58,7 +43,7 @@ async def test_an_uncovered_call_waits_for_the_one_before_it(
 
 async def test_a_call_that_waits_too_long_gets_429(engine: AsyncEngine, journal: Journal) -> None:
     meter = _meter(journal, wait_s=0.3)
-    key = await _key(engine, 1_000)
+    key = await new_key(engine, 1_000)
     await meter.reserve("a", key, BIG)
     with pytest.raises(RateLimited) as caught:
         await meter.reserve("b", key, BIG)
@@ -68,7 +53,7 @@ async def test_a_call_that_waits_too_long_gets_429(engine: AsyncEngine, journal:
 
 async def test_402_names_the_quote_and_the_balance(engine: AsyncEngine, journal: Journal) -> None:
     meter = _meter(journal, wait_s=0)
-    key = await _key(engine, 99_999)
+    key = await new_key(engine, 99_999)
     with pytest.raises(InsufficientCredits) as caught:
         await meter.reserve("a", key, Quote(certain=100_000, likely=101_000, worst=200_000))
     assert "costs at least 100,000 credits" in caught.value.message

@@ -18,8 +18,10 @@ import orjson
 import pytest
 from PIL import Image
 
-from tests.simulator import Fault, SimState, start
+from tests.simulator import Fault, SimState
 from tests.simulator.faults import FaultError, fault_from_body, fault_from_json
+
+from .sim_client import SimClient, running
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "sim-test-key"
@@ -32,17 +34,7 @@ def body(text: str = "draw a nano banana", **extra: Any) -> dict[str, Any]:
     return {"contents": [{"role": "user", "parts": [{"text": text}]}], **extra}
 
 
-class Sim:
-    """A running simulator plus a client session pointed at it."""
-
-    def __init__(self, state: SimState, base: str, session: aiohttp.ClientSession) -> None:
-        self.state = state
-        self.base = base
-        self.session = session
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
+class Sim(SimClient):
     async def post(
         self,
         model: str,
@@ -58,20 +50,11 @@ class Sim:
         data = orjson.dumps(body() if payload is None else payload)
         return await self.session.post(url, data=data, headers=headers)
 
-    async def faults(self, *faults: dict[str, Any]) -> None:
-        async with self.session.post(self.url("/_sim/faults"), json=list(faults)) as resp:
-            assert resp.status == 200, await resp.text()
-
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Sim]:
-    state = SimState(api_key=KEY)
-    runner, port = await start("127.0.0.1", 0, state=state)
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Sim(state, f"http://127.0.0.1:{port}", session)
-    finally:
-        await runner.cleanup()
+    async with running(SimState(api_key=KEY), Sim) as client:
+        yield client
 
 
 async def read_json(resp: aiohttp.ClientResponse) -> Any:
@@ -137,14 +120,10 @@ async def test_image_only_modality_has_no_text(sim: Sim) -> None:
 
 @pytest.mark.parametrize("size", [10, 100_000])
 async def test_image_bytes_exact_size(size: int) -> None:
-    runner, port = await start(image_bytes=size)
-    try:
-        async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{port}/v1beta/models/{IMAGE_MODEL}:generateContent"
-            async with session.post(url, json=body()) as resp:
-                data = await resp.json()
-    finally:
-        await runner.cleanup()
+    async with running(SimState(image_bytes=size), SimClient) as sim:
+        url = sim.url(f"/v1beta/models/{IMAGE_MODEL}:generateContent")
+        async with sim.session.post(url, json=body()) as resp:
+            data = await resp.json()
     raw = base64.b64decode(data["candidates"][0]["content"]["parts"][1]["inlineData"]["data"])
     assert len(raw) == size
     if size > 1000:
@@ -310,14 +289,11 @@ async def test_auth_ways(sim: Sim, how: str) -> None:
 
 
 async def test_no_auth_when_no_key_configured() -> None:
-    runner, port = await start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{port}/v1beta/models"
-            async with session.get(url) as resp:
-                assert resp.status == 200
-    finally:
-        await runner.cleanup()
+    async with (
+        running(SimState(), SimClient) as sim,
+        sim.session.get(sim.url("/v1beta/models")) as resp,
+    ):
+        assert resp.status == 200
 
 
 async def test_control_routes_need_no_key(sim: Sim) -> None:
@@ -591,15 +567,8 @@ async def test_recording(sim: Sim) -> None:
 
 async def test_recording_can_be_disabled() -> None:
     state = SimState(record=False)
-    runner, port = await start(state=state)
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{port}/v1beta/models"),
-        ):
-            pass
-    finally:
-        await runner.cleanup()
+    async with running(state, SimClient) as sim, sim.session.get(sim.url("/v1beta/models")):
+        pass
     assert len(state.requests) == 0
     assert state.total == 1
 

@@ -21,6 +21,8 @@ from tests.simulator import Fault, SimState, start
 from tests.simulator.__main__ import _parse_args
 from tests.simulator.faults import FaultError, fault_from_body, fault_from_json
 
+from .sim_client import SimClient, running
+
 KEY = "vendor-key"
 TASK_SECONDS = 0.1
 IMAGE_MODEL = "gemini-2.5-flash-image"
@@ -70,15 +72,7 @@ def chat_body(text: str = "draw a banana", **extra: Any) -> dict[str, Any]:
     return {"model": IMAGE_MODEL, "messages": [{"role": "user", "content": text}], **extra}
 
 
-class Sim:
-    def __init__(self, state: SimState, base: str, session: aiohttp.ClientSession) -> None:
-        self.state = state
-        self.base = base
-        self.session = session
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
+class Sim(SimClient):
     async def call(
         self,
         method: str,
@@ -128,10 +122,6 @@ class Sim:
             await asyncio.sleep(0.02)
         raise AssertionError("task never finished")
 
-    async def faults(self, *faults: dict[str, Any]) -> None:
-        status, _, raw = await self.call("POST", "/_sim/faults", json=list(faults))
-        assert status == 200, raw
-
     async def control(self, path: str) -> Any:
         status, _, raw = await self.call("GET", path)
         assert status == 200
@@ -156,13 +146,8 @@ class Sim:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Sim]:
-    state = SimState(api_key=KEY, task_seconds=TASK_SECONDS)
-    runner, port = await start("127.0.0.1", 0, state=state)
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Sim(state, f"http://127.0.0.1:{port}", session)
-    finally:
-        await runner.cleanup()
+    async with running(SimState(api_key=KEY, task_seconds=TASK_SECONDS), Sim) as client:
+        yield client
 
 
 class Receiver:
@@ -388,17 +373,9 @@ async def test_task_auth(sim: Sim, form: str) -> None:
 
 async def test_task_no_auth_when_no_key() -> None:
     state = SimState(task_seconds=0)
-    runner, port = await start(state=state)
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                f"http://127.0.0.1:{port}/api/v1/jobs/createTask", json=task_body("msg")
-            ) as resp,
-        ):
-            assert resp.status == 200
-    finally:
-        await runner.cleanup()
+    async with running(state, Sim) as sim:
+        status, _ = await sim.create("msg", task_body("msg"), key=None)
+        assert status == 200
     assert len(state.tasks) == 1
 
 

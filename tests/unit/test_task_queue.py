@@ -19,10 +19,12 @@ from nanogate.billing.keys import KeyStore
 from nanogate.billing.ledger import Hold, Refusal, Tx, aware
 from nanogate.billing.runners import EngineRunner, Runner, SqliteRunner, open_runner
 from nanogate.core.task_records import StoredFile, TaskRecord
-from nanogate.db import accounts, holds, idempotency_keys, results, tasks
+from nanogate.db import holds, idempotency_keys, results, tasks
 from nanogate.db import ledger as ledger_table
 from nanogate.engine import replay as idempotency
 from nanogate.tasks import queue
+
+from .conftest import ledger_balance
 
 T = TypeVar("T")
 
@@ -111,18 +113,6 @@ async def _finish(
     return None if resolution is None else resolution.charged
 
 
-async def _balance(engine: AsyncEngine, account_id: int) -> int:
-    async with engine.connect() as conn:
-        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account_id))
-        total = await conn.scalar(
-            select(func.coalesce(func.sum(ledger_table.c.amount), 0)).where(
-                ledger_table.c.account_id == account_id
-            )
-        )
-    assert balance is not None and balance == total, "the ledger must sum to the balance"
-    return int(balance)
-
-
 async def _count(engine: AsyncEngine, table: Any) -> int:
     async with engine.connect() as conn:
         count = await conn.scalar(select(func.count()).select_from(table))
@@ -181,7 +171,7 @@ async def test_create_with_a_hold_reserves_the_credits(
     assert await _create(runner, record, hold) is None
     found = await _get(runner, record.id)
     assert found is not None and found.hold_id == hold.id
-    assert await _balance(engine, key.account_id) == 400
+    assert await ledger_balance(engine, key.account_id) == 400
 
 
 async def test_a_hold_the_balance_cannot_cover_writes_no_task(
@@ -193,7 +183,7 @@ async def test_a_hold_the_balance_cannot_cover_writes_no_task(
     assert await _get(runner, record.id) is None
     assert await _count(engine, tasks) == 0
     assert await _count(engine, holds) == 0
-    assert await _balance(engine, key.account_id) == 1000
+    assert await ledger_balance(engine, key.account_id) == 1000
 
 
 async def test_create_can_remember_an_idempotency_key(runner: Runner, key: KeyRecord) -> None:
@@ -343,7 +333,7 @@ async def test_finish_by_a_stale_token_changes_nothing(
     async with engine.connect() as conn:
         state = await conn.scalar(select(holds.c.state).where(holds.c.id == hold.id))
     assert state == "pending"
-    assert await _balance(engine, key.account_id) == 400
+    assert await ledger_balance(engine, key.account_id) == 400
 
 
 async def test_finish_succeeded_settles_the_hold_at_cost(
@@ -372,7 +362,7 @@ async def test_finish_succeeded_settles_the_hold_at_cost(
     assert await _lease(engine, record.id) == ("succeeded", "w1", None)
     # ... and a restart of that worker does not requeue a finished task.
     assert await _run(runner, lambda tx: queue.release_owner(tx, "w1", done)) == 0
-    assert await _balance(engine, key.account_id) == 750  # 600 reserved, 350 back
+    assert await ledger_balance(engine, key.account_id) == 750  # 600 reserved, 350 back
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
@@ -392,7 +382,7 @@ async def test_finish_succeeded_settles_the_hold_at_cost(
     assert tuple(hold_row) == ("settled", 250)
     # A second finish (even by the same token) does nothing.
     assert await _finish(runner, record.id, "tok1", done, hold_id=hold.id, cost=250) is None
-    assert await _balance(engine, key.account_id) == 750
+    assert await ledger_balance(engine, key.account_id) == 750
 
 
 async def test_finish_failed_refunds_the_hold(
@@ -414,7 +404,7 @@ async def test_finish_failed_refunds_the_hold(
     assert found.files == () and found.text is None
     assert found.cost == 0
     assert found.callback_state == "pending"
-    assert await _balance(engine, key.account_id) == 1000
+    assert await ledger_balance(engine, key.account_id) == 1000
     async with engine.connect() as conn:
         kinds = (
             await conn.execute(select(ledger_table.c.kind).order_by(ledger_table.c.id))
