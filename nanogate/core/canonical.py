@@ -32,34 +32,43 @@ class MalformedResponse(ValueError):
 
 
 def usage_from_metadata(meta: Any) -> Usage:
+    """Tokens by modality from a usageMetadata object, in either JSON spelling: the one reader
+    of usage that billing, records and every dialect's answer use."""
     usage = Usage()
     if not isinstance(meta, dict):
         return usage
-    for detail in meta.get("promptTokensDetails") or ():
-        modality, count = _detail(detail)
-        if modality == "IMAGE":
-            usage.input_image += count
-        else:
-            usage.input_text += count
-    for detail in meta.get("candidatesTokensDetails") or ():
-        modality, count = _detail(detail)
-        if modality == "IMAGE":
-            usage.output_image += count
-        else:
-            usage.output_text += count
-    prompt = _int(meta.get("promptTokenCount"))
-    candidates = _int(meta.get("candidatesTokenCount"))
-    # Without per-modality details every token is taken as text: the conservative reading.
-    if usage.input_text + usage.input_image == 0:
-        usage.input_text = prompt
-    if usage.output_text + usage.output_image == 0:
-        usage.output_text = candidates
-    elif usage.output_text + usage.output_image < candidates:
-        # Details may list only the image modality; the remainder is text.
-        usage.output_text += candidates - usage.output_text - usage.output_image
-    usage.thoughts = _int(meta.get("thoughtsTokenCount"))
-    usage.total = _int(meta.get("totalTokenCount")) or (prompt + candidates + usage.thoughts)
+    prompt = _tokens(meta, "promptTokenCount", "prompt_token_count")
+    candidates = _tokens(meta, "candidatesTokenCount", "candidates_token_count")
+    usage.input_text, usage.input_image = _split(
+        meta, "promptTokensDetails", "prompt_tokens_details", prompt
+    )
+    usage.output_text, usage.output_image = _split(
+        meta, "candidatesTokensDetails", "candidates_tokens_details", candidates
+    )
+    usage.thoughts = _tokens(meta, "thoughtsTokenCount", "thoughts_token_count")
+    usage.cached = _tokens(meta, "cachedContentTokenCount", "cached_content_token_count")
+    total = _tokens(meta, "totalTokenCount", "total_token_count")
+    usage.total = total or (prompt + candidates + usage.thoughts)
     return usage
+
+
+def _split(meta: dict[str, Any], camel: str, snake: str, count: int) -> tuple[int, int]:
+    """(text, image) tokens of a count and its per-modality details. Tokens the details leave
+    out (they may list only the image modality, or be missing) are taken as text: the
+    conservative reading, since text is what every modality is billed at least as."""
+    text = image = 0
+    details = field(meta, camel, snake)
+    for detail in details if isinstance(details, list) else ():
+        modality, tokens = _detail(detail)
+        if modality == "IMAGE":
+            image += tokens
+        else:
+            text += tokens
+    return text + max(0, count - text - image), image
+
+
+def _tokens(meta: dict[str, Any], camel: str, snake: str) -> int:
+    return _int(field(meta, camel, snake))
 
 
 def usage_from_response(body: bytes) -> Usage:
@@ -120,7 +129,7 @@ def _count_images(doc: dict[str, Any]) -> int:
 def _detail(detail: Any) -> tuple[str, int]:
     if not isinstance(detail, dict):
         return "TEXT", 0
-    return str(detail.get("modality", "TEXT")), _int(detail.get("tokenCount"))
+    return str(detail.get("modality", "TEXT")), _tokens(detail, "tokenCount", "token_count")
 
 
 def _int(value: Any) -> int:

@@ -49,6 +49,7 @@ class Usage:
     output_text: int = 0
     output_image: int = 0
     thoughts: int = 0
+    cached: int = 0  # prompt tokens served from Google's context cache (part of the input)
     total: int = 0
     images: int = 0  # image parts in the response
 
@@ -65,6 +66,7 @@ class Usage:
             "output_text",
             "output_image",
             "thoughts",
+            "cached",
             "total",
         ):
             setattr(self, name, max(getattr(self, name), getattr(other, name)))

@@ -14,9 +14,11 @@ import orjson
 
 from nanogate.core import inline
 from nanogate.core.canonical import field as gfield
+from nanogate.core.canonical import usage_from_metadata
 from nanogate.core.catalog import ModelSpec
 from nanogate.core.errors import GatewayError, InvalidArgument
 from nanogate.core.inline import Blob, Text
+from nanogate.core.types import Usage
 
 # OpenAI's `type` and `code` for each status, as its SDK and clients read them.
 _TYPES = {
@@ -232,45 +234,24 @@ def usage_metadata(doc: Any) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _tokens(meta: dict[str, Any], camel: str, snake: str) -> int:
-    value = gfield(meta, camel, snake)
-    return value if isinstance(value, int) and value > 0 else 0
-
-
-def _by_modality(meta: dict[str, Any], camel: str, snake: str, modality: str) -> int:
-    details = gfield(meta, camel, snake)
-    return sum(
-        _tokens(item, "tokenCount", "token_count")
-        for item in (details if isinstance(details, list) else ())
-        if isinstance(item, dict) and item.get("modality") == modality
-    )
-
-
 @dataclass(slots=True)
 class Tokens:
-    """Token counts summed over one or more answers (n image calls make n answers)."""
+    """OpenAI's usage figures, summed over one or more answers (n image calls make n answers),
+    read through the core's one reader of usageMetadata."""
 
-    prompt: int = 0
-    completion: int = 0
-    reasoning: int = 0
-    prompt_images: int = 0
-    completion_images: int = 0
-    cached: int = 0
+    usage: Usage = field(default_factory=Usage)
 
     def add(self, meta: dict[str, Any]) -> None:
-        self.prompt += _tokens(meta, "promptTokenCount", "prompt_token_count")
-        thoughts = _tokens(meta, "thoughtsTokenCount", "thoughts_token_count")
-        self.completion += (
-            _tokens(meta, "candidatesTokenCount", "candidates_token_count") + thoughts
-        )
-        self.reasoning += thoughts
-        self.cached += _tokens(meta, "cachedContentTokenCount", "cached_content_token_count")
-        self.prompt_images += _by_modality(
-            meta, "promptTokensDetails", "prompt_tokens_details", "IMAGE"
-        )
-        self.completion_images += _by_modality(
-            meta, "candidatesTokensDetails", "candidates_tokens_details", "IMAGE"
-        )
+        self.usage.add(usage_from_metadata(meta))
+
+    @property
+    def prompt(self) -> int:
+        return self.usage.input_text + self.usage.input_image
+
+    @property
+    def completion(self) -> int:
+        """Thinking counts as completion, as OpenAI's reasoning does."""
+        return self.usage.output_text + self.usage.output_image + self.usage.thoughts
 
     def chat(self) -> dict[str, Any]:
         """Chat completions' `usage`: thinking counts as completion, as OpenAI's reasoning."""
@@ -279,12 +260,12 @@ class Tokens:
             "completion_tokens": self.completion,
             "total_tokens": self.prompt + self.completion,
             "prompt_tokens_details": {
-                "cached_tokens": self.cached,
-                "image_tokens": self.prompt_images,
+                "cached_tokens": self.usage.cached,
+                "image_tokens": self.usage.input_image,
             },
             "completion_tokens_details": {
-                "reasoning_tokens": self.reasoning,
-                "image_tokens": self.completion_images,
+                "reasoning_tokens": self.usage.thoughts,
+                "image_tokens": self.usage.output_image,
             },
         }
 
@@ -295,8 +276,8 @@ class Tokens:
             "output_tokens": self.completion,
             "total_tokens": self.prompt + self.completion,
             "input_tokens_details": {
-                "text_tokens": self.prompt - self.prompt_images,
-                "image_tokens": self.prompt_images,
+                "text_tokens": self.usage.input_text,
+                "image_tokens": self.usage.input_image,
             },
         }
 

@@ -8,7 +8,13 @@ import os
 import orjson
 import pytest
 
-from nanogate.core.canonical import FULL_PARSE_LIMIT, MalformedResponse, usage_from_response
+from nanogate.core.canonical import (
+    FULL_PARSE_LIMIT,
+    MalformedResponse,
+    usage_from_metadata,
+    usage_from_response,
+)
+from nanogate.core.types import Usage
 
 META = {
     "promptTokenCount": 17,
@@ -76,3 +82,50 @@ def test_large_truncated_is_malformed() -> None:
     cut = body[: body.rfind(b'"usageMetadata"') + 40] + b"}"
     with pytest.raises(MalformedResponse):
         usage_from_response(cut)
+
+
+def test_usage_reads_the_same_in_either_spelling() -> None:
+    camel = {
+        "promptTokenCount": 300,
+        "candidatesTokenCount": 1400,
+        "thoughtsTokenCount": 50,
+        "cachedContentTokenCount": 20,
+        "totalTokenCount": 1750,
+        "promptTokensDetails": [
+            {"modality": "TEXT", "tokenCount": 42},
+            {"modality": "IMAGE", "tokenCount": 258},
+        ],
+        "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}],
+    }
+    snake = {
+        "prompt_token_count": 300,
+        "candidates_token_count": 1400,
+        "thoughts_token_count": 50,
+        "cached_content_token_count": 20,
+        "total_token_count": 1750,
+        "prompt_tokens_details": [
+            {"modality": "TEXT", "token_count": 42},
+            {"modality": "IMAGE", "token_count": 258},
+        ],
+        "candidates_tokens_details": [{"modality": "IMAGE", "token_count": 1290}],
+    }
+    expected = Usage(
+        input_text=42,
+        input_image=258,
+        output_text=110,  # the 1,400 candidates less the 1,290 the details give the image
+        output_image=1290,
+        thoughts=50,
+        cached=20,
+        total=1750,
+    )
+    assert usage_from_metadata(camel) == expected
+    assert usage_from_metadata(snake) == expected
+
+
+def test_prompt_tokens_the_details_leave_out_are_text() -> None:
+    meta = {
+        "promptTokenCount": 500,
+        "promptTokensDetails": [{"modality": "IMAGE", "tokenCount": 258}],
+    }
+    usage = usage_from_metadata(meta)
+    assert (usage.input_text, usage.input_image) == (242, 258)
