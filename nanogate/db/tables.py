@@ -229,7 +229,8 @@ tasks = Table(
     metadata,
     Column("id", String(40), primary_key=True),
     Column("request_id", String(64), nullable=False),  # its hold's and usage record's id
-    Column("form", String(8), nullable=False),  # "message" (seed 002) or "msg" (createTask)
+    # "message" (the taskinfo form, CreateTask/TaskInfo) or "msg" (recordinfo, createTask/…)
+    Column("form", String(8), nullable=False),
     Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
     Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False, index=True),
     Column("model", String(128), nullable=False),  # as the client named it

@@ -1,6 +1,8 @@
-"""The task API dialect (seed 002, and the `createTask`/`recordInfo` form). Pure functions.
+"""The task API dialect, in both its forms: `CreateTask`/`TaskInfo` (the "taskinfo" form,
+whose envelope says `message`) and `createTask`/`recordInfo` (the "recordinfo" form, `msg`).
+Pure functions.
 
-Both forms carry the code twice, in the HTTP status and in the body's `code`. Seed 002's form
+Both forms carry the code twice, in the HTTP status and in the body's `code`. The taskinfo form
 names the human text `message` and uses snake_case; the other form names it `msg` and uses
 camelCase, with JSON strings for `param` and `resultJson` and milliseconds for times.
 
@@ -24,7 +26,7 @@ from nanogate.core.task_records import Form, TaskRecord
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 
-# The task API's own codes (seed 002): the gateway's statuses folded onto them.
+# The task API's own codes (taskinfo form): the gateway's statuses folded onto them.
 _CODES = {400: 422, 403: 401, 409: 422, 413: 422, 503: 500, 504: 500}
 _FORMATS: dict[str, OutputFormat] = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 _STATES = {"pending": "waiting", "running": "generating", "succeeded": "success", "failed": "fail"}
@@ -33,8 +35,8 @@ MAX_URL_CHARS = 2048
 
 
 def form_for(path: str) -> Form:
-    """Seed 002's routes live under /api/v1/client/; the other form's under /api/v1/jobs/ and
-    /api/v1/chat/."""
+    """The taskinfo form's routes live under /api/v1/client/; the recordinfo form's under
+    /api/v1/jobs/ and /api/v1/chat/."""
     return "message" if path.startswith("/api/v1/client/") else "msg"
 
 

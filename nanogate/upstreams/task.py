@@ -1,6 +1,6 @@
 """A vendor with a task API as an upstream: submit, poll until the task ends, download its image.
 
-Two forms, chosen by `protocol`: `taskinfo` (seed 002: `CreateTask` / `TaskInfo`, `x-api-key`)
+Two forms, chosen by `protocol`: `taskinfo` (`CreateTask` / `TaskInfo`, `x-api-key`)
 and `recordinfo` (`createTask` / `recordInfo`, Bearer). The canonical call becomes the vendor's
 input (prompt, images, aspect ratio, resolution, the vendor's model name through `model_map`);
 images the client sent inline are put in result storage and handed over as signed URLs. The

@@ -25,9 +25,9 @@ from nanogate.web.streaming import RelayStream
 log = logging.getLogger(__name__)
 
 JSON_TYPE = "application/json"
-# /v1beta is Google's; /v1/v1beta is seed 003's URL shape; /v1 is where google-genai 3.x sends
-# requests by default (its api_version is "v1"). GET /v1/models is shared with the OpenAI
-# dialect: see list_models.
+# /v1beta is Google's; /v1/v1beta is what resellers that mount Gemini under /v1 expose; /v1 is
+# where google-genai 3.x sends requests by default (its api_version is "v1"). GET /v1/models is
+# shared with the OpenAI dialect: see app.py.
 PREFIXES = ("/v1beta", "/v1/v1beta", "/v1")
 
 

@@ -1,4 +1,5 @@
-"""Task API routes (seed 002 and the createTask form). Thin: authenticate, parse, call, render.
+"""Task API routes, in the taskinfo (CreateTask/TaskInfo) and recordinfo (createTask/recordInfo)
+forms. Thin: authenticate, parse, call, render.
 
 Errors raised here reach the app's handlers, which render them in the task envelope of the
 route's form (see app._render).
@@ -46,7 +47,7 @@ async def _balance(request: Request) -> int:
 
 @router.get(
     "/api/v1/client/account/balance",
-    summary="The account's credits (seed 002's form)",
+    summary="The account's credits (the taskinfo form)",
     response_description='{"code": 200, "message": "success", "data": {"balance": <credits>}}',
 )
 async def client_balance(request: Request) -> Response:
@@ -56,7 +57,7 @@ async def client_balance(request: Request) -> Response:
 
 @router.get(
     "/api/v1/chat/credit",
-    summary="The account's credits (the createTask form)",
+    summary="The account's credits (the recordinfo form)",
     response_description='{"code": 200, "msg": "success", "data": <credits>}',
 )
 async def chat_credit(request: Request) -> Response:
@@ -92,7 +93,7 @@ async def _info(request: Request, param: str) -> Response:
 
 @router.post(
     "/api/v1/client/job/CreateTask",
-    summary="Create an image task (seed 002's form)",
+    summary="Create an image task (the taskinfo form)",
     description=(
         "Body: `{model, input: {prompt, image_urls?, aspect_ratio?, resolution?, "
         "output_format?}, callback_url?}`. Send `Idempotency-Key` to make retries safe."
@@ -105,7 +106,7 @@ async def create_task_client(request: Request) -> Response:
 
 @router.get(
     "/api/v1/client/job/TaskInfo",
-    summary="A task's record (seed 002's form)",
+    summary="A task's record (the taskinfo form)",
     response_description="task_id, model, status, param, result, error, create_at, "
     "complete_at, duration_s, cost",
 )
@@ -115,7 +116,7 @@ async def task_info(request: Request) -> Response:
 
 @router.post(
     "/api/v1/jobs/createTask",
-    summary="Create an image task (the createTask form)",
+    summary="Create an image task (the recordinfo form)",
     description=(
         "Body: `{model, callBackUrl?, input: {prompt, image_urls?, image_size?, aspect_ratio?, "
         "resolution?, output_format?}}`; `image_size` carries an aspect ratio such as '16:9'."
@@ -128,7 +129,7 @@ async def create_task_jobs(request: Request) -> Response:
 
 @router.get(
     "/api/v1/jobs/recordInfo",
-    summary="A task's record (the createTask form)",
+    summary="A task's record (the recordinfo form)",
     response_description="taskId, model, state, param, resultJson, failCode, failMsg, "
     "costTime, createTime, completeTime",
 )
