@@ -40,18 +40,19 @@ class Call:
     input_images: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Usage:
-    """Tokens by modality, as the upstream reported them in usageMetadata."""
+    """Tokens by modality, as the upstream reported them in usageMetadata (by keyword only: a
+    new modality must not shift the others)."""
 
     input_text: int = 0
     input_image: int = 0
     output_text: int = 0
     output_image: int = 0
     thoughts: int = 0
-    cached: int = 0  # prompt tokens served from Google's context cache (part of the input)
     total: int = 0
     images: int = 0  # image parts in the response
+    cached: int = 0  # prompt tokens served from Google's context cache (part of the input)
 
     def add(self, other: Usage) -> None:
         """Sum another answer's usage into this one (n calls behind one request)."""

@@ -172,7 +172,15 @@ def _usage(
 ) -> Usage:
     total = input_text + input_image + output_text + output_image + thoughts
     images = 1 if output_image else 0
-    return Usage(input_text, input_image, output_text, output_image, thoughts, total, images)
+    return Usage(
+        input_text=input_text,
+        input_image=input_image,
+        output_text=output_text,
+        output_image=output_image,
+        thoughts=thoughts,
+        total=total,
+        images=images,
+    )
 
 
 # --- image models -------------------------------------------------------------------------------
