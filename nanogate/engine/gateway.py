@@ -305,6 +305,15 @@ class Gateway:
         ctx.upstream = upstream
         bill = _StreamBill(self, ctx, call, hold)
         bill.seen(first)
+        if canonical.FINISH_KEY in first.body:
+            # A one-chunk answer (common for images) is the whole answer: paid before it goes.
+            try:
+                await bill.settle()
+            except BaseException:
+                # No byte went out: the caller answers with the error and writes the record.
+                await rest.aclose()
+                self._leave(ctx)
+                raise
 
         async def cleanup() -> None:
             try:

@@ -566,6 +566,17 @@ async def test_a_stream_settles_at_its_finish_chunk_before_passing_it_on(rig: Ri
     assert record["cost"] == STORY_COST and record["output_text_tokens"] == 80
 
 
+async def test_a_one_chunk_stream_is_settled_before_it_is_handed_over(rig: Rig) -> None:
+    plain, _ = await rig.key()
+    rig.upstream.chunks = [chunk("All at once.", 80, finish=True)]
+    call = stream_call()
+    ctx = await rig.arrive(plain, call)
+    _, rest = await rig.gateway.stream(ctx, call)
+    state = await rig.holds_of(ctx.request_id)
+    await rest.aclose()
+    assert state == ["settled"]
+
+
 async def test_a_stream_that_fails_midway_is_refunded(rig: Rig) -> None:
     plain, key = await rig.key()
     rig.upstream.chunks = [STORY[0], STORY[1], UpstreamError("canned", 500, "broke")]
