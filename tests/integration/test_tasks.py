@@ -337,3 +337,27 @@ def test_the_readme_receiver_verifies_a_real_callback(gw: Gateway, tmp_path: Pat
         )
     finally:
         stop(proc)
+
+
+def test_the_readme_task_example_runs_as_written(gw: Gateway, tmp_path: Path) -> None:
+    """A newcomer pastes the README's task example into a shell: it needs nothing but curl and
+    python3 (no uuidgen), creates a task and reads it back, finished, with its image URL."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    found = re.search(r"```sh\n(TASK=\$\(curl [^`]*?TaskInfo[^`]*?)```", readme, re.S)
+    assert found, "the README should show the task example"
+    script = found.group(1).replace("http://127.0.0.1:8000", gw.url)
+    key = new_key(gw, 10_000_000)
+    out = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "NANOGATE_KEY": key},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    data = orjson.loads(out.stdout)["data"]
+    assert data["status"] == "succeeded", data
+    [url] = data["result"]["urls"]
+    image = httpx.get(url, timeout=10)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
