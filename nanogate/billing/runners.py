@@ -2,8 +2,8 @@
 
 Each settled charge must be committed before its client gets the last byte of the answer, so
 the commit is on every metered request's path. On SQLite it runs synchronously on the event
-loop through the stdlib driver: a transaction of a few statements takes ~20-40 µs there, while
-aiosqlite's thread hop alone costs ~150 µs a statement (measured on the reference box). Nothing
+loop through the stdlib driver: a transaction of a few statements costs less there than
+aiosqlite's thread hop costs for one statement (bench/relay.py measures metering). Nothing
 in a transaction awaits anything real, so no other coroutine runs inside one. PostgreSQL goes
 through SQLAlchemy's asyncpg connection pool, where a round trip is the cost.
 

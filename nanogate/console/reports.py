@@ -55,7 +55,7 @@ async def _reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     asyncpg prepares every statement, and from its sixth run on a connection PostgreSQL may
     keep a generic plan, made without the values: it guesses a time range covers a third of
     the table and scans the created_at index, where the month's chart reads every row and a
-    sequential scan takes half the time (100 vs 58 ms over 100k records). A rare model and a
+    sequential scan takes about half the time (bench/console.py measures it). A rare model and a
     common one likewise want different plans. Planning anew costs well under a millisecond.
     """
     async with engine.connect() as conn:

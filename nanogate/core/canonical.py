@@ -87,7 +87,8 @@ def usage_from_response(body: bytes) -> Usage:
         usage.images = _count_images(doc)
         return usage
     usage = usage_from_metadata(_tail_object(stripped, _USAGE_KEY))
-    # One pass over a multi-megabyte body is ~5 ms; the snake_case spelling only if needed.
+    # One pass over a multi-megabyte body is cheap next to a parse; the snake_case spelling
+    # only if needed.
     usage.images = stripped.count(_IMAGE_KEYS[0]) or stripped.count(_IMAGE_KEYS[1])
     return usage
 

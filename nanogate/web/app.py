@@ -72,11 +72,11 @@ def create_app(settings: Settings) -> Front:
             )
             app.state.thumbnails = Thumbnails(runtime.engine, runtime.storage)
             # Everything allocated so far lives as long as the process: move it out of the
-            # collector's sight, so full collections stay short (they caused ~90 ms p99 stalls).
+            # collector's sight, so full collections stay short (they stalled p99 latency).
             gc.collect()
             gc.freeze()
-            # Fewer, later collections: a burst of 2,000 slow requests otherwise paid ~140 ms
-            # full-collection pauses five times (p99 8.0 s against 6.8 s with these).
+            # Fewer, later collections: a burst of slow requests otherwise paid several long
+            # full-collection pauses (bench/slow.py measures it).
             gc.set_threshold(20_000, 20, 100)
             log.info(
                 "gateway started",
