@@ -21,18 +21,10 @@ class Limiter:
         self._in_flight: defaultdict[int, int] = defaultdict(int)
 
     async def acquire(self, key: KeyRecord) -> None:
-        """Admit one request for `key` or raise 429 with a Retry-After; pair with release()."""
-        if key.rpm_limit:
-            item = self._items.get(key.rpm_limit)
-            if item is None:
-                item = self._items.setdefault(key.rpm_limit, RateLimitItemPerMinute(key.rpm_limit))
-            if not await self._rate.hit(item, "key", str(key.id)):
-                stats = await self._rate.get_window_stats(item, "key", str(key.id))
-                wait = max(1, math.ceil(stats.reset_time - time.time()))
-                raise RateLimited(
-                    f"This key allows {key.rpm_limit} requests per minute; retry in {wait} s.",
-                    retry_after=wait,
-                )
+        """Admit one request for `key` or raise 429 with a Retry-After; pair with release().
+
+        The concurrency slot is taken first: a request refused for concurrency does not use up
+        one of the minute's requests, and one refused for the rate holds no slot."""
         if key.concurrency_limit and self._in_flight[key.id] >= key.concurrency_limit:
             raise RateLimited(
                 f"This key allows {key.concurrency_limit} requests at a time; "
@@ -40,6 +32,18 @@ class Limiter:
                 retry_after=1,
             )
         self._in_flight[key.id] += 1
+        if key.rpm_limit:
+            item = self._items.get(key.rpm_limit)
+            if item is None:
+                item = self._items.setdefault(key.rpm_limit, RateLimitItemPerMinute(key.rpm_limit))
+            if not await self._rate.hit(item, "key", str(key.id)):
+                self.release(key)
+                stats = await self._rate.get_window_stats(item, "key", str(key.id))
+                wait = max(1, math.ceil(stats.reset_time - time.time()))
+                raise RateLimited(
+                    f"This key allows {key.rpm_limit} requests per minute; retry in {wait} s.",
+                    retry_after=wait,
+                )
 
     def release(self, key: KeyRecord) -> None:
         left = self._in_flight[key.id] - 1

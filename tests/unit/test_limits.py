@@ -147,3 +147,30 @@ async def test_a_refused_request_takes_no_slot() -> None:
             await limiter.acquire(limited)
     limiter.release(limited)  # the one that got in: the refusals held nothing
     await limiter.acquire(limited)
+
+
+async def test_a_request_refused_for_concurrency_uses_none_of_the_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    Clock(monkeypatch)
+    limiter, limited = Limiter(), key(1, rpm=2, concurrency=1)
+    await limiter.acquire(limited)
+    with pytest.raises(RateLimited) as busy:
+        await limiter.acquire(limited)
+    assert busy.value.retry_after == 1  # "wait for one to finish", not the minute's limit
+    limiter.release(limited)
+    await limiter.acquire(limited)  # the second of the minute's two requests
+
+
+async def test_a_request_refused_for_the_rate_holds_no_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    Clock(monkeypatch)
+    limiter, limited = Limiter(), key(1, rpm=1, concurrency=1)
+    await limiter.acquire(limited)
+    limiter.release(limited)
+    with pytest.raises(RateLimited) as rate:
+        await limiter.acquire(limited)
+    assert "per minute" in rate.value.message
+    unlimited_rate = key(1, concurrency=1)  # the same key id, no rate: its slot must be free
+    await limiter.acquire(unlimited_rate)
