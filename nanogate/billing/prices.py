@@ -123,11 +123,6 @@ def quote(call: Call) -> Quote:
     )
 
 
-def estimate(call: Call) -> int:
-    """The most `call` can cost: its worst case."""
-    return quote(call).worst
-
-
 def _inline_chars(request: Any) -> int:
     """Characters of inline (base64) data in the request's contents."""
     total = 0

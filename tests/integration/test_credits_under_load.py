@@ -33,7 +33,7 @@ BODY = {
 
 def estimate() -> int:
     call = parse_call("x", "generateContent", load_catalog().resolve(MODEL), orjson.dumps(BODY))
-    return prices.estimate(call)
+    return prices.quote(call).worst
 
 
 async def burst(url: str, key: str, count: int) -> list[httpx.Response | Exception]:

@@ -90,14 +90,14 @@ def test_estimate_covers_images_output_budget_and_input() -> None:
     spec = call.model
     body_chars = len(call.body)
     expected_micro = -(-body_chars // 3) * 2_000_000 + 1000 * 12_000_000 + 2 * 2000 * 120_000_000
-    assert prices.estimate(call) == -(-expected_micro // 1_000_000)
-    assert prices.estimate(call) >= prices.price(spec, Usage(output_image=4000, images=2), "4K")
+    assert prices.quote(call).worst == -(-expected_micro // 1_000_000)
+    assert prices.quote(call).worst >= prices.price(spec, Usage(output_image=4000, images=2), "4K")
 
 
 def test_estimate_defaults_to_the_models_output_limit() -> None:
     call = _call("gemini-2.5-flash-image", _prompt())
     budget_only = 32_768 * 2_500_000 // 1_000_000
-    assert prices.estimate(call) > budget_only + 38_700
+    assert prices.quote(call).worst > budget_only + 38_700
 
 
 def test_estimate_excludes_inline_data_but_counts_input_images() -> None:
@@ -112,7 +112,7 @@ def test_estimate_excludes_inline_data_but_counts_input_images() -> None:
     call = _call("gemini-2.5-flash-image", with_image)
     text_tokens = -(-(len(call.body) - len(png)) // 3)
     micro = text_tokens * 300_000 + 258 * 300_000 + 10 * 2_500_000 + 1290 * 30_000_000
-    assert prices.estimate(call) == -(-micro // 1_000_000)
+    assert prices.quote(call).worst == -(-micro // 1_000_000)
 
 
 def test_text_only_modalities_reserve_no_image() -> None:
@@ -124,12 +124,12 @@ def test_text_only_modalities_reserve_no_image() -> None:
     )
     assert not prices.expects_image(text_only) and prices.expects_image(both)
     # One image's 38,700 credits, plus the few characters "IMAGE" adds to the body.
-    assert 38_700 <= prices.estimate(both) - prices.estimate(text_only) <= 38_701
+    assert 38_700 <= prices.quote(both).worst - prices.quote(text_only).worst <= 38_701
 
 
 def test_count_tokens_is_free() -> None:
     call = _call("gemini-2.5-flash", {"contents": [{"parts": [{"text": "x"}]}]}, "countTokens")
-    assert prices.estimate(call) == 0
+    assert prices.quote(call).worst == 0
 
 
 def test_input_price_is_the_prompt_alone() -> None:
@@ -147,7 +147,7 @@ def test_quote_certain_is_the_input_and_the_images_asked_for() -> None:
     assert quote.likely == quote.certain + 256 * 2_500_000 // 1_000_000
     # Worst: the whole 32,768-token output budget.
     assert quote.worst == quote.certain + 32_768 * 2_500_000 // 1_000_000
-    assert quote.worst == prices.estimate(call)
+    assert quote.worst == prices.quote(call).worst
 
 
 def test_quote_takes_max_output_tokens_as_the_allowance() -> None:
