@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint services bench clean
+.PHONY: serve test lint services bench perf clean
 
 # Debian splits venv out of python3: install it when the first try fails.
 $(BIN)/nanogate: pyproject.toml
@@ -17,6 +17,8 @@ $(VENV)/.test-deps: $(BIN)/nanogate
 # The console tests drive Debian's Chromium through Playwright (never a downloaded browser
 # build): install the package when it is missing.
 	@[ -x /usr/bin/chromium ] || scripts/apt-install.sh chromium
+# The cluster tests put Debian's nginx in front of three gateway nodes.
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || scripts/apt-install.sh nginx
 	@touch $@
 
 # PostgreSQL (127.0.0.1:5432, database `test`) and Redis, installed and started when missing;
@@ -38,6 +40,12 @@ test: lint services
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python bench/relay.py
+
+# nanogate next to a bare forwarder, nginx and its peers (docs/performance.md); granian and
+# matplotlib come from the bench extra, the peers install themselves under bench/.cache.
+perf: $(VENV)/.test-deps
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/perf.py
 
 clean:
 	rm -rf $(VENV) nanogate-data .mypy_cache .ruff_cache .pytest_cache

@@ -1,8 +1,8 @@
 """What the benchmark scripts share: starting the simulator and `nanogate serve` as child
 processes, percentiles, the client's event loop, and stopping cleanly on a signal.
 
-Not a benchmark itself; `bench/relay.py`, `bench/tasks.py`, `bench/slow.py` and
-`bench/console.py` import it (each script's own directory is first on sys.path when it runs).
+Not a benchmark itself; `bench/relay.py`, `bench/tasks.py`, `bench/slow.py`, `bench/console.py`
+and `bench/perf.py` import it (each script's own directory is first on sys.path when it runs).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 from sqlalchemy.engine import make_url
@@ -110,18 +110,28 @@ class Launch:
 
 
 def spawn_gateway(
-    stack: ExitStack, tmp: Path, port: int, env: dict[str, str], name: str = "gateway"
+    stack: ExitStack,
+    tmp: Path,
+    port: int,
+    env: dict[str, str],
+    name: str = "gateway",
+    source: Path | None = None,
 ) -> Launch:
     """`nanogate serve` with `env` (which must set NANOGATE_PORT to `port` and a fresh data
     dir, so it creates its first keys), stopped when `stack` closes; returns at once, so several
-    gateways can start side by side (`ready()` each afterwards)."""
+    gateways can start side by side (`ready()` each afterwards). With `source`, the package is
+    imported from that source tree (another commit's checkout) instead of the installed one."""
     log = tmp / "gateway.log"
+    if source is not None:
+        # `python -m` puts the working directory first on sys.path, ahead of the install.
+        env = {**env, "PYTHONPATH": str(source)}
     proc = subprocess.Popen(
         list(GATEWAY_COMMAND),
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
         text=True,
         env=env,
+        cwd=source,
     )
     stack.callback(stop, proc)
     return Launch(name, port, proc, pump_stdout(proc), log)
@@ -321,3 +331,13 @@ def postgres_database(
     if not keep:
         stack.callback(postgres.drop_database, name, admin_url)
     return url
+
+
+def run_script(main: Callable[[], int], stopped: str = "child processes stopped") -> NoReturn:
+    """Exit with `main()`'s code; Ctrl-C (or a signal interrupt_on_signals turned into one)
+    exits 130 after saying what was stopped, without a traceback."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; {stopped}", file=sys.stderr)
+        sys.exit(130)

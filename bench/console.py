@@ -76,6 +76,7 @@ from common import (
     machine,
     percentile,
     postgres_database,
+    run_script,
     spawn_gateway,
     wait_healthy,
     write_json,
@@ -1178,8 +1179,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; the gateway stopped", file=sys.stderr)
-        sys.exit(130)
+    run_script(main, "the gateway stopped")

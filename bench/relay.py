@@ -1,6 +1,7 @@
 """Relay overhead: the simulator called directly vs. the gateway relaying to that same simulator.
 
-Run `python bench/relay.py [--quick] [--no-stream] [--no-chat] [--only-metering] [--rounds N]`
+Run `python bench/relay.py [--quick] [--no-stream] [--no-chat] [--only-metering] [--redis]
+[--postgres] [--rounds N] [--only-images] [--image-requests N] [--before DIR]`
 (or `make bench`). The script starts its own processes on free loopback ports (a simulator, and
 `nanogate serve` with a temporary data dir and a config whose only upstream is that simulator),
 drives them with an aiohttp load generator in this process (uvloop when installed), prints
@@ -26,14 +27,18 @@ A. small text `generateContent`, closed loop at concurrency 1 and 32: requests/s
    hold still pending. `--only-metering` runs just this scenario (no chat). The chat target
    runs on the metered gateway in the same alternating rounds; chat/gateway compares it with
    the Gemini route.
-B. 16 MiB images (about 22 MB of base64 JSON per response), 8 in flight, a fixed number of
-   requests, on a fresh simulator (`--image-bytes`) and a fresh gateway: wall time, per-request
-   p50/p99, MB/s, and the RSS of the server under test (the simulator for direct, the gateway
-   for the relay): the baseline just before, the peak of samples taken every 20 ms, and the
-   kernel's high-water mark VmHWM (since the process started). The chat target gets a fresh
-   gateway of its own; its answer carries the image as a data URL in
-   choices[0].message.images[0].image_url.url, checked by a byte search and its length (no
-   JSON parsing in the client).
+B. 16 MiB images (about 22 MB of base64 JSON per response), 8 in flight, a burst of a fixed
+   number of requests per target and round (the rounds alternate the order of the targets, as
+   in A), on a fresh simulator (`--image-bytes`) and fresh gateways: wall time per burst,
+   per-request p50/p99, MB/s, and the RSS of the server under test (the simulator for
+   direct, the gateway for the relay): the lowest baseline just before a burst, the peak of
+   samples taken every 20 ms, and the kernel's high-water mark VmHWM (since the process
+   started). The chat target gets a fresh gateway of its own; its answer carries the image as
+   a data URL in choices[0].message.images[0].image_url.url, checked by a byte search and its
+   length (no JSON parsing in the client). `--image-requests` sets the burst's size (8 quick,
+   24 full). With `--before DIR`, two more targets, "before" (the Gemini route) and
+   "chat-before", on gateways run from the source tree at DIR (say `git worktree add DIR
+   main`): a change measured against its base in the same run, each next to direct.
 C. `streamGenerateContent?alt=sse` of small text at concurrency 32, like A: requests/s, time to
    first byte and total time, p50/p99.
 D. (with chat) peak RSS per in-flight 16 MiB image: K images at once (K = 4, 8), K x waves
@@ -42,6 +47,19 @@ D. (with chat) peak RSS per in-flight 16 MiB image: K images at once (K = 4, 8),
    /proc/<pid>/clear_refs just before the burst) minus the idle RSS after a small warm-up;
    reported as growth / K / 16 MiB, the multiple of the image's size each in-flight image
    costs (the target for chat: under 3x), with the RSS left after the burst.
+
+`--only-images` runs B and D alone.
+
+With `--redis`, scenario A has one more target, "redis": a metered gateway with
+NANOGATE_REDIS_URL (the machine's Redis, under a fresh key prefix), the cluster mode's limiter.
+Then the "gateway" and "redis" targets both call with a key that has limits (far above the
+load), so one counts them in memory and the other in Redis: redis/gateway is what the shared
+limiter costs a request (the unknown-key check and the admission script before the call, the
+slot's release after).
+
+With `--postgres`, scenario A has one more target, "postgres": a metered gateway on a fresh
+database on the tests' PostgreSQL server (127.0.0.1:5432, or NANOGATE_TEST_PG_URL): postgres/
+gateway is what moving the ledger from the SQLite default to PostgreSQL costs a request.
 
 How to read it: the gateway/direct ratios are the point, and chat/gateway for the chat dialect.
 For throughput (req/s, MB/s) 1.00x means the relay (or the conversion) costs nothing; for
@@ -61,14 +79,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sqlite3
-import sys
+import subprocess
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +94,7 @@ import aiohttp
 import orjson
 import yaml
 from common import (
+    GATEWAY_COMMAND,
     SIM_KEY,
     STARTER_CREDITS,
     Launch,
@@ -86,14 +105,19 @@ from common import (
     loop_factory,
     machine,
     percentile,
+    postgres_database,
+    run_script,
     spawn_gateway,
     start_simulator,
     write_json,
 )
 
+from tests import postgres, redis_server
 from tests.simulator.processes import free_port
 
 TEXT_MODEL = "gemini-2.5-flash"
+# The server --postgres makes its database on (the tests' own; NANOGATE_TEST_PG_URL for another).
+PG_SERVER = postgres.SERVER_URL
 IMAGE_MODEL = "gemini-2.5-flash-image"
 TEXT_BODY = b'{"contents":[{"parts":[{"text":"hello"}]}]}'
 IMAGE_BYTES = 16 * 1024 * 1024
@@ -129,14 +153,14 @@ class Knobs:
         return self.duration_s / self.rounds
 
 
-def knobs_for(quick: bool, rounds: int | None = None) -> Knobs:
+def knobs_for(quick: bool, rounds: int | None = None, image_requests: int | None = None) -> Knobs:
     return Knobs(
         duration_s=3.0 if quick else 10.0,
         warmup_s=1.0,
         text_concurrency=(1, 32),
         stream_concurrency=32,
         image_concurrency=8,
-        image_requests=8 if quick else 24,
+        image_requests=image_requests or (8 if quick else 24),
         image_bytes=IMAGE_BYTES,
         rounds=rounds or (1 if quick else 2),
         inflight=(4, 8),
@@ -175,32 +199,72 @@ def metered_env(tmp: Path, port: int, config: Path, *, metering: bool) -> dict[s
 
 
 def spawn_gateway_on(
-    stack: ExitStack, tmp: Path, sim: Server, *, metering: bool = True, name: str = "gateway"
+    stack: ExitStack,
+    tmp: Path,
+    sim: Server,
+    *,
+    metering: bool = True,
+    name: str = "gateway",
+    source: Path | None = None,
+    **settings: str,
 ) -> Launch:
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "nanogate.yaml"
     config.write_text(yaml.safe_dump(gateway_config(sim.url)))
     port = free_port()
-    env = metered_env(tmp, port, config, metering=metering)
-    return spawn_gateway(stack, tmp, port, env, name)
+    env = {**metered_env(tmp, port, config, metering=metering), **settings}
+    return spawn_gateway(stack, tmp, port, env, name, source)
 
 
 def start_gateway(
-    stack: ExitStack, tmp: Path, sim: Server, *, metering: bool = True, name: str = "gateway"
+    stack: ExitStack,
+    tmp: Path,
+    sim: Server,
+    *,
+    metering: bool = True,
+    name: str = "gateway",
+    **settings: str,
 ) -> Server:
-    return spawn_gateway_on(stack, tmp, sim, metering=metering, name=name).ready()
+    return spawn_gateway_on(stack, tmp, sim, metering=metering, name=name, **settings).ready()
+
+
+# The --redis comparison's key, on the bench key's account: limits both gateways count, far
+# above what the load reaches.
+LIMITED_KEY = ("--account", "default", "--rpm", "100000000", "--concurrency", "100000")
+
+
+def with_limited_key(gateway: Server, data_root: Path) -> Server:
+    """`gateway`, with a key of LIMITED_KEY's limits made by `nanogate keys create` in its
+    database, as the key its target calls with."""
+    config = data_root / "nanogate.yaml"
+    env = metered_env(data_root, 0, config, metering=True)
+    made = subprocess.run(
+        [*GATEWAY_COMMAND[:-1], "keys", "create", "--name", "bench-limited", *LIMITED_KEY],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return replace(gateway, key=made.stdout.strip())
 
 
 def start_gateways(
-    stack: ExitStack, tmp: Path, sim: Server, roots: list[str]
+    stack: ExitStack,
+    tmp: Path,
+    sim: Server,
+    roots: list[str],
+    sources: dict[str, tuple[str, Path]] | None = None,
 ) -> dict[str, tuple[Server, ExitStack]]:
     """Fresh metered gateways on `sim`, one per data root under `tmp`, booted side by side (a
     start is ~3 s of CPU); each with an ExitStack of its own inside `stack`, to stop it as soon
-    as it has been measured."""
+    as it has been measured. `sources`: the roots whose gateway runs another source tree, with
+    its name."""
     launches = {}
     for root in roots:
         own = stack.enter_context(ExitStack())
-        launches[root] = (own, spawn_gateway_on(own, tmp / root, sim))
+        name, source = (sources or {}).get(root, ("gateway", None))
+        launches[root] = (own, spawn_gateway_on(own, tmp / root, sim, name=name, source=source))
     return {root: (launch.ready(), own) for root, (own, launch) in launches.items()}
 
 
@@ -498,15 +562,18 @@ def compare_closed_loop(
     knobs: Knobs,
     *,
     stream: bool,
+    build: Callable[[Target], Request] | None = None,
 ) -> list[dict[str, Any]]:
     """Every target in alternating rounds (in the given order, then reversed, ...), so a slow
-    patch of the shared machine hits every side instead of one."""
+    patch of the shared machine hits every side instead of one. Each target gets `build`'s
+    request (bench/perf.py's peers speak their own paths and headers), by default
+    `request_to`'s."""
     totals = {target.label: Measurement() for target in targets}
     for index in range(knobs.rounds):
         order = targets if index % 2 == 0 else targets[::-1]
         for target in order:
             print(f"  {name}: {target.label}, round {index + 1}/{knobs.rounds}", flush=True)
-            req = request_to(target, stream=stream)
+            req = build(target) if build else request_to(target, stream=stream)
             runner.run(closed_loop_round(target, req, concurrency, knobs, totals[target.label]))
     return [
         {"scenario": name, "target": label, "concurrency": concurrency, **total.summary()}
@@ -515,14 +582,19 @@ def compare_closed_loop(
 
 
 async def image_burst(
-    target: Target, concurrency: int, requests: int, *, fresh_hwm: bool = False
+    target: Target,
+    concurrency: int,
+    requests: int,
+    into: Measurement,
+    *,
+    fresh_hwm: bool = False,
 ) -> dict[str, Any]:
-    """`requests` big responses, `concurrency` in flight, RSS sampled throughout. With
+    """`requests` big responses, `concurrency` in flight, RSS sampled throughout; the samples
+    go `into` the target's measurement, the burst's RSS figures are returned. With
     `fresh_hwm`, the baseline waits for the warm-up to settle and VmHWM is reset just before
     the burst, so it reads the kernel's peak during the burst rather than since start."""
     req = request_to(target, image=True)
     warm = request_to(target)
-    total = Measurement()
     pid = target.server_pid
     async with session_for(concurrency) as session:
         # Small requests (in the target's dialect) open the pooled connections, fill the key
@@ -534,17 +606,38 @@ async def image_burst(
         with CpuMeter(target.pids) as cpu, RssSampler(pid) as rss:
             samples, wall = await run_count(session, req, concurrency, requests)
         hwm_kib = proc_status_kib(pid, "VmHWM")
-    total.add(samples, wall, cpu)
+    into.add(samples, wall, cpu)
+    return {
+        "rss_baseline_mib": rss.baseline_kib / 1024,
+        "rss_peak_mib": rss.peak_kib / 1024,
+        "rss_growth_mib": (rss.peak_kib - rss.baseline_kib) / 1024,
+        "rss_hwm_mib": hwm_kib / 1024,
+        "rss_hwm_reset": hwm_reset,
+        "rss_samples": rss.samples,
+    }
+
+
+async def warm_image(target: Target) -> None:
+    async with session_for(1) as session:
+        await run_count(session, request_to(target, image=True), 1, 1)
+
+
+def image_row(total: Measurement, bursts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One target's row over its bursts: throughput and latency over all of them, wall time
+    per burst, the lowest RSS baseline and the highest peaks."""
     row = total.summary()
+    samples, wall = total.samples, total.wall_s
     row.update(
+        bursts=len(bursts),
+        burst_s=wall / len(bursts),
         mb_per_s=samples.body_bytes / wall / 1e6 if wall else 0.0,
         body_mb=samples.body_bytes / max(samples.ok, 1) / 1e6,
-        rss_baseline_mib=rss.baseline_kib / 1024,
-        rss_peak_mib=rss.peak_kib / 1024,
-        rss_growth_mib=(rss.peak_kib - rss.baseline_kib) / 1024,
-        rss_hwm_mib=hwm_kib / 1024,
-        rss_hwm_reset=hwm_reset,
-        rss_samples=rss.samples,
+        rss_baseline_mib=min(b["rss_baseline_mib"] for b in bursts),
+        rss_peak_mib=max(b["rss_peak_mib"] for b in bursts),
+        rss_growth_mib=max(b["rss_growth_mib"] for b in bursts),
+        rss_hwm_mib=max(b["rss_hwm_mib"] for b in bursts),
+        rss_hwm_reset=all(b["rss_hwm_reset"] for b in bursts),
+        rss_samples=sum(b["rss_samples"] for b in bursts),
     )
     return row
 
@@ -552,20 +645,34 @@ async def image_burst(
 def compare_images(
     runner: asyncio.Runner, name: str, targets: tuple[Target, ...], knobs: Knobs
 ) -> list[dict[str, Any]]:
-    rows = []
+    """A burst per target per round, in alternating order (as in `compare_closed_loop`)."""
     concurrency = knobs.image_concurrency
-    for target in targets:
-        print(f"  {name}: {target.label}", flush=True)
-        row = runner.run(image_burst(target, concurrency, knobs.image_requests))
-        rows.append({"scenario": name, "target": target.label, "concurrency": concurrency, **row})
-    return rows
+    totals = {target.label: Measurement() for target in targets}
+    bursts: dict[str, list[dict[str, Any]]] = {target.label: [] for target in targets}
+    for index in range(knobs.rounds):
+        order = targets if index % 2 == 0 else targets[::-1]
+        for target in order:
+            label = target.label
+            print(f"  {name}: {label}, round {index + 1}/{knobs.rounds}", flush=True)
+            burst = image_burst(target, concurrency, knobs.image_requests, totals[label])
+            bursts[label].append(runner.run(burst))
+    return [
+        {
+            "scenario": name,
+            "target": target.label,
+            "concurrency": concurrency,
+            **image_row(totals[target.label], bursts[target.label]),
+        }
+        for target in targets
+    ]
 
 
 async def inflight_burst(target: Target, inflight: int, knobs: Knobs) -> dict[str, Any]:
     """Scenario D on one fresh gateway: `inflight` images at once, `inflight_waves` times over;
     what each in-flight image costs in peak RSS, in multiples of the image's size."""
     requests = inflight * knobs.inflight_waves
-    row = await image_burst(target, inflight, requests, fresh_hwm=True)
+    total = Measurement()
+    row = image_row(total, [await image_burst(target, inflight, requests, total, fresh_hwm=True)])
     await asyncio.sleep(SETTLE_S)
     after_kib = proc_status_kib(target.server_pid, "VmRSS")
     # The sampled peak can miss a short spike between samples; VmHWM (reset before) cannot.
@@ -589,10 +696,10 @@ def relay_target(sim: Server, gateway: Server) -> Target:
     return Target(gateway.name, gateway.url, gateway.key, gateway.pid, pids)
 
 
-def chat_target(sim: Server, gateway: Server) -> Target:
+def chat_target(sim: Server, gateway: Server, label: str = "chat") -> Target:
     """The chat dialect (POST /v1/chat/completions) on a metered gateway, labelled "chat"."""
     pids = {"gw": gateway.pid, "sim": sim.pid}
-    return Target("chat", gateway.url, gateway.key, gateway.pid, pids, chat=True)
+    return Target(label, gateway.url, gateway.key, gateway.pid, pids, chat=True)
 
 
 def targets_for(sim: Server, gateway: Server) -> tuple[Target, Target]:
@@ -629,10 +736,15 @@ def run_small_stack(
     stream: bool,
     unmetered: bool,
     chat: bool,
+    redis: bool = False,
+    postgres: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Scenarios A and C: one simulator with its small default reply, and one gateway on it
     (metering on); with `unmetered`, a second gateway with metering off as a target of A; with
-    `chat`, chat completions on the metered gateway as one more target of A.
+    `chat`, chat completions on the metered gateway as one more target of A; with `redis`, a
+    metered gateway with NANOGATE_REDIS_URL as one more target of A, it and the metered one
+    calling with a key that has limits; with `postgres`, a metered gateway on a fresh PostgreSQL
+    database as one more target of A.
     Returns the rows and, per gateway, what its ledger holds afterwards."""
     rows: list[dict[str, Any]] = []
     with ExitStack() as stack:
@@ -643,8 +755,31 @@ def run_small_stack(
             gateways.append(
                 (start_gateway(stack, root, sim, metering=False, name="unmetered"), root)
             )
+        if redis:
+            prefix = redis_server.fresh_prefix()
+            stack.callback(redis_server.drop_prefix, prefix)
+            root = tmp / "small-redis"
+            shared = start_gateway(
+                stack,
+                root,
+                sim,
+                name="redis",
+                NANOGATE_REDIS_URL=redis_server.SERVER_URL,
+                NANOGATE_REDIS_KEY_PREFIX=prefix,
+            )
+            gateways[0] = (with_limited_key(*gateways[0]), gateways[0][1])
+            gateways.append((with_limited_key(shared, root), root))
+        on_postgres = None
+        if postgres:
+            url = postgres_database(stack, PG_SERVER)
+            root = tmp / "small-postgres"
+            on_postgres = start_gateway(
+                stack, root, sim, name="postgres", NANOGATE_DATABASE_URL=url
+            )
         pair = targets_for(sim, gateways[0][0])
         text_targets = (*pair, *(relay_target(sim, gw) for gw, _ in gateways[1:]))
+        if on_postgres is not None:
+            text_targets += (relay_target(sim, on_postgres),)
         if chat:
             text_targets += (chat_target(sim, gateways[0][0]),)
         for c in knobs.text_concurrency:
@@ -660,24 +795,40 @@ def run_small_stack(
 
 
 def run_image_stack(
-    runner: asyncio.Runner, tmp: Path, knobs: Knobs, *, chat: bool
+    runner: asyncio.Runner, tmp: Path, knobs: Knobs, *, chat: bool, before: Path | None = None
 ) -> list[dict[str, Any]]:
     """Scenario B (and, with `chat`, D) on fresh processes, so each baseline RSS is a clean
     one: the chat target of B gets a gateway of its own, and so does every row of D. They all
     start side by side before the first measurement, idle until their turn, and each stops
-    once measured."""
+    once measured (B's once all its rounds are done). With `before`, B also runs on gateways
+    from that source tree."""
     inflight = [(k, label) for k in knobs.inflight for label in ROUTES] if chat else []
     roots = ["image", *(["image-chat"] if chat else []), *(inflight_root(*x) for x in inflight)]
+    sources = {}
+    if before is not None:
+        sources["image-before"] = ("before", before)
+        if chat:
+            sources["image-chat-before"] = ("chat-before", before)
+        roots += list(sources)
     with ExitStack() as stack:
         sim = start_simulator(stack, tmp, knobs.image_bytes)
-        gateways = start_gateways(stack, tmp, sim, roots)
-        gateway, own = gateways["image"]
-        rows = compare_images(runner, "B 16MiB images", targets_for(sim, gateway), knobs)
-        own.close()
+        gateways = start_gateways(stack, tmp, sim, roots, sources)
+        gateway, _ = gateways["image"]
+        targets = targets_for(sim, gateway)
         if chat:
-            gateway, own = gateways["image-chat"]
-            rows += compare_images(runner, "B 16MiB images", (chat_target(sim, gateway),), knobs)
-            own.close()
+            targets += (chat_target(sim, gateways["image-chat"][0]),)
+        for root, (label, _) in sources.items():
+            gateway = gateways[root][0]
+            if label == "before":
+                targets += (relay_target(sim, gateway),)
+            else:
+                targets += (chat_target(sim, gateway, label),)
+        # The simulator makes its image on the first call: not in the first target's burst.
+        runner.run(warm_image(targets[0]))
+        rows = compare_images(runner, "B 16MiB images", targets, knobs)
+        for root in ["image", *(["image-chat"] if chat else []), *sources]:
+            gateways[root][1].close()
+        if chat:
             rows += compare_inflight(runner, sim, knobs, gateways)
         return rows
 
@@ -770,7 +921,7 @@ STREAM_COLUMNS: list[Column] = [
 IMAGE_COLUMNS: list[Column] = [
     *LEAD,
     *COUNTS,
-    ("wall s", _get("wall_s"), 2),
+    ("s/burst", _get("burst_s"), 2),
     ("MB/s", _get("mb_per_s"), 0),
     ("p50 ms", _get("p50_ms"), 0),
     ("p99 ms", _get("p99_ms"), 0),
@@ -797,7 +948,7 @@ INFLIGHT_COLUMNS: list[Column] = [
 # Which gateway/direct ratios to show per scenario family (by the scenario's first letter).
 RATIO_KEYS = {
     "A": ["rps", "p50_ms", "p99_ms"],
-    "B": ["mb_per_s", "p50_ms", "p99_ms", "rss_peak_mib", "rss_growth_mib"],
+    "B": ["burst_s", "mb_per_s", "p50_ms", "p99_ms", "rss_peak_mib", "rss_growth_mib"],
     "C": ["rps", "ttfb_p50_ms", "ttfb_p99_ms", "p50_ms", "p99_ms"],
     "D": ["x_image_per_inflight", "inflight_growth_mib", "mb_per_s"],
 }
@@ -847,6 +998,39 @@ def metering_cost(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | Non
             "gw_cpu_delta_ms_per_req": _minus(*gw_cpu),
         }
     return out
+
+
+def cost_against_gateway(
+    rows: list[dict[str, Any]], target: str
+) -> dict[str, dict[str, float | None]]:
+    """What `target` ("redis": limits in Redis, --redis; "postgres": the ledger on PostgreSQL,
+    --postgres) adds to a request next to the metered SQLite "gateway", per scenario:
+    target/gateway req/s, and target minus gateway p50, p99 (ms) and gateway CPU (ms/req)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for scenario, targets in by_scenario(rows).items():
+        base, other = targets.get("gateway"), targets.get(target)
+        if base is None or other is None:
+            continue
+        out[scenario] = {
+            "rps_ratio": other["rps"] / base["rps"] if base["rps"] else None,
+            "p50_delta_ms": _minus(other["p50_ms"], base["p50_ms"]),
+            "p99_delta_ms": _minus(other["p99_ms"], base["p99_ms"]),
+            "gw_cpu_delta_ms_per_req": _minus(
+                other["cpu_ms_per_req"].get("gw"), base["cpu_ms_per_req"].get("gw")
+            ),
+        }
+    return out
+
+
+def print_cost(title: str, cost: dict[str, dict[str, float | None]]) -> None:
+    print(f"\n{title}")
+    for scenario, values in cost.items():
+        print(
+            f"  {scenario:<16} req/s={_fmt(values['rps_ratio'], 2)}x  "
+            f"p50 {_signed(values['p50_delta_ms'], 3)} ms  "
+            f"p99 {_signed(values['p99_delta_ms'], 3)} ms  "
+            f"gw cpu {_signed(values['gw_cpu_delta_ms_per_req'], 3)} ms/req"
+        )
 
 
 def _signed(value: float | None, digits: int) -> str:
@@ -971,6 +1155,27 @@ def report(
     alone = ratios(rows, "unmetered")
     if cost:
         print_metering(cost, alone)
+    shared_limits = cost_against_gateway(rows, "redis")
+    if shared_limits:
+        print_cost(
+            "limits in Redis vs in memory, both keys limited (req/s: redis/gateway, 1.00x = "
+            "free; p50, p99, gw cpu: redis minus gateway)",
+            shared_limits,
+        )
+    on_postgres = cost_against_gateway(rows, "postgres")
+    if on_postgres:
+        print_cost(
+            "metering on PostgreSQL vs the SQLite default (req/s: postgres/gateway; "
+            "p50, p99, gw cpu: postgres minus gateway)",
+            on_postgres,
+        )
+    before = {label: ratios(rows, label) for label in ("before", "chat-before")}
+    if any(before.values()):
+        print("\nthe --before source tree's gateways / direct (same metrics)")
+        for label, table_of in before.items():
+            for scenario, values in table_of.items():
+                shown = "  ".join(f"{k}={_fmt(v, 2)}x" for k, v in values.items())
+                print(f"  {label:<11} {scenario:<16} {shown}")
     chat_vs_gemini, chat_vs_direct = ratios(rows, "chat", "gateway"), ratios(rows, "chat")
     per_inflight = inflight_summary(rows)
     if chat_vs_gemini:
@@ -987,6 +1192,9 @@ def report(
         "results": rows,
         "ratios": table,
         "metering": {"metered_vs_unmetered": cost, "unmetered_ratios": alone, "ledger": ledgers},
+        "redis_limiter": shared_limits,
+        "postgres_metering": on_postgres,
+        "before_ratios": before,
         "chat": {
             "vs_gemini_route": chat_vs_gemini,
             "vs_direct": chat_vs_direct,
@@ -1017,12 +1225,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="no chat completions target (in A and B) and no scenario D",
     )
     parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="one more target in A: a gateway with its limits in the machine's Redis",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="one more target in A: a metered gateway on a fresh PostgreSQL database",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=None,
         help="alternating rounds the duration is split into (default 1 quick, 2 full)",
     )
+    parser.add_argument(
+        "--only-images", action="store_true", help="only scenarios B and D (the 16 MiB images)"
+    )
+    parser.add_argument(
+        "--image-requests",
+        type=int,
+        default=None,
+        help="16 MiB image requests per target in B (default 8 quick, 24 full)",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="B also on gateways run from the source tree at DIR (e.g. a worktree of main)",
+    )
     args = parser.parse_args(argv)
+    if args.only_metering and args.only_images:
+        parser.error("--only-metering and --only-images exclude each other")
+    if args.before is not None and not (args.before / "nanogate" / "__init__.py").is_file():
+        parser.error(f"--before {args.before}: no nanogate package there")
+    if args.image_requests is not None and args.image_requests < 1:
+        parser.error("--image-requests must be at least 1")
     if args.only_metering and args.no_unmetered:
         parser.error("--only-metering needs the unmetered gateway")
     if args.rounds is not None and args.rounds < 1:
@@ -1032,7 +1272,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    knobs = knobs_for(args.quick, args.rounds)
+    knobs = knobs_for(args.quick, args.rounds, args.image_requests)
     factory, loop_name = loop_factory()
     env = machine(
         loop_name,
@@ -1046,6 +1286,11 @@ def main(argv: list[str] | None = None) -> int:
         note="client (this process), gateway and simulator share the same CPUs",
     )
     env["only_metering"] = args.only_metering
+    env["only_images"] = args.only_images
+    env["before"] = str(args.before.resolve()) if args.before else None
+    if args.redis:
+        env["gateway_env"]["NANOGATE_REDIS_URL"] = {"redis": redis_server.SERVER_URL}
+        env["limited_key"] = " ".join(LIMITED_KEY)
     chat = not (args.no_chat or args.only_metering)
     env["chat"] = chat
     env["gateway_env"]["NANOGATE_METERING"] = {"gateway": "true"}
@@ -1061,19 +1306,26 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         stream = not (args.no_stream or args.only_metering)
         unmetered = not args.no_unmetered
-        rows, ledgers = run_small_stack(
-            runner, tmp, knobs, stream=stream, unmetered=unmetered, chat=chat
-        )
+        rows: list[dict[str, Any]] = []
+        ledgers: dict[str, dict[str, Any]] = {}
+        if not args.only_images:
+            rows, ledgers = run_small_stack(
+                runner,
+                tmp,
+                knobs,
+                stream=stream,
+                unmetered=unmetered,
+                chat=chat,
+                redis=args.redis,
+                postgres=args.postgres,
+            )
         if not args.only_metering:
-            rows += run_image_stack(runner, tmp, knobs, chat=chat)
+            before = args.before.resolve() if args.before else None
+            rows += run_image_stack(runner, tmp, knobs, chat=chat, before=before)
     doc = report(env, rows, ledgers)
     write_json(RESULTS, doc)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; child processes stopped", file=sys.stderr)
-        sys.exit(130)
+    run_script(main)

@@ -82,6 +82,7 @@ from common import (
     machine,
     percentile,
     postgres_database,
+    run_script,
     start_simulator,
     write_json,
 )
@@ -814,8 +815,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; child processes stopped", file=sys.stderr)
-        sys.exit(130)
+    run_script(main)

@@ -22,6 +22,12 @@ A concurrency cap is optional (`max_concurrency`). A full upstream spills over t
 candidate with room; when none has room, the call waits up to `queue_timeout_s` for a slot of
 the first, then takes any candidate with room, or gets 429 with Retry-After: never a hang.
 
+In cluster mode (`share`) the nodes share what they learn: a node whose breaker opens, or that
+gets a Retry-After, tells the others through Redis, and they apply it to their own copy at once,
+so they skip the upstream without spending a request to learn it. Only the node holding the
+probe lock health-checks a cooled-down upstream; its verdict reaches the others the same way.
+With Redis down each node keeps its own breakers, as a single node does.
+
 Per-upstream figures (in flight, recent latency and error rate) are plain counters and fixed
 rings, updated without locks or allocation; they are only summarised when read
 (`GET /admin/upstreams`, `/metrics`).
@@ -36,11 +42,12 @@ import math
 import random
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from nanogate.access.cluster import UPSTREAMS, Cooldowns, Message
 from nanogate.core import metrics
 from nanogate.core.config import UpstreamConfig
 from nanogate.core.errors import (
@@ -191,6 +198,7 @@ class Target:
     in_flight: int = 0
     waiting: int = 0
     skip_until: float = 0.0  # monotonic; the upstream's Retry-After
+    reported_by: str | None = None  # the other node whose report set the state above
 
     @property
     def name(self) -> str:
@@ -237,20 +245,87 @@ class Router:
         deadline_s: float = 600.0,
         probe_every_s: float = PROBE_EVERY_S,
     ) -> None:
-        self.targets = [
-            Target(
-                cfg,
-                adapter,
-                Breaker(cfg.breaker_failures, cfg.breaker_cooldown_s),
-                asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None,
-            )
-            for cfg, adapter in upstreams
-        ]
+        self.targets = [_target(cfg, adapter) for cfg, adapter in upstreams]
         self.max_attempts = max_attempts
         self.deadline_s = deadline_s
         self.probe_every_s = probe_every_s
         self._groups: dict[str, list[list[Target]]] = {}
         self._prober: asyncio.Task[None] | None = None
+        self._shared: Cooldowns | None = None
+        self._telling: set[asyncio.Task[None]] = set()
+
+    def replace(
+        self,
+        upstreams: list[UpstreamConfig],
+        build: Callable[[UpstreamConfig], Upstream],
+        *,
+        max_attempts: int,
+        deadline_s: float,
+    ) -> list[Upstream]:
+        """Route to `upstreams` from now on (a config reload). One whose settings did not
+        change keeps its adapter (and connections), breaker and figures; the adapters of the
+        changed and removed ones are returned, to close once the calls using them are done."""
+        current = {t.name: t for t in self.targets}
+        targets = []
+        for cfg in upstreams:
+            same = current.get(cfg.name)
+            if same is not None and same.config == cfg:
+                targets.append(current.pop(cfg.name))
+            else:
+                targets.append(_target(cfg, build(cfg)))
+        self.targets = targets
+        self._groups = {}
+        self.max_attempts = max_attempts
+        self.deadline_s = deadline_s
+        return [t.adapter for t in current.values()]
+
+    def share(self, cooldowns: Cooldowns) -> None:
+        """Cluster mode: tell the other nodes which upstreams fail, and heed what they tell."""
+        self._shared = cooldowns
+        cooldowns.bus.subscribe(UPSTREAMS, self._heard)
+        cooldowns.bus.on_connect(self._catch_up)
+
+    def _heard(self, message: Message) -> None:
+        target = next((t for t in self.targets if t.name == message.get("upstream")), None)
+        if target is None:
+            return
+        now = time.monotonic()
+        if message.get("closed"):
+            if not target.breaker.closed:
+                target.breaker.recovered()
+            target.reported_by = None
+            return
+        breaker = target.breaker
+        open_s = float(message.get("open_s") or 0)
+        skip_s = float(message.get("skip_s") or 0)
+        if open_s > 0 and now + open_s > breaker.open_until:
+            if breaker.closed:
+                log.warning(
+                    "upstream cooling down (reported by another node)",
+                    extra={"upstream": target.name, "node": message.get("node")},
+                )
+            breaker.open_until = now + open_s
+            breaker.failures = max(breaker.failures, breaker.threshold)
+            target.reported_by = message.get("node")
+        if skip_s > 0 and now + skip_s > target.skip_until:
+            target.skip_until = now + min(skip_s, MAX_SKIP_S)
+            target.reported_by = message.get("node")
+
+    async def _catch_up(self) -> None:
+        assert self._shared is not None
+        for message in await self._shared.current([t.name for t in self.targets]):
+            self._heard(message)
+
+    def _tell(self, target: Target, *, open_s: float | None, skip_s: float | None) -> None:
+        """Report a failing upstream to the other nodes, in the background: the call that saw
+        it fail goes on to its next candidate without waiting for Redis."""
+        if self._shared is None:
+            return
+        task = asyncio.create_task(
+            self._shared.report(target.name, open_s=open_s, skip_s=skip_s), name="tell-nodes"
+        )
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
 
     # -- choosing ----------------------------------------------------------------------------
 
@@ -420,14 +495,19 @@ class Router:
             was_closed = target.breaker.closed
             target.breaker.failure(now)
             target.stats.outcome(True)
-            if exc.retry_after and exc.retry_after > 0:
-                skip = now + min(exc.retry_after, MAX_SKIP_S)
-                target.skip_until = max(target.skip_until, skip)
-            if was_closed and not target.breaker.closed:
+            skip_s = min(exc.retry_after, MAX_SKIP_S) if exc.retry_after else 0.0
+            if skip_s > 0:
+                target.skip_until = max(target.skip_until, now + skip_s)
+            opened = was_closed and not target.breaker.closed
+            if opened:
+                target.reported_by = None
                 log.warning(
                     "upstream cooling down",
                     extra={"upstream": target.name, "cooldown_s": target.breaker.cooldown_s},
                 )
+            if opened or skip_s > 0:
+                open_s = target.breaker.cooldown_s if opened else None
+                self._tell(target, open_s=open_s, skip_s=skip_s or None)
         else:
             # It answered, about the request: the upstream itself is healthy.
             target.breaker.success()
@@ -463,6 +543,8 @@ class Router:
 
     async def stop(self) -> None:
         metrics.withdraw_upstreams(self.samples)
+        for task in self._telling:
+            task.cancel()
         prober, self._prober = self._prober, None
         if prober is not None:
             prober.cancel()
@@ -487,6 +569,10 @@ class Router:
         return [t.name for t, ok in zip(due, results, strict=True) if ok]
 
     async def _probe(self, target: Target) -> bool:
+        shared = self._shared
+        # Another node is probing it: its verdict will arrive; meanwhile it stays half-open.
+        if shared is not None and not await shared.take_probe(target.name, PROBE_TIMEOUT_S):
+            return False
         target.breaker.rearm(time.monotonic())  # stays open while the probe runs
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
@@ -495,9 +581,16 @@ class Router:
             healthy = False
         if healthy:
             target.breaker.recovered()
+            target.reported_by = None
             log.info("upstream back after a health probe", extra={"upstream": target.name})
         else:
             target.breaker.rearm(time.monotonic())
+        if shared is not None:
+            if healthy:
+                await shared.recovered(target.name)
+            else:
+                await shared.report(target.name, open_s=target.breaker.cooldown_s)
+            await shared.release_probe(target.name)
         return healthy
 
     # -- reporting ---------------------------------------------------------------------------
@@ -541,6 +634,7 @@ class Router:
                         else None
                     ),
                     "retry_after": math.ceil(skip) if skip > 0 else None,
+                    "reported_by": t.reported_by if not t.breaker.closed or skip > 0 else None,
                 }
             )
         return out
@@ -570,6 +664,15 @@ class Router:
     async def close(self) -> None:
         for target in self.targets:
             await target.adapter.close()
+
+
+def _target(cfg: UpstreamConfig, adapter: Upstream) -> Target:
+    return Target(
+        cfg,
+        adapter,
+        Breaker(cfg.breaker_failures, cfg.breaker_cooldown_s),
+        asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None,
+    )
 
 
 def _weighted_order(group: list[Target]) -> list[Target]:

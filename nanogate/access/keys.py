@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Row, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import ColumnElement, Row, and_, exists, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from nanogate.access.cluster import INVALIDATE, Bus, Message
 from nanogate.db.tables import accounts, api_keys, utcnow
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,35 @@ KeyStatus = Literal["active", "revoked", "expired"]
 _KEY_RE = re.compile(r"(?P<prefix>nga?_[0-9a-f]{8})_[A-Za-z0-9_-]{43}")
 # Negative lookups are cached too, so a flood of made-up keys cannot grow memory without bound.
 _CACHE_MAX_ENTRIES = 50_000
+
+
+class LastAdminKey(Exception):
+    """A revocation or expiry refused: it would leave no active admin key."""
+
+
+def another_admin(now: datetime) -> ColumnElement[bool]:
+    """Whether an active, unexpired admin key other than the `api_keys` row in hand exists."""
+    other = api_keys.alias("other")
+    return exists(
+        select(other.c.id).where(
+            other.c.is_admin,
+            other.c.revoked_at.is_(None),
+            or_(other.c.expires_at.is_(None), other.c.expires_at > now),
+            other.c.id != api_keys.c.id,
+        )
+    )
+
+
+async def lock_admins(conn: AsyncConnection) -> None:
+    """Two changes at once must not each count the other's key as the one left: on PostgreSQL,
+    with the active admin rows locked, the second waits and then sees the first. (On SQLite
+    the write that follows is atomic: it takes the database's write lock.)"""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            select(api_keys.c.id)
+            .where(api_keys.c.is_admin, api_keys.c.revoked_at.is_(None))
+            .with_for_update()
+        )
 
 
 def new_key(is_admin: bool = False) -> tuple[str, str]:
@@ -123,7 +153,9 @@ class KeyLookup:
     Issuing keys (with their accounts and credits) is billing's: see billing/keys.py.
 
     The cache means a revocation made by another process takes effect within `cache_seconds`;
-    one made through this store takes effect at once.
+    one made through this store takes effect at once. In cluster mode (`listen`) changes are
+    also published, so every listening node drops its copy at once; `cache_seconds` remains
+    the bound only while Redis is down.
     """
 
     def __init__(
@@ -137,6 +169,31 @@ class KeyLookup:
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[float, _Found]] = {}
+        self._bus: Bus | None = None
+
+    def announce(self, bus: Bus) -> None:
+        """Cluster mode: publish the changes made here, so other nodes drop their copies."""
+        self._bus = bus
+
+    def listen(self, bus: Bus) -> None:
+        """Cluster mode: publish the changes made here, and drop what other nodes change."""
+        self.announce(bus)
+        bus.subscribe(INVALIDATE, self._invalidated)
+        bus.on_connect(self._missed)
+
+    def _invalidated(self, message: Message) -> None:
+        if message.get("kind") == "key":
+            self.forget(str(message.get("prefix")))
+
+    async def _missed(self) -> None:
+        # Connected again after an outage: whatever was published meanwhile is lost.
+        self._cache.clear()
+
+    async def changed(self, prefix: str) -> None:
+        """A key was just created or changed: drop it here and, in cluster mode, everywhere."""
+        self.forget(prefix)
+        if self._bus is not None:
+            await self._bus.publish(INVALIDATE, {"kind": "key", "prefix": prefix})
 
     async def list(self) -> builtins.list[KeyRecord]:
         async with self._engine.connect() as conn:
@@ -159,16 +216,32 @@ class KeyLookup:
             return int(await conn.scalar(select(func.count()).select_from(api_keys)) or 0)
 
     async def revoke(self, prefix: str) -> bool:
-        """Revoke a key; False when it is unknown or already revoked."""
+        """Revoke a key; False when it is unknown or already revoked.
+
+        Raises LastAdminKey instead of revoking the last active admin key, which would lock
+        everyone out of the admin API. An admin key may revoke itself while another is left:
+        that is how a leaked one is rotated out.
+        """
+        now = utcnow()
+        active = api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None)
+        expired = and_(api_keys.c.expires_at.is_not(None), api_keys.c.expires_at <= now)
         stmt = (
             update(api_keys)
-            .where(api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
+            .where(*active, or_(~api_keys.c.is_admin, expired, another_admin(now)))
+            .values(revoked_at=now)
         )
         async with self._engine.begin() as conn:
-            result = await conn.execute(stmt)
-        self.forget(prefix)
-        return result.rowcount > 0
+            await lock_admins(conn)
+            revoked = (await conn.execute(stmt)).rowcount > 0
+            still = await conn.scalar(select(api_keys.c.id).where(*active))
+            refused = not revoked and still is not None
+        await self.changed(prefix)
+        if refused:
+            raise LastAdminKey(
+                f"{prefix} is the last active admin key: revoking it would lock the admin API "
+                "out. Create another admin key first."
+            )
+        return revoked
 
     async def authenticate(self, presented: str) -> KeyRecord | None:
         """The record for a presented key, or None when it is malformed, unknown or wrong.

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nanogate.billing import ledger
+from nanogate.billing.ledger import MAX_CREDITS
 from nanogate.billing.runners import Runner
 from nanogate.db.tables import HOLD_POLICIES, accounts, api_keys, holds
 from nanogate.db.tables import ledger as ledger_table
@@ -23,6 +24,20 @@ from nanogate.db.tables import ledger as ledger_table
 
 class AccountError(ValueError):
     """A request about accounts that cannot be met; the message says why."""
+
+
+class BalanceError(AccountError):
+    """A top-up or adjustment the balance cannot take: below zero, or above MAX_CREDITS."""
+
+
+# Account ids are INTEGER columns: a longer number cannot be one (and would overflow the query).
+_MAX_ID = 2**31 - 1
+
+
+def check_credits(what: str, value: int, *, low: int = 0) -> None:
+    """Refuse an amount of credits outside low..MAX_CREDITS before it reaches SQL."""
+    if not low <= value <= MAX_CREDITS:
+        raise AccountError(f"{what} must be from {low:,} to {MAX_CREDITS:,}; got {value:,}.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +119,8 @@ class AccountStore:
         name = name.strip()
         if not name:
             raise AccountError("An account needs a name.")
-        if credits < 0:
-            raise AccountError("Starting credits cannot be negative.")
+        # Checked before the account is written: a top-up refused after it would leave it behind.
+        check_credits("Starting credits", credits)
         _check_policy(hold_policy)
         try:
             async with self._engine.begin() as conn:
@@ -136,7 +151,8 @@ class AccountStore:
     async def get(self, ref: str) -> Account | None:
         """An account by id (digits) or by name."""
         ref = ref.strip()
-        where = accounts.c.id == int(ref) if ref.isdigit() else accounts.c.name == ref
+        is_id = ref.isascii() and ref.isdigit() and int(ref) <= _MAX_ID
+        where = accounts.c.id == int(ref) if is_id else accounts.c.name == ref
         async with self._engine.connect() as conn:
             row = (await conn.execute(_ACCOUNTS.where(where))).first()
         return _account(row) if row is not None else None
@@ -161,6 +177,7 @@ class AccountStore:
         never below zero). Both carry a reason into the ledger. The new balance."""
         if amount == 0:
             raise AccountError("The amount must not be zero.")
+        check_credits("The amount", amount, low=-MAX_CREDITS)
         reason = reason.strip()
         if not reason:
             raise AccountError("A top-up or adjustment needs a reason.")
@@ -172,8 +189,13 @@ class AccountStore:
         balance = await self._runner.run(work)
         if balance is None:
             current = await self.balance(account_id)
-            raise AccountError(
-                f"An adjustment of {amount} would take the balance ({current}) below zero."
+            if amount < 0:
+                raise BalanceError(
+                    f"An adjustment of {amount} would take the balance ({current}) below zero."
+                )
+            raise BalanceError(
+                f"A top-up of {amount:,} would take the balance ({current:,}) above the most an "
+                f"account may hold ({MAX_CREDITS:,})."
             )
         return balance
 

@@ -17,8 +17,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import ReturningInsert
 
-from nanogate.access.keys import KeyLookup, KeyRecord, hash_key, new_key
+from nanogate.access.keys import (
+    KeyLookup,
+    KeyRecord,
+    LastAdminKey,
+    another_admin,
+    hash_key,
+    lock_admins,
+    new_key,
+)
 from nanogate.billing import ledger
+from nanogate.billing.accounts import AccountError, check_credits
 from nanogate.billing.runners import EngineTx
 from nanogate.db.tables import IMAGE_OUTPUTS, accounts, api_keys, utcnow
 from nanogate.db.tables import ledger as ledger_table
@@ -27,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 # The prefix carries 32 random bits: a clash is rare but possible, so creation retries.
 _PREFIX_ATTEMPTS = 5
+# Per-key request limits are INTEGER columns (32 bits on PostgreSQL).
+MAX_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +120,14 @@ class KeyStore(KeyLookup):
             raise ValueError(f"cannot change {sorted(unknown)}")
         if "image_output" in changes:
             _check_image_output(changes["image_output"])
+        _check_numbers(changes)
         async with self._engine.begin() as conn:
             key_id = await conn.scalar(select(api_keys.c.id).where(api_keys.c.prefix == prefix))
             if key_id is None:
                 return None
+            ending = changes.get("expires_at")
+            if ending is not None and ending <= utcnow():
+                await _keep_an_admin(conn, key_id, prefix)
             values = dict(changes)
             if "daily_cap" in changes or "monthly_cap" in changes:
                 day, month = ledger.period(utcnow())
@@ -123,7 +138,7 @@ class KeyStore(KeyLookup):
                     month_spend=await _spent_since(conn, key_id, f"{month}-01 00:00:00"),
                 )
             await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
-        self.forget(prefix)
+        await self.changed(prefix)
         return await self.get(prefix)
 
     async def _create(
@@ -135,8 +150,15 @@ class KeyStore(KeyLookup):
         racing here cannot both succeed: the loser gets None.
         """
         for spec in specs:
-            if spec.credits < 0:
-                raise ValueError("credits must not be negative")
+            check_credits("credits", spec.credits)
+            _check_numbers(
+                {
+                    "rpm_limit": spec.rpm_limit,
+                    "concurrency_limit": spec.concurrency_limit,
+                    "daily_cap": spec.daily_cap,
+                    "monthly_cap": spec.monthly_cap,
+                }
+            )
             _check_image_output(spec.image_output)
         for attempt in range(1, _PREFIX_ATTEMPTS + 1):
             try:
@@ -155,9 +177,20 @@ class KeyStore(KeyLookup):
                 logger.warning("key prefix collision; retrying (attempt %d)", attempt)
                 continue
             for _, record in issued:
-                self.forget(record.prefix)  # drop a cached "no such prefix"
+                await self.changed(record.prefix)  # drop a cached "no such prefix"
             return issued
         raise AssertionError("unreachable")
+
+
+def _check_numbers(values: dict[str, Any]) -> None:
+    """Limits and caps in range before they reach SQL, where a larger one would overflow."""
+    for name in ("rpm_limit", "concurrency_limit"):
+        value = values.get(name)
+        if value is not None and not 1 <= value <= MAX_LIMIT:
+            raise AccountError(f"{name} must be from 1 to {MAX_LIMIT:,}; got {value:,}.")
+    for name in ("daily_cap", "monthly_cap"):
+        if values.get(name) is not None:
+            check_credits(name, values[name])
 
 
 def _check_image_output(value: str | None) -> None:
@@ -293,3 +326,24 @@ async def bootstrap(store: KeyStore, starter_credits: int) -> tuple[str, str] | 
     (client_key, _), (admin_key, _) = issued
     logger.info("bootstrap: created the first client key and admin key")
     return client_key, admin_key
+
+
+async def _keep_an_admin(conn: AsyncConnection, key_id: int, prefix: str) -> None:
+    """Refuse to expire the last active admin key: like revoking it, that locks the admin API
+    out."""
+    now = utcnow()
+    await lock_admins(conn)
+    last = await conn.scalar(
+        select(api_keys.c.id).where(
+            api_keys.c.id == key_id,
+            api_keys.c.is_admin,
+            api_keys.c.revoked_at.is_(None),
+            (api_keys.c.expires_at.is_(None)) | (api_keys.c.expires_at > now),
+            ~another_admin(now),
+        )
+    )
+    if last is not None:
+        raise LastAdminKey(
+            f"{prefix} is the last active admin key: expiring it would lock the admin API out. "
+            "Create another admin key first."
+        )

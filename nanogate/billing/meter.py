@@ -5,6 +5,14 @@ decides when each runs and keeps it safe against cancellation.
 Every step waits for its commit, so a settled charge is durable before the caller answers the
 client. A step whose caller is cancelled still runs to its end in the journal: a reservation
 whose request is gone is refunded as soon as it lands.
+
+When the database does not answer a settle, the client gets an error (503, "you were not
+charged") rather than the answer: a charge is owed only for an answer delivered after its settle
+is durable, so an answer is never given for nothing and never charged without being given. The
+hold is then voided (refunded) from an in-memory retry queue, retried every RETRY_EVERY_S until
+the database answers; a refund that fails goes there too. Should the process die first, the
+restart's `recover(starting=True)` refunds this node's pending holds (their usage records do not
+say 200), which is what the queue would have done: the queue needs no table of its own.
 """
 
 from __future__ import annotations
@@ -24,14 +32,18 @@ from nanogate.billing.ledger import Hold, Policy, Refusal, Resolution, Tx
 from nanogate.billing.prices import Quote
 from nanogate.billing.runners import Journal
 from nanogate.core.errors import GatewayError, InsufficientCredits, RateLimited, Unavailable
-from nanogate.core.metrics import observe_writeoff
+from nanogate.core.metrics import observe_resolutions_pending, observe_writeoff
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Work that commits with a settle, given what was charged.
+Then = Callable[[Tx, int], Awaitable[None]]
 
 # How often a call waiting on a busy account tries again when nothing wakes it sooner.
 WAIT_POLL_S = 0.5
+# How often holds whose settle or refund the database did not take are tried again.
+RETRY_EVERY_S = 1.0
 
 
 def refusal_message(refusal: Refusal, quote: int, key: KeyRecord) -> str:
@@ -98,6 +110,10 @@ class Meter:
         # closing here wakes the first; one that gets in wakes the next. The first also tries
         # every WAIT_POLL_S, for holds closed on other nodes. One wake a closing: no herd.
         self._waiting: dict[int, deque[asyncio.Future[None]]] = {}
+        # Holds to refund once the database answers again, by id (see the module docstring),
+        # each with whether a settle of it failed (and so may have landed unseen: `void`).
+        self._unresolved: dict[str, tuple[Hold, bool]] = {}
+        self._retrying: asyncio.Task[None] | None = None
 
     def hold_for(
         self,
@@ -195,11 +211,25 @@ class Meter:
             raise database_unavailable("check your credits") from exc
         return refusal
 
-    async def settle(self, hold: Hold | None, cost: int) -> int:
-        """Post the hold at `cost`; what was charged (the cost itself when nothing is held)."""
+    async def settle(self, hold: Hold | None, cost: int, then: Then | None = None) -> int:
+        """Post the hold at `cost`; what was charged (the cost itself when nothing is held).
+        `then(tx, charged)` commits with it: what must exist if, and only if, the charge does
+        (the answer's record). Raises Unavailable, with the hold queued for refund, when the
+        database does not answer: the caller must not give the answer."""
         if hold is None:
             return cost
-        resolution = await self._resolve(hold, cost)
+        future = self.journal.submit(_resolver(hold.id, cost, then))
+        try:
+            resolution = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            raise  # the journal still commits it
+        except Exception as exc:
+            self._queue(hold, exc, void=True)
+            raise Unavailable(
+                "The gateway could not record this call's charge (its database did not "
+                "answer), so it is not returned; retry shortly. You were not charged."
+            ) from exc
+        self.resolved(hold.account_id, resolution)
         if resolution is None:
             # Already closed: recovery refunded it after its expiry. Nothing was charged.
             logger.error("settle of a closed hold", extra={"request_id": hold.request_id})
@@ -207,28 +237,19 @@ class Meter:
         return resolution.charged
 
     async def refund(self, hold: Hold | None) -> None:
-        if hold is not None:
-            await self._resolve(hold, None)
-
-    async def _resolve(self, hold: Hold, cost: int | None) -> Resolution | None:
-        future = self.journal.submit(_resolver(hold.id, cost))
+        """Give the hold back; when the database does not answer, queued (never raises for
+        it, so the caller's own error is what the client hears)."""
+        if hold is None or hold.id in self._unresolved:
+            return  # a failed settle already queued it
+        future = self.journal.submit(_resolver(hold.id, None))
         try:
             resolution = await asyncio.shield(future)
         except asyncio.CancelledError:
             raise  # the journal still commits it
         except Exception as exc:
-            # The hold stays pending; recovery resolves it (on restart, or at its expiry).
-            logger.error(
-                "could not record a charge (%s); the hold stays for recovery",
-                type(exc).__name__,
-                extra={"request_id": hold.request_id},
-            )
-            raise Unavailable(
-                "The gateway could not record this call's charge (its database did not "
-                "answer), so it is not returned; retry shortly. You were not charged."
-            ) from exc
+            self._queue(hold, exc, void=False)
+            return
         self.resolved(hold.account_id, resolution)
-        return resolution
 
     def resolved(self, account_id: int, resolution: Resolution | None) -> None:
         """A hold of the account closed (here, or by a task worker): wake its waiting calls,
@@ -238,8 +259,59 @@ class Meter:
             observe_writeoff(resolution.shortfall)
 
     def _refund_later(self, hold: Hold) -> None:
-        with contextlib.suppress(RuntimeError):  # the journal has stopped: recovery will do it
-            self.journal.submit(_resolver(hold.id, None))
+        self._queue(hold, None, void=False)
+
+    def _queue(self, hold: Hold, exc: Exception | None, *, void: bool) -> None:
+        """Refund the hold from the retry queue (at once, and again until it lands)."""
+        if exc is not None:
+            logger.warning(
+                "could not close a hold (%s); its refund is queued until the database answers",
+                type(exc).__name__,
+                extra={"request_id": hold.request_id, "hold": hold.id},
+            )
+        self._unresolved[hold.id] = (hold, void)
+        observe_resolutions_pending(len(self._unresolved))
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.create_task(self._retry(), name="hold-retry")
+
+    async def _retry(self) -> None:
+        closed = 0
+        while self._unresolved:
+            # Submitted together, so the journal commits them in one transaction.
+            queued = list(self._unresolved.values())
+            holds = [hold for hold, _ in queued]
+            try:
+                futures = [
+                    self.journal.submit(_voider(hold.id) if void else _resolver(hold.id, None))
+                    for hold, void in queued
+                ]
+            except RuntimeError:
+                return  # the journal has stopped: the next start's recovery refunds them
+            for hold, outcome in zip(
+                holds, await asyncio.gather(*futures, return_exceptions=True), strict=True
+            ):
+                if isinstance(outcome, BaseException):
+                    continue
+                del self._unresolved[hold.id]
+                self.resolved(hold.account_id, outcome)
+                closed += 1
+            observe_resolutions_pending(len(self._unresolved))
+            if self._unresolved:
+                await asyncio.sleep(RETRY_EVERY_S)
+        logger.info("queued holds refunded", extra={"count": closed})
+
+    async def stop(self) -> None:
+        """Stop retrying: the holds still queued are this node's pending ones, which the next
+        start's `recover` refunds."""
+        if self._retrying is not None:
+            self._retrying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrying
+        if self._unresolved:
+            logger.warning(
+                "stopping with unrefunded holds; the next start refunds them",
+                extra={"count": len(self._unresolved)},
+            )
 
     async def recover(self, *, starting: bool) -> int:
         """Close the holds nobody will close: when `starting`, this node's from before it
@@ -255,8 +327,20 @@ class Meter:
         return len(found)
 
 
-def _resolver(hold_id: str, cost: int | None) -> Callable[[Tx], Awaitable[Resolution | None]]:
+def _resolver(
+    hold_id: str, cost: int | None, then: Then | None = None
+) -> Callable[[Tx], Awaitable[Resolution | None]]:
     async def work(tx: Tx) -> Resolution | None:
-        return await ledger.resolve(tx, hold_id, cost, datetime.now(UTC))
+        resolution = await ledger.resolve(tx, hold_id, cost, datetime.now(UTC))
+        if then is not None:
+            await then(tx, resolution.charged if resolution else 0)
+        return resolution
+
+    return work
+
+
+def _voider(hold_id: str) -> Callable[[Tx], Awaitable[Resolution | None]]:
+    async def work(tx: Tx) -> Resolution | None:
+        return await ledger.void(tx, hold_id, datetime.now(UTC))
 
     return work

@@ -4,11 +4,14 @@ Each settled charge must be committed before its client gets the last byte of th
 the commit is on every metered request's path. On SQLite it runs synchronously on the event
 loop through the stdlib driver: a transaction of a few statements costs less there than
 aiosqlite's thread hop costs for one statement (bench/relay.py measures metering). Nothing
-in a transaction awaits anything real, so no other coroutine runs inside one. PostgreSQL goes
-through SQLAlchemy's asyncpg connection pool, where a round trip is the cost.
+in a transaction awaits anything real, so no other coroutine runs inside one. On PostgreSQL a
+round trip is the cost: each ledger operation is one statement (ledger.py), and `PgRunner` sends
+it through asyncpg itself, on a connection it keeps from SQLAlchemy's pool.
 
 `Journal` queues the operations of concurrent requests and runs each batch in one transaction:
-one commit serves many requests, and a commit's cost is paid once per batch.
+one commit serves many requests, and a commit's cost is paid once per batch. Reads go around
+it (`Journal.read`), on a connection of their own: under WAL they never wait for the write lock,
+so a status query answers while a batch waits for a lock another process holds.
 """
 
 from __future__ import annotations
@@ -16,17 +19,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
+import asyncpg
 from sqlalchemy import TextClause, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from nanogate.billing.ledger import Row, Tx
+from nanogate.db.engine import unreachable
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +45,40 @@ Work = Callable[[Tx], Awaitable[T]]
 # usage recorder, a CLI command) before it gives up on a transaction.
 SQLITE_LOCK_WAIT_S = 10.0
 
+# Commits between two WAL checkpoints. SQLite checkpoints inside the commit that crosses its
+# threshold (1,000 pages), copying the WAL into the database file and syncing it: milliseconds
+# on the event loop, every few dozen requests. The runner switches that off and checkpoints in
+# a thread instead, on a connection of its own, once this many commits have gone by.
+SQLITE_CHECKPOINT_EVERY = 100
+
 
 class Runner(Protocol):
     async def run(self, work: Work[T]) -> T:
         """Run `work` in one transaction: committed if it returns, rolled back if it raises."""
         ...
 
+    async def read(self, work: Work[T]) -> T:
+        """Run `work`, which only reads, on a connection no writer waits on."""
+        ...
+
     async def close(self) -> None: ...
+
+
+# A named parameter, as SQLAlchemy's text() finds them: ":name", not a "::" cast.
+_PARAM = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
+
+
+@lru_cache(maxsize=512)
+def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
+    """`sql` with asyncpg's $1, $2, ... for its :names, and the names in that order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    return _PARAM.sub(number, sql), tuple(names)
 
 
 def _sqlite_param(value: Any) -> Any:
@@ -54,14 +89,28 @@ def _sqlite_param(value: Any) -> Any:
     return value
 
 
+# The UTC day of a timestamp column (see `Tx.utc_day`): SQLite holds UTC as text (above).
+SQLITE_DAY = "substr({}, 1, 10)"
+POSTGRES_DAY = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
 class _SqliteTx:
     lock = ""
+    chained = False
+    utc_day = SQLITE_DAY
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
     def _run(self, sql: str, params: dict[str, Any]) -> sqlite3.Cursor:
-        return self._conn.execute(sql, {k: _sqlite_param(v) for k, v in params.items()})
+        # Only the statement's own parameters: a ledger operation passes all of its own to
+        # each of its statements.
+        _, names = _numbered(sql)
+        values = {name: params[name] for name in names if name in params}
+        for name, value in values.items():
+            if isinstance(value, datetime):
+                values[name] = _sqlite_param(value)
+        return self._conn.execute(sql, values)
 
     async def one(self, sql: str, params: dict[str, Any]) -> Row | None:
         row: Row | None = self._run(sql, params).fetchone()
@@ -84,6 +133,16 @@ class SqliteRunner:
         # Never block the event loop waiting for a lock: fail at once, retry after a sleep.
         self._conn.execute("PRAGMA busy_timeout=0")
         self._tx = _SqliteTx(self._conn)
+        # Reads in autocommit: each statement sees the last commit, and under WAL no lock
+        # another connection holds makes it wait.
+        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._reader.execute("PRAGMA query_only=ON")
+        self._reader.execute("PRAGMA busy_timeout=0")  # never block the event loop
+        self._read_tx = _SqliteTx(self._reader)
+        self._path = path
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._commits = 0
+        self._checkpoint: asyncio.Future[None] | None = None
 
     async def run(self, work: Work[T]) -> T:
         deadline = time.monotonic() + SQLITE_LOCK_WAIT_S
@@ -106,10 +165,33 @@ class SqliteRunner:
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+        self._commits += 1
+        if self._commits >= SQLITE_CHECKPOINT_EVERY and self._checkpoint is None:
+            self._commits = 0
+            self._checkpoint = asyncio.get_running_loop().run_in_executor(None, self._copy_wal)
+            self._checkpoint.add_done_callback(self._checkpointed)
         return result
 
+    def _copy_wal(self) -> None:
+        # PASSIVE: copies what no reader still needs and never waits; the writer goes on
+        # appending meanwhile.
+        with contextlib.closing(sqlite3.connect(self._path, check_same_thread=False)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _checkpointed(self, done: asyncio.Future[None]) -> None:
+        self._checkpoint = None
+        if not done.cancelled() and (exc := done.exception()) is not None:
+            logger.warning("WAL checkpoint failed (%s)", type(exc).__name__)
+
+    async def read(self, work: Work[T]) -> T:
+        return await work(self._read_tx)
+
     async def close(self) -> None:
+        if self._checkpoint is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpoint
         self._conn.close()
+        self._reader.close()
 
 
 # The ledger's statements are a fixed set: each is parsed into a text() clause once.
@@ -120,12 +202,14 @@ class EngineTx:
     """A `Tx` over a SQLAlchemy connection whose transaction the caller already opened."""
 
     lock = " FOR UPDATE"
+    chained = True
+    utc_day = POSTGRES_DAY
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
         self._sqlite = conn.dialect.name == "sqlite"
         if self._sqlite:
-            self.lock = ""
+            self.lock, self.chained, self.utc_day = "", False, SQLITE_DAY
 
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
         # Untyped text() parameters reach the driver as they are; SQLite needs our format.
@@ -160,8 +244,150 @@ class EngineRunner:
         async with self._engine.begin() as conn:
             return await work(EngineTx(conn))
 
+    async def read(self, work: Work[T]) -> T:
+        async with self._engine.connect() as conn:
+            return await work(EngineTx(conn))
+
     async def close(self) -> None:
         pass  # the engine belongs to the caller
+
+
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class PgTx:
+    """A `Tx` straight on an asyncpg connection: a statement costs its round trip and little
+    more (SQLAlchemy's execution path costs several times that in CPU)."""
+
+    lock = " FOR UPDATE"
+    chained = True
+    utc_day = POSTGRES_DAY
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    @staticmethod
+    def _args(sql: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        numbered, names = _numbered(sql)
+        return numbered, [params[name] for name in names]
+
+    async def one(self, sql: str, params: dict[str, Any]) -> Row | None:
+        numbered, args = self._args(sql, params)
+        row = await self._conn.fetchrow(numbered, *args)
+        return None if row is None else tuple(row)
+
+    async def all(self, sql: str, params: dict[str, Any]) -> list[Row]:
+        numbered, args = self._args(sql, params)
+        return [tuple(row) for row in await self._conn.fetch(numbered, *args)]
+
+    async def exec(self, sql: str, params: dict[str, Any]) -> int:
+        numbered, args = self._args(sql, params)
+        status: str = await self._conn.execute(numbered, *args)  # "UPDATE 2", "INSERT 0 1"
+        count = status.rsplit(" ", 1)[-1]
+        return int(count) if count.isdigit() else 0
+
+
+def _database_error(exc: Exception) -> Exception:
+    """An asyncpg error as SQLAlchemy would have raised it, which is what `unreachable` and the
+    web layer's handlers know; any other error as it is."""
+    if not isinstance(exc, _DRIVER_ERRORS):
+        return exc
+    wrapped = DBAPIError.instance(None, None, exc, Exception, hide_parameters=True)
+    assert isinstance(wrapped, Exception)
+    return wrapped
+
+
+def _described(exc: BaseException) -> str:
+    """An error's class, and the driver's under it: names and codes only, never its text,
+    which can quote the parameters."""
+    cause = getattr(exc, "orig", None) or exc.__cause__
+    if cause is None:
+        return type(exc).__name__
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "sqlite_errorname", None)
+    where = getattr(cause, "constraint_name", None)
+    return f"{type(exc).__name__}: " + " ".join(
+        str(part) for part in (type(cause).__name__, code, where) if part
+    )
+
+
+async def _driver(conn: AsyncConnection) -> asyncpg.Connection:
+    return (await conn.get_raw_connection()).driver_connection
+
+
+async def _transaction(conn: AsyncConnection, driver: asyncpg.Connection, work: Work[T]) -> T:
+    """`work` in one transaction on `driver`, the asyncpg connection under `conn`. A connection
+    left in doubt (lost, or cancelled mid-statement) is invalidated, never used again."""
+    try:
+        await driver.execute("BEGIN")
+        result = await work(PgTx(driver))
+        await driver.execute("COMMIT")
+        return result
+    except Exception as exc:
+        if not await _rolled_back(driver):
+            await conn.invalidate()
+        raise _database_error(exc) from exc
+    except BaseException:
+        await conn.invalidate()
+        raise
+
+
+async def _rolled_back(driver: asyncpg.Connection) -> bool:
+    if driver.is_closed():
+        return False
+    try:
+        await driver.execute("ROLLBACK")
+    except Exception:
+        return False
+    return True
+
+
+class PgRunner:
+    """Transactions on PostgreSQL through asyncpg itself, on connections of the engine's pool.
+
+    The journal's batches come one at a time, and each runs on the connection this runner
+    keeps checked out: a batch pays no pool checkout (SQLAlchemy's pre-ping alone is three
+    round trips). A transaction that finds it busy (a top-up while a batch runs) takes one
+    from the pool. The kept connection is replaced once lost; asyncpg sees a server close it
+    as soon as it happens, so a backend terminated while idle costs no failed batch."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._kept: tuple[AsyncConnection, asyncpg.Connection] | None = None
+        self._busy = False
+
+    async def run(self, work: Work[T]) -> T:
+        if self._busy:
+            async with self._engine.connect() as conn:
+                return await _transaction(conn, await _driver(conn), work)
+        self._busy = True
+        try:
+            return await _transaction(*await self._connection(), work)
+        finally:
+            self._busy = False
+
+    async def _connection(self) -> tuple[AsyncConnection, asyncpg.Connection]:
+        if self._kept is not None and (self._kept[0].invalidated or self._kept[1].is_closed()):
+            await self._release()
+        if self._kept is None:
+            conn = await self._engine.connect()
+            self._kept = conn, await _driver(conn)
+        return self._kept
+
+    async def read(self, work: Work[T]) -> T:
+        async with self._engine.connect() as conn:
+            try:
+                return await work(PgTx(await _driver(conn)))
+            except Exception as exc:
+                raise _database_error(exc) from exc
+
+    async def _release(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            with contextlib.suppress(Exception):
+                await kept[0].close()
+
+    async def close(self) -> None:
+        await self._release()  # the engine belongs to the caller
 
 
 def open_runner(url: str, engine: AsyncEngine) -> Runner:
@@ -169,6 +395,8 @@ def open_runner(url: str, engine: AsyncEngine) -> Runner:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         return SqliteRunner(str(parsed.database))
+    if parsed.get_backend_name() == "postgresql" and engine.dialect.driver == "asyncpg":
+        return PgRunner(engine)
     return EngineRunner(engine)
 
 
@@ -205,6 +433,10 @@ class Journal:
         self._wake.set()
         return future
 
+    async def read(self, work: Work[T]) -> T:
+        """Run `work`, which only reads, at once: never queued behind the writes."""
+        return await self.runner.read(work)
+
     async def _drain(self) -> None:
         while True:
             await self._wake.wait()
@@ -224,10 +456,13 @@ class Journal:
             self._queue[:0] = batch  # stop() commits them
             raise
         except Exception as exc:
-            logger.error("ledger transaction failed (%s)", type(exc).__name__)
-            if len(batch) == 1:
-                if not batch[0][1].done():
-                    batch[0][1].set_exception(exc)
+            logger.error("ledger transaction failed (%s)", _described(exc))
+            if len(batch) == 1 or (isinstance(exc, sqlite3.OperationalError) and unreachable(exc)):
+                # A lock another process held past the wait: each alone would wait for it
+                # again, one wait apiece.
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
                 return
             # One bad operation must not sink the others: each alone, in its own transaction.
             for work, future in batch:

@@ -24,7 +24,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.core import TyperCommand
 
-from nanogate.access.keys import KeyRecord
+from nanogate.access.cluster import Bus
+from nanogate.access.keys import KeyRecord, LastAdminKey
+from nanogate.access.redisconn import RedisLink
+from nanogate.access.switches import FEATURES, SwitchBoard, Switches
 from nanogate.billing.accounts import Account, AccountError, AccountStore
 from nanogate.billing.keys import KeyStore, bootstrap
 from nanogate.billing.runners import open_runner
@@ -38,12 +41,14 @@ from nanogate.cli.generate import (
     Options,
 )
 from nanogate.cli.generate import run as run_generate
+from nanogate.console.reports import SUMMARY_TOTALS, summarize
 from nanogate.core.catalog import CatalogError, load_catalog
-from nanogate.core.config import Settings, load_settings
+from nanogate.core.config import Settings, load_settings, settings_problems
 from nanogate.core.errors import NotFound
 from nanogate.core.logs import setup_logging
+from nanogate.core.memory import keep_freed_memory
 from nanogate.db.engine import make_engine, run_migrations, sqlite_file
-from nanogate.engine.usage import RECORD_COLUMNS, SUMMARY_TOTALS, UsageRecorder, summarize
+from nanogate.engine.usage import RECORD_COLUMNS, UsageRecorder
 
 
 def _commands(summary: str) -> typer.Typer:
@@ -61,6 +66,10 @@ upstreams_app = _commands("Check the configured upstreams.")
 app.add_typer(upstreams_app, name="upstreams")
 callbacks_app = _commands("Task callbacks: the secret that signs them.")
 app.add_typer(callbacks_app, name="callbacks")
+switches_app = _commands(
+    "Runtime switches every node follows within a second: maintenance mode, features off."
+)
+app.add_typer(switches_app, name="switches")
 models_app = _commands("Check the catalog against what the gemini upstreams list.")
 app.add_typer(models_app, name="models")
 # Piped output (scripts, tests) gets wide tables instead of elided columns.
@@ -123,12 +132,7 @@ def _settings(config: Path | None) -> Settings:
     except FileNotFoundError as exc:
         raise typer.BadParameter(str(exc)) from None
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
-            f"{err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors()[:5]
-        )
-        _fail(f"invalid settings: {problems}")
+        _fail(f"invalid settings: {settings_problems(exc)}")
     except CatalogError as exc:
         _fail(f"invalid models: {exc}")
     return settings
@@ -333,17 +337,24 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="Processes serving on the one port: about one per core."),
+    ] = None,
 ) -> None:
     """Migrate the database, create first keys if there are none, and serve."""
-    import uvicorn
-
+    from nanogate.web import drain
     from nanogate.web.app import create_app
+    from nanogate.web.workers import supervise
 
     settings = _settings(config)
-    if host is not None:
-        settings.host = host
-    if port is not None:
-        settings.port = port
+    overrides = {
+        name: value
+        for name, value in (("host", host), ("port", port), ("workers", workers))
+        if value is not None
+    }
+    for name, value in overrides.items():
+        setattr(settings, name, value)
     setup_logging(settings.log_level, settings.log_format)
     run_migrations(settings.resolved_database_url)
     created = _with_engine(
@@ -351,15 +362,19 @@ def serve(
     )
     if created is not None:
         _show_first_keys(*created, settings)
-    uvicorn.run(
-        create_app(settings),
+    if settings.workers > 1:
+        try:
+            raise SystemExit(supervise(settings, overrides))
+        except OSError as exc:
+            _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}", 3)
+    process = drain.Drain(settings.shutdown_grace_seconds)
+    keep_freed_memory()
+    drain.serve(
+        create_app(settings, process),
+        process,
         host=settings.host,
         port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=30,
+        delay_s=settings.drain_delay_seconds,
     )
 
 
@@ -551,13 +566,35 @@ def keys_revoke(
     prefix: Annotated[str, typer.Argument(help="The key's prefix, e.g. ng_3f9a2c7b.")],
     config: ConfigOption = None,
 ) -> None:
-    """Revoke a key: it is refused from then on (within key_cache_seconds on running servers)."""
+    """Revoke a key: it is refused from then on (with redis_url set, on every running node at
+    once; otherwise within key_cache_seconds)."""
     settings = _database(config)
-    done = _with_engine(settings, lambda engine: KeyStore(engine, 0).revoke(prefix))
+    try:
+        done = _with_engine(settings, lambda engine: _revoke(settings, engine, prefix))
+    except LastAdminKey as exc:
+        _fail(str(exc))
     if not done:
         console.print(f"no active key with prefix {prefix}")
         raise typer.Exit(1)
     console.print(f"revoked {prefix}")
+
+
+async def _revoke(settings: Settings, engine: AsyncEngine, prefix: str) -> bool:
+    store = KeyStore(engine, 0)
+    link = RedisLink.open(settings) if settings.redis_url else None
+    try:
+        if link is not None:
+            store.announce(Bus(link, "cli"))
+        done = await store.revoke(prefix)
+        if link is not None and not link.is_up():
+            err_console.print(
+                "warning: Redis did not answer; running nodes refuse the key within "
+                "key_cache_seconds"
+            )
+        return done
+    finally:
+        if link is not None:
+            await link.close()
 
 
 @keys_app.command(
@@ -867,7 +904,7 @@ def upstreams_check(
     # A health probe stores and fetches no files: a throwaway signing key will do.
     signer = UrlSigner(secrets.token_bytes(32))
     services = Services(
-        open_storage(settings.resolved_storage_dir, settings.resolved_public_base_url, signer),
+        open_storage(settings, signer),
         GuardedHttp(EgressGuard(settings.egress_allowlist)),
         settings.image_url_max_bytes,
     )
@@ -905,10 +942,96 @@ def upstreams_check(
         raise typer.Exit(1)
 
 
+class OnOff(StrEnum):
+    on = "on"
+    off = "off"
+
+
+def _switch_board(settings: Settings, work: Callable[[SwitchBoard], Awaitable[T]]) -> T:
+    # Migrated first, so a database from before the switches existed gets their table.
+    _migrate(settings)
+    initial = Switches(settings.maintenance, frozenset(settings.disabled_features))
+
+    async def run(engine: AsyncEngine) -> T:
+        board = SwitchBoard(engine, initial)
+        await board.load()
+        return await work(board)
+
+    return _with_engine(settings, run)
+
+
+def _print_switches(state: Switches) -> None:
+    console.print(f"maintenance: {'on' if state.maintenance else 'off'}")
+    console.print(f"disabled_features: {', '.join(sorted(state.disabled_features)) or 'none'}")
+
+
+@switches_app.command("show")
+def switches_show(config: ConfigOption = None) -> None:
+    """Show the switches as every node sees them."""
+    settings = _database(config)
+    _print_switches(_switch_board(settings, lambda board: board.refresh()))
+
+
+@switches_app.command("set")
+def switches_set(
+    maintenance: Annotated[
+        OnOff | None,
+        typer.Option(help="on: refuse calls (455 on the task API, 503 elsewhere); off: serve."),
+    ] = None,
+    disable: Annotated[
+        str | None,
+        typer.Option(
+            help=f"The features switched off, comma-separated ({', '.join(sorted(FEATURES))}); "
+            "'' turns them all back on."
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Change the switches; running nodes follow within a second."""
+    if maintenance is None and disable is None:
+        _fail("nothing to set: give --maintenance on|off and/or --disable <features>.")
+    features = None
+    if disable is not None:
+        features = [f.strip() for f in disable.split(",") if f.strip()]
+        unknown = sorted(set(features) - FEATURES)
+        if unknown:
+            _fail(
+                f"unknown feature {', '.join(unknown)}; choose from {', '.join(sorted(FEATURES))}."
+            )
+    settings = _database(config)
+    on = None if maintenance is None else maintenance is OnOff.on
+    state = _switch_board(
+        settings, lambda board: board.set(maintenance=on, disabled_features=features)
+    )
+    _print_switches(state)
+
+
+@app.command()
+def reload(config: ConfigOption = None) -> None:
+    """Have every running node re-read its config file within a second: upstreams, models and
+    prices change at once (SIGHUP reloads just the process it is sent to)."""
+    settings = _database(config)  # the file loads here, or this fails saying why
+    _switch_board(settings, lambda board: board.request_reload())
+    upstreams = ", ".join(u.name for u in settings.upstreams) or "the demo upstream"
+    console.print(f"Asked every node to reload. This file's upstreams: {upstreams}.")
+    console.print("Each node logs 'config reloaded', or why it kept its configuration.")
+
+
 @callbacks_app.command("secret")
-def callbacks_secret(config: ConfigOption = None) -> None:
+def callbacks_secret(
+    config: ConfigOption = None,
+    standard: Annotated[
+        bool,
+        typer.Option(
+            "--standard-webhooks",
+            help="Print the key in the Standard Webhooks form (whsec_ + base64), what a receiver "
+            "passes to standardwebhooks.Webhook(...) to verify webhook-signature.",
+        ),
+    ] = False,
+) -> None:
     """Print the secret that signs callbacks (what a receiver verifies x-nanogate-signature
     with): the callback_secret setting, else the one generated on first start."""
+    from nanogate.tasks.callbacks import standard_secret
     from nanogate.web.runtime import CALLBACK_SECRET, configured_callback_secret, stored_secret
 
     settings = _settings(config)
@@ -929,11 +1052,22 @@ def callbacks_secret(config: ConfigOption = None) -> None:
         secret = _with_engine(settings, read)
         source = "the database (generated on first start)"
     # The secret alone on stdout, for `SECRET=$(nanogate callbacks secret)`; the rest on stderr.
-    print(secret, flush=True)
+    if standard:
+        print(standard_secret(secret.encode()), flush=True)
+        about = (
+            "the Standard Webhooks form (whsec_ + base64) of the key: pass it to "
+            "standardwebhooks.Webhook(...) to verify webhook-id, webhook-timestamp and "
+            "webhook-signature."
+        )
+    else:
+        print(secret, flush=True)
+        about = (
+            'x-nanogate-signature is the hex HMAC-SHA256 of `x-nanogate-timestamp + "." + '
+            "body`, keyed with this string's UTF-8 bytes as printed (not hex-decoded). "
+            "--standard-webhooks prints the same key for a Standard Webhooks library."
+        )
     err_console.print(
-        f"from {source}. x-nanogate-signature is the hex HMAC-SHA256 of "
-        '`x-nanogate-timestamp + "." + body`, keyed with this string\'s UTF-8 bytes as printed '
-        "(not hex-decoded). A gateway started with other settings may use another secret: "
+        f"from {source}. {about} A gateway started with other settings may use another secret: "
         "GET /admin/callbacks/secret asks the running one.",
         markup=False,
         highlight=False,

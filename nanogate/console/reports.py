@@ -1,5 +1,5 @@
-"""Read-only queries for the admin API and the console: usage over time, filtered usage pages,
-the CSV export and the recent-task gallery.
+"""Read-only queries for the admin API, the console and the CLI: usage over time, filtered usage
+pages, the CSV export, the recent-task gallery and usage totals by group.
 
 Every figure is aggregated by the database (GROUP BY over indexed columns), never by a Python
 loop over rows, so the console stays fast with hundreds of thousands of usage records.
@@ -19,15 +19,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Integer, Select, and_, case, cast, func, literal_column, select, text
+from sqlalchemy import Integer, Select, String, and_, case, cast, func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from nanogate.db.tables import tasks, usage_records
+from nanogate.db.tables import accounts, tasks, usage_records
 
 WindowName = Literal["hour", "day", "month"]
 GroupBy = Literal["model", "upstream"]
 METRICS = ("requests", "images", "credits", "errors")
+# What `summarize` (the CLI's `nanogate usage`) can group by, and the totals of each group.
+SUMMARY_GROUPS = ("account", "key", "model", "day")
+SUMMARY_TOTALS = ("requests", "errors", "images", "tokens", "credits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,3 +318,62 @@ async def recent_tasks(
         task["files"] = [{"name": f["name"], "type": f["type"]} for f in result.get("files", ())]
         summaries.append(task)
     return summaries
+
+
+async def summarize(
+    engine: AsyncEngine, by: str, since: datetime, *, key_prefix: str | None = None
+) -> list[dict[str, Any]]:
+    """Usage totals per account (its name), key (its prefix), model or UTC day ("YYYY-MM-DD")
+    since `since`, in one GROUP BY query: requests, errors (status >= 400), images, tokens (total)
+    and credits (the sum of cost). Each dict holds `by` (the group) and SUMMARY_TOTALS. Days come
+    oldest first; other groups by credits spent, most first."""
+    if by not in SUMMARY_GROUPS:
+        raise ValueError(f"cannot group usage by {by!r}; choose one of {', '.join(SUMMARY_GROUPS)}")
+    u = usage_records
+    async with engine.connect() as conn:
+        group = _group(by, conn.dialect.name)
+        totals = (
+            func.count().label("requests"),
+            func.sum(case((u.c.status >= 400, 1), else_=0)).label("errors"),
+            func.sum(u.c.images).label("images"),
+            func.sum(u.c.total_tokens).label("tokens"),
+            func.sum(u.c.cost).label("credits"),
+        )
+        stmt = select(group.label("grp"), *totals).where(u.c.created_at >= since)
+        if key_prefix is not None:
+            stmt = stmt.where(u.c.key_prefix == key_prefix)
+        if by == "account":
+            stmt = stmt.select_from(u.outerjoin(accounts, accounts.c.id == u.c.account_id))
+            stmt = stmt.group_by(u.c.account_id, group)
+        else:
+            stmt = stmt.group_by(group)
+        if by == "day":
+            stmt = stmt.order_by(group)
+        else:
+            stmt = stmt.order_by(totals[4].desc(), totals[0].desc(), group)
+        rows = (await conn.execute(stmt)).all()
+    return [
+        {by: row.grp, **{name: int(getattr(row, name) or 0) for name in SUMMARY_TOTALS}}
+        for row in rows
+    ]
+
+
+def _group(by: str, dialect: str) -> ColumnElement[Any]:
+    u = usage_records
+    if by == "account":
+        return accounts.c.name
+    if by == "key":
+        return u.c.key_prefix
+    if by == "model":
+        return u.c.model
+    # The UTC date of created_at, as text. SQLite keeps datetimes as UTC text
+    # ("YYYY-MM-DD HH:MM:SS.ffffff"); PostgreSQL keeps a timestamptz, read in UTC here whatever the
+    # session's time zone. Literal constants, not bound parameters: PostgreSQL would not see
+    # `to_char(.., $1)` in the SELECT and `to_char(.., $3)` in the GROUP BY as one expression.
+    if dialect == "sqlite":
+        return func.substr(u.c.created_at, literal_column("1"), literal_column("10"), type_=String)
+    return func.to_char(
+        func.timezone(literal_column("'UTC'"), u.c.created_at),
+        literal_column("'YYYY-MM-DD'"),
+        type_=String,
+    )

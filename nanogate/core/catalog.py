@@ -110,13 +110,7 @@ class Catalog:
         key = name.removeprefix("models/")
         spec = self._by_name.get(key)
         if spec is None:
-            # Echo a bounded name: a client's junk (or pasted base64) stays out of the error.
-            shown = key if len(key) <= 60 else key[:40] + "..."
-            raise NotFound(
-                f"Model '{shown}' is not served by this gateway. "
-                "GET /v1beta/models (or /v1/models) lists the models you can call; the operator "
-                "can add one under `models:` in the gateway's config file."
-            )
+            raise unknown_model(key)
         return spec
 
     def is_edit(self, name: str) -> bool:
@@ -128,6 +122,18 @@ class Catalog:
 
     def __iter__(self) -> Any:
         return iter(self.models.values())
+
+
+def unknown_model(name: str) -> NotFound:
+    """The 404 for a model name this gateway does not serve."""
+    name = name.removeprefix("models/")
+    # Echo a bounded name: a client's junk (or pasted base64) stays out of the error.
+    shown = name if len(name) <= 60 else name[:40] + "..."
+    return NotFound(
+        f"Model '{shown}' is not served by this gateway. "
+        "GET /v1beta/models (or /v1/models) lists the models you can call; the operator "
+        "can add one under `models:` in the gateway's config file."
+    )
 
 
 def _parse_pixels(raw: dict[str, dict[str, str]]) -> dict[str, dict[str, tuple[int, int]]]:
@@ -246,6 +252,8 @@ def load_catalog(overrides: dict[str, dict[str, Any]] | None = None) -> Catalog:
     defaults: dict[str, Any] = data.get("defaults", {})
     raw_models: dict[str, dict[str, Any]] = dict(data["models"])
     for name, override in (overrides or {}).items():
+        if override is not None and not isinstance(override, dict):
+            raise CatalogError(f"{name}: must be a mapping of fields, e.g. {{prices: {{...}}}}")
         base = dict(raw_models.get(name, {}))
         for key, value in (override or {}).items():
             if isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -261,7 +269,37 @@ def load_catalog(overrides: dict[str, dict[str, Any]] | None = None) -> Catalog:
             former.setdefault(rep.model, []).append(name)
     return Catalog(
         {
-            name: _build_spec(name, raw, defaults, tuple(former.get(name, ())))
+            name: _checked(name, raw, defaults, tuple(former.get(name, ())))
             for name, raw in raw_models.items()
         }
     )
+
+
+# The least each figure may be: a model that takes no tokens, or a negative price, is a typo.
+_AT_LEAST = {
+    "input_token_limit": 1,
+    "output_token_limit": 1,
+    "max_input_images": 0,
+    "input_image_tokens": 0,
+    "hold_output_tokens": 1,
+}
+
+
+def _checked(
+    name: str, raw: dict[str, Any], defaults: dict[str, Any], former: tuple[str, ...]
+) -> ModelSpec:
+    """`_build_spec`, with a wrong type or an impossible figure named as a CatalogError."""
+    try:
+        spec = _build_spec(name, raw, defaults, former)
+    except (TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, CatalogError):
+            raise
+        raise CatalogError(f"{name}: a field has the wrong type ({exc})") from None
+    for figure, least in _AT_LEAST.items():
+        value = getattr(spec, figure)
+        if value < least:
+            raise CatalogError(f"{name}: {figure} must be at least {least}, not {value}")
+    money = [*spec.prices.values(), *spec.image_prices.values()]
+    if any(price < 0 for price in money):
+        raise CatalogError(f"{name}: prices cannot be negative")
+    return spec

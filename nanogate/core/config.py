@@ -5,12 +5,21 @@ Every field here is documented in the README's settings table; keep the two in s
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -100,9 +109,23 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # Processes serving on one socket (`serve --workers N`): about one per core.
+    workers: int = Field(default=1, ge=1, le=256)
     data_dir: Path = Path("nanogate-data")
     database_url: str | None = None
     storage_dir: Path | None = None
+    # Result storage: the local directory (one node, or several sharing it), or an S3-compatible
+    # bucket every node reaches. With `storage_redirect`, a file link answers 307 to a presigned
+    # S3 URL, so large images do not pass through the gateway.
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_redirect: bool = False
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_path_style: bool = False
+    s3_prefix: str = "nanogate/"
     upstreams: list[UpstreamConfig] = Field(default_factory=_default_upstreams)
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Text models the catalog does not list, where an upstream lists them, and their prices
@@ -124,6 +147,20 @@ class Settings(BaseSettings):
     uncovered_calls_per_account: int = Field(default=4, ge=1, le=1000)
     hold_wait_seconds: float = Field(default=30.0, ge=0)
     node_id: str | None = None
+    # Cluster mode: per-key limits and the failed-authentication count shared by every node
+    # through Redis (without it, each node counts its own; a single node needs none). Every
+    # Redis call gives up after redis_timeout_seconds; while Redis is down each node applies the
+    # limits on its own. A node renews its concurrency slots' leases every third of
+    # concurrency_lease_seconds, so a dead node's slots come back after it.
+    redis_url: str | None = None
+    redis_key_prefix: str = "nanogate:"
+    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=5)
+    concurrency_lease_seconds: float = Field(default=30.0, ge=3)
+    # Unknown keys one client address may send a minute before it gets 429 (0: no limit).
+    # Its address is the peer's, or behind a proxy listed in trusted_proxies (addresses or
+    # networks), the one the nearest untrusted hop in X-Forwarded-For gives.
+    auth_failures_per_minute: int = Field(default=30, ge=0)
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
     # Tasks, stored results, callbacks and the egress guard (the task API).
     public_base_url: str | None = None
     result_ttl_hours: float = Field(default=24.0, gt=0)
@@ -149,12 +186,22 @@ class Settings(BaseSettings):
     # Each call's routing budget: upstream attempts at most, and one deadline across them.
     max_attempts: int = Field(default=3, ge=1)
     request_deadline_seconds: float = Field(default=600.0, gt=0)
+    # A stream's bounds (core/pace.py): the whole call, admission to last byte, and the rate
+    # below which an upstream that drips bytes is cut, after falling the grace behind it.
+    stream_deadline_seconds: float = Field(default=600.0, gt=0)
+    stream_min_bytes_per_second: float = Field(default=64.0, ge=0)
+    stream_rate_grace_seconds: float = Field(default=60.0, ge=0)
+    # SIGTERM: /readyz answers 503 at once and the listener stays open `drain_delay_seconds`
+    # (at most the grace) for load balancers that poll it; requests in flight get
+    # `shutdown_grace_seconds` from the signal to finish, then are cut and refunded.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    drain_delay_seconds: float = Field(default=2.0, ge=0)
     maintenance: bool = False
     disabled_features: Annotated[list[Feature], NoDecode] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 
-    @field_validator("egress_allowlist", "disabled_features", mode="before")
+    @field_validator("egress_allowlist", "disabled_features", "trusted_proxies", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         # The environment spells lists as "a,b,c"; YAML as a real list.
@@ -183,6 +230,47 @@ class Settings(BaseSettings):
                 "output_text: 2500000}) or metering: false"
             )
         return self
+
+    @model_validator(mode="after")
+    def _storage_complete(self) -> Settings:
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError(
+                "storage_backend s3 needs s3_bucket (NANOGATE_S3_BUCKET): the bucket results "
+                "are kept in"
+            )
+        if self.storage_backend == "s3" and importlib.util.find_spec("aiobotocore") is None:
+            raise ValueError(
+                "storage_backend s3 needs the S3 client, an optional extra: "
+                "pip install 'nanogate[s3]'"
+            )
+        if self.storage_redirect and self.storage_backend != "s3":
+            raise ValueError(
+                "storage_redirect needs storage_backend s3: the local backend has no presigned "
+                "URLs to redirect to"
+            )
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError(
+                "set s3_access_key_id and s3_secret_access_key together, or neither (then the "
+                "usual AWS credential chain applies: AWS_* variables, profile, instance role)"
+            )
+        return self
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "redis_url must start with redis://, rediss:// (TLS) or unix:// "
+                "(e.g. redis://127.0.0.1:6379/0)"
+            )
+        return value or None
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        # Keys are `<prefix><shard>/<digest>.<ext>`: a prefix names a folder, never a stem.
+        value = value.strip("/")
+        return f"{value}/" if value else ""
 
     @field_validator("public_base_url")
     @classmethod
@@ -236,3 +324,12 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             raise FileNotFoundError(f"config file not found: {path}")
         os.environ["NANOGATE_CONFIG"] = str(path.resolve())
     return Settings(**overrides)
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """The first few mistakes in the settings, one line: where each is, and what is wrong."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
+        f"{err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()[:5]
+    )

@@ -9,11 +9,13 @@
     ├── Conflict             409  an Idempotency-Key reused with a different request
     ├── PayloadTooLarge      413  body over the configured limit
     ├── RateLimited          429  per-key limits, or every upstream throttled us
-    ├── Internal             500  a bug or an upstream answer we could not read
+    ├── Internal             500  a bug, or an upstream's own 500
+    ├── BadUpstreamAnswer    502  the upstream answered something we could not read
     ├── Unavailable          503  no upstream could serve
     │   └── Maintenance      503  the operator turned maintenance mode on (455 on the task API)
     ├── FeatureDisabled      501  the operator switched the feature off (505 on the task API)
     └── DeadlineExceeded     504  the upstream did not answer in time
+        └── StreamCut        504  a stream ran past its deadline or below its minimum rate
     UpstreamError                 raised by adapters only; the router decides what it becomes
 
 `reason` is the Google status name (INVALID_ARGUMENT, ...). Each dialect renders the error in
@@ -74,6 +76,11 @@ class Internal(GatewayError):
     status, reason = 500, "INTERNAL"
 
 
+class BadUpstreamAnswer(GatewayError):
+    # gRPC's HTTP mapping reads 502 as UNAVAILABLE: another try may get a readable answer.
+    status, reason = 502, "UNAVAILABLE"
+
+
 class Unavailable(GatewayError):
     status, reason = 503, "UNAVAILABLE"
 
@@ -88,6 +95,10 @@ class FeatureDisabled(GatewayError):
 
 class DeadlineExceeded(GatewayError):
     status, reason = 504, "DEADLINE_EXCEEDED"
+
+
+class StreamCut(DeadlineExceeded):
+    """Raised by the stream the gateway relays (core/pace.py); what was produced is charged."""
 
 
 # Upstream statuses worth trying elsewhere (DESIGN: connect errors, timeouts, 408, 429 and 5xx).
@@ -141,6 +152,9 @@ class UpstreamError(Exception):
             )
         if self.status in (408, 504):
             return DeadlineExceeded(f"The upstream timed out: {self.message}")
+        if self.status == 502:
+            # Adapters raise 502 for an answer they cannot read (not JSON, no candidates...).
+            return BadUpstreamAnswer(f"Bad upstream answer: {self.message}")
         if self.status >= 500:
             cls: type[GatewayError] = Internal if self.status == 500 else Unavailable
             return cls(f"The upstream failed: {self.message}")
@@ -171,6 +185,7 @@ STATUS_NAMES: dict[int, str] = {
     499: "CANCELLED",
     500: "INTERNAL",
     501: "NOT_IMPLEMENTED",
+    502: "UNAVAILABLE",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }

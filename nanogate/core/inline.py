@@ -3,37 +3,47 @@
 An image answer is a few hundred bytes of JSON around megabytes of base64. Parsing it whole makes
 a Python str of the base64, and writing a new document around it copies it again: a 16 MB image
 would cost three or four times its size while it passes. `loads` cuts long base64 strings out
-before parsing and hands them back as `Blob`s (offsets into the source bytes); `dumps` splices
-them into the output, so the base64 is copied once, into the bytes that go to the client.
+before parsing and hands them back as `Blob`s (offsets into the source: bytes, or the pieces an
+answer was read in, core/payload.py); `dump_pieces` writes a document as its skeleton's bytes
+around views of each Blob's source, so an answer goes out with its image never copied, and
+`dumps` joins those, copying it once.
 
-A base64 run is recognised by a regular expression at C speed. Its opening quote must not follow
-a backslash: an unescaped quote followed by base64 characters can only open a string (one that
-closes a string is followed by `,` `:` `}` `]` or space), so a match is always a whole string
-value. Anything unusual (escaped slashes, a string of other characters) is simply parsed.
+A long string is found with one-byte searches, at memchr speed: a quote, the next quote, and at
+least MIN_BLOB bytes between them, base64 characters (checked by a C-speed `translate` at both
+ends, and as plain ASCII between: see `_all_base64`).
+Its opening quote must not follow a backslash: an unescaped quote followed by base64 characters
+can only open a string (one that closes a string is followed by `,` `:` `}` `]` or space), so
+such a run is always a whole string value. Anything unusual (escaped slashes, a string of other
+characters) is simply parsed.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from nanogate.core.media import decode_base64
+from nanogate.core.payload import Payload, Piece, as_payload, joined
 
 # Shorter strings are parsed as usual: cutting them out would save nothing.
 MIN_BLOB = 8192
 # Bodies smaller than this are parsed whole; a multi-megabyte image body is not.
 SMALL_BODY = 256 * 1024
+# How much of each end of a long run is checked character by character (see _all_base64).
+CHECKED = 64 * 1024
 
-_RUN = re.compile(
-    rb'(?<!\\)"((?:data:[A-Za-z0-9/+.-]{1,100};base64,)?[A-Za-z0-9+/=_-]{%d,})"' % MIN_BLOB
-)
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-"
+# A base64 data URL's header, cut out with its data.
+_DATA_URL = re.compile(rb"data:[A-Za-z0-9/+.-]{1,100};base64,")
+_DATA_URL_MAX = len(b"data:;base64,") + 100
 
 
 class Blob:
-    """A base64 string inside `source[start:end]`, written after `prefix` when dumped.
+    """A base64 string at `source[start:end]`, written after `prefix` when dumped.
 
     Not a dataclass on purpose: orjson would serialise a dataclass as an object instead of
     asking `dumps` how to write it.
@@ -41,8 +51,8 @@ class Blob:
 
     __slots__ = ("end", "prefix", "source", "start")
 
-    def __init__(self, source: bytes, start: int, end: int, prefix: bytes = b"") -> None:
-        self.source = source
+    def __init__(self, source: bytes | Payload, start: int, end: int, prefix: bytes = b"") -> None:
+        self.source = as_payload(source)
         self.start = start
         self.end = end
         self.prefix = prefix
@@ -53,12 +63,19 @@ class Blob:
     def __repr__(self) -> str:  # never the data itself: reprs end up in logs
         return f"<Blob {len(self)} chars>"
 
+    def views(self) -> list[memoryview]:
+        """The base64 as views of the source's pieces: no copy."""
+        return self.source.views(self.start, self.end)
+
     def view(self) -> memoryview:
-        return memoryview(self.source)[self.start : self.end]
+        """The base64 in one view (a copy only if it spans several pieces of its source)."""
+        views = self.views()
+        return views[0] if len(views) == 1 else memoryview(b"".join(views))
 
     def head(self, size: int) -> bytes:
         """The first `size` characters (prefix included), e.g. to read a data URL's header."""
-        return (self.prefix + bytes(self.view()[:size]))[:size]
+        window = self.source.slice(self.start, min(self.end, self.start + size))
+        return (self.prefix + window)[:size]
 
     def after(self, offset: int) -> Blob:
         """The same string without its first `offset` source characters (and no prefix)."""
@@ -75,25 +92,70 @@ class Blob:
 Text = str | Blob
 
 
-def loads(body: bytes) -> Any:
+def loads(body: bytes | Payload) -> Any:
     """orjson.loads, with long base64 strings (and base64 data URLs) returned as Blobs."""
     if len(body) < SMALL_BODY:
-        return orjson.loads(body)
-    runs = list(_RUN.finditer(body))
+        return orjson.loads(joined(body))
+    source = as_payload(body)
+    runs = list(_runs(source))
     if not runs:
-        return orjson.loads(body)
+        return orjson.loads(source.join())
     token = "\x00" + secrets.token_hex(6) + ":"
-    pieces: list[bytes | memoryview] = []
+    pieces: list[Piece] = []
     blobs: dict[str, Blob] = {}
-    view = memoryview(body)
     at = 0
-    for index, match in enumerate(runs):
+    for index, (start, end) in enumerate(runs):
         name = f"{token}{index}"
-        blobs[name] = Blob(body, match.start(1), match.end(1))
-        pieces += (view[at : match.start()], orjson.dumps(name))
-        at = match.end()
-    pieces.append(view[at:])
+        blobs[name] = Blob(source, start, end)
+        # The skeleton: everything but the string, quotes included, which its marker replaces.
+        pieces += (*source.views(at, start - 1), orjson.dumps(name))
+        at = end + 1
+    pieces += source.views(at, source.size)
     return _restore(orjson.loads(b"".join(pieces)), blobs)
+
+
+def _runs(source: Payload) -> Iterator[tuple[int, int]]:
+    """(start, end) of the characters of each long base64 string, in order."""
+    at = source.find(b'"', 0)
+    while at >= 0:
+        close = source.find(b'"', at + 1)
+        if close < 0:
+            return
+        if close - at - 1 < MIN_BLOB:
+            # No string opening before the last quote within MIN_BLOB of here can be that long.
+            at = source.rfind(b'"', close, at + 1 + MIN_BLOB)
+        elif source.slice(at - 1, at) != b"\\" and _all_base64(source, at + 1, close):
+            yield at + 1, close
+            at = source.find(b'"', close + 1)
+        else:
+            at = close
+
+
+def _all_base64(source: Payload, start: int, end: int) -> bool:
+    """Whether bytes [start, end) are an optional data URL header and then at least MIN_BLOB
+    base64 characters. Checked exactly within CHECKED of either end; between them (a run of
+    megabytes), only as plain ASCII with no escape, at memory speed: what starts and ends as
+    base64 is no text, and is passed on as it came."""
+    header = _DATA_URL.match(source.slice(start, start + _DATA_URL_MAX))
+    if header is not None:
+        start += header.end()
+    if end - start < MIN_BLOB:
+        return False
+    middle = (start + CHECKED, end - CHECKED)
+    if middle[0] >= middle[1]:
+        return _base64(source, start, end)
+    plain = all(
+        piece.find(b"\\", low, high) < 0 and piece[low:high].isascii()
+        for _, piece, low, high in source.spans(*middle)
+    )
+    return _base64(source, start, middle[0]) and _base64(source, middle[1], end) and plain
+
+
+def _base64(source: Payload, start: int, end: int) -> bool:
+    # Deleting every base64 character leaves nothing, at C speed.
+    return not any(
+        piece[low:high].translate(None, _BASE64) for _, piece, low, high in source.spans(start, end)
+    )
 
 
 def _restore(node: Any, blobs: dict[str, Blob]) -> Any:
@@ -111,8 +173,9 @@ def _restore(node: Any, blobs: dict[str, Blob]) -> Any:
     return node
 
 
-def dumps(doc: Any) -> bytes:
-    """orjson.dumps, writing each Blob's prefix and base64 where it stands."""
+def dump_pieces(doc: Any) -> list[Piece]:
+    """orjson.dumps in pieces: the skeleton's bytes around each Blob's prefix and views of its
+    source, none of it copied; send them as they are (web/streaming.PiecesResponse)."""
     found: list[Blob] = []
     token = "\x00" + secrets.token_hex(6) + ":"
 
@@ -124,16 +187,23 @@ def dumps(doc: Any) -> bytes:
 
     skeleton = orjson.dumps(doc, default=mark)
     if not found:
-        return skeleton
-    pieces: list[bytes | memoryview] = []
+        return [skeleton]
+    pieces: list[Piece] = []
     at = 0
+    closing = b""
     for index, blob in enumerate(found):
         marker = orjson.dumps(f"{token}{index}")
         where = skeleton.index(marker, at)
-        pieces += (skeleton[at:where], b'"', blob.prefix, blob.view(), b'"')
+        pieces += (closing + skeleton[at:where] + b'"' + blob.prefix, *blob.views())
+        closing = b'"'
         at = where + len(marker)
-    pieces.append(skeleton[at:])
-    return b"".join(pieces)
+    pieces.append(closing + skeleton[at:])
+    return pieces
+
+
+def dumps(doc: Any) -> bytes:
+    """orjson.dumps, writing each Blob's prefix and base64 where it stands."""
+    return b"".join(dump_pieces(doc))
 
 
 def text_of(value: Text) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -46,10 +46,42 @@ WRITTEN_OFF = Counter(
     "Credits of overruns an account's balance could not pay (the fair hold policy).",
     registry=REGISTRY,
 )
+STORAGE_ERRORS = Counter(
+    "nanogate_storage_errors_total",
+    "Result storage operations that failed (a full or broken disk, S3 unreachable or "
+    "refusing), by operation.",
+    ["operation"],
+    registry=REGISTRY,
+)
+
+REDIS_ERRORS = Counter(
+    "nanogate_redis_errors_total",
+    "Redis calls that failed or timed out, by what they were for (limits, auth, lease renewal).",
+    ["operation"],
+    registry=REGISTRY,
+)
+RESOLUTIONS_PENDING = Gauge(
+    "nanogate_hold_resolutions_pending",
+    "Holds whose settle or refund the database did not take, queued to be refunded once it "
+    "answers again.",
+    registry=REGISTRY,
+)
 
 
 def observe_writeoff(credits: int) -> None:
     WRITTEN_OFF.inc(credits)
+
+
+def observe_resolutions_pending(count: int) -> None:
+    RESOLUTIONS_PENDING.set(count)
+
+
+def observe_storage_error(operation: str) -> None:
+    STORAGE_ERRORS.labels(operation).inc()
+
+
+def observe_redis_error(operation: str) -> None:
+    REDIS_ERRORS.labels(operation).inc()
 
 
 _request_counters: dict[tuple[str, str, int], Counter] = {}
@@ -177,6 +209,35 @@ def publish_upstreams(source: Callable[[], Iterable[UpstreamSample]]) -> None:
 def withdraw_upstreams(source: Callable[[], Iterable[UpstreamSample]]) -> None:
     if _UPSTREAMS.source == source:
         _UPSTREAMS.source = None
+
+
+class _Redis(Collector):
+    """nanogate_redis_up, read from the process's Redis link when scraped; absent without
+    redis_url, so a single node shows no Redis to alert on."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], bool] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        source = self.source
+        if source is None:
+            return []
+        up = GaugeMetricFamily(
+            "nanogate_redis_up",
+            "1 while Redis answers; 0 while each node counts limits on its own.",
+        )
+        up.add_metric([], 1 if source() else 0)
+        return [up]
+
+
+_REDIS = _Redis()
+REGISTRY.register(_REDIS)
+
+
+def publish_redis(source: Callable[[], bool] | None) -> None:
+    """Make `source` (whether the process's Redis answers) what nanogate_redis_up reports; None
+    withdraws it."""
+    _REDIS.source = source
 
 
 def render() -> bytes:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-Form = Literal["message", "msg"]
+Form = Literal["taskinfo", "recordinfo"]
 State = Literal["pending", "running", "succeeded", "failed"]
 
 
@@ -40,6 +40,7 @@ class TaskRecord:
     completed_at: datetime | None = None
     callback_url: str | None = None
     callback_state: str = "none"
+    callback_event_id: str | None = None  # set with the callback: its webhook-id
 
     @property
     def final(self) -> bool:

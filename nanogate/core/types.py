@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # annotations only: the shared vocabulary imports nothing of the package
     from nanogate.core.catalog import ModelSpec
+    from nanogate.core.payload import Payload
 
 JSON = dict[str, Any]
 Method = Literal["generateContent", "streamGenerateContent", "countTokens"]
@@ -76,9 +77,10 @@ class Usage:
 
 @dataclass(slots=True)
 class Reply:
-    """A complete upstream answer: raw GenerateContentResponse (or countTokens) JSON bytes."""
+    """A complete upstream answer: raw GenerateContentResponse (or countTokens) JSON bytes,
+    in the pieces they were read in where the adapter reads them so (a large answer)."""
 
-    body: bytes
+    body: bytes | Payload
     upstream: str
     usage: Usage = field(default_factory=Usage)
 

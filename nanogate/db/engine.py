@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -32,6 +34,34 @@ def make_engine(url: str) -> AsyncEngine:
         pool_recycle=1800,
         connect_args={"server_settings": {"application_name": "nanogate"}},
     )
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """A round trip to the database (`SELECT 1`); raises when it does not answer."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database did not answer (another connection held SQLite's write
+    lock too long; PostgreSQL's connection was lost or refused) rather than that it refused a
+    statement: the same work may succeed as it is, later."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc) or "busy" in str(exc)
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, InterfaceError):
+            return True
+        if isinstance(exc.orig, sqlite3.Error):
+            return unreachable(exc.orig)
+        # PostgreSQL's classes for it: connection exceptions, insufficient resources, operator
+        # intervention (a shutdown, a terminated backend), and 55000, with which a database
+        # that does not allow connections refuses one.
+        state = str(getattr(exc.orig, "sqlstate", None) or "")
+        return isinstance(exc, OperationalError) or state[:2] in _DOWN_CLASSES or state == "55000"
+    return isinstance(exc, OSError | TimeoutError)
+
+
+_DOWN_CLASSES = frozenset({"08", "53", "57"})
 
 
 def sqlite_file(url: str) -> Path | None:

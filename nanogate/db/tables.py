@@ -229,8 +229,8 @@ tasks = Table(
     metadata,
     Column("id", String(40), primary_key=True),
     Column("request_id", String(64), nullable=False),  # its hold's and usage record's id
-    # "message" (the taskinfo form, CreateTask/TaskInfo) or "msg" (recordinfo, createTask/…)
-    Column("form", String(8), nullable=False),
+    # "taskinfo" (CreateTask/TaskInfo) or "recordinfo" (createTask/recordInfo)
+    Column("form", String(16), nullable=False),
     Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
     Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False, index=True),
     Column("model", String(128), nullable=False),  # as the client named it
@@ -255,6 +255,8 @@ tasks = Table(
     Column("callback_attempts", Integer, nullable=False, default=0),
     Column("callback_next_at", UTCDateTime, nullable=True),
     Column("callback_lease_until", UTCDateTime, nullable=True),
+    # The callback's event id, set with it: the same on every attempt (webhook-id).
+    Column("callback_event_id", String(40), nullable=True),
     CheckConstraint(f"state IN ({', '.join(map(repr, TASK_STATES))})", name="state"),
     CheckConstraint(
         f"callback_state IN ({', '.join(map(repr, CALLBACK_STATES))})", name="callback_state"
@@ -263,7 +265,9 @@ tasks = Table(
     Index("ix_tasks_callbacks", "callback_state", "callback_next_at"),
 )
 
-# Every delivery attempt of a callback, for the operator (GET /admin/callbacks?task_id=).
+# Every delivery attempt of a callback, for the operator (GET /admin/callbacks?task_id=),
+# written when the attempt starts and completed when it ends: one whose sender stopped or died
+# in between is still counted.
 callback_deliveries = Table(
     "callback_deliveries",
     metadata,
@@ -272,7 +276,7 @@ callback_deliveries = Table(
     Column("attempt", Integer, nullable=False),
     Column("status_code", Integer, nullable=True),  # None: no HTTP answer (see error)
     Column("error", String(300), nullable=True),
-    Column("duration_ms", Integer, nullable=False),
+    Column("duration_ms", Integer, nullable=True),  # None: in flight, or its sender died
     Column("created_at", UTCDateTime, nullable=False, default=utcnow),
 )
 
@@ -287,6 +291,9 @@ idempotency_keys = Table(
     Column("target", String(64), nullable=False),  # task id or request id
     Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     Column("expires_at", UTCDateTime, nullable=False, index=True),
+    # The process running a synchronous call, until its answer is kept: a key whose call died
+    # with its process is freed when that process starts again (tasks outlive it: None).
+    Column("node", String(200), nullable=True),
 )
 
 # Stored answers of synchronous calls (the rescue path, and Idempotency-Key replays), by the
@@ -305,6 +312,20 @@ results = Table(
 
 # Secrets the gateway generates on first start when the operator sets none (the callback
 # signing secret, the file URL signing key): in the database, so every node shares them.
+# The runtime switches (access/switches.py): one row, id 1, that every node reads. `seed` holds
+# the settings last written, so a node started with other settings writes its own;
+# `reload_requested_at` is when a config reload was last asked of every node.
+switches = Table(
+    "switches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("maintenance", Boolean, nullable=False, default=False),
+    Column("disabled_features", String(200), nullable=False, default="[]"),  # a JSON list
+    Column("seed", String(400), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False, default=utcnow),
+    Column("reload_requested_at", UTCDateTime, nullable=True),
+)
+
 secrets = Table(
     "secrets",
     metadata,

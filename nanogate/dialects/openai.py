@@ -13,8 +13,7 @@ from typing import Any
 import orjson
 
 from nanogate.core import inline
-from nanogate.core.canonical import field as gfield
-from nanogate.core.canonical import usage_from_metadata
+from nanogate.core.canonical import Image, usage_from_metadata
 from nanogate.core.catalog import ModelSpec
 from nanogate.core.errors import GatewayError, InvalidArgument
 from nanogate.core.inline import Blob, Text
@@ -41,6 +40,7 @@ _CODES = {
     429: "rate_limit_exceeded",
     500: "internal_error",
     501: "feature_disabled",
+    502: "bad_upstream_answer",
     503: "service_unavailable",
     504: "upstream_timeout",
 }
@@ -158,64 +158,8 @@ def model_name(body: dict[str, Any], default: str | None = None) -> str:
 
 
 # -- reading a canonical answer ----------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Image:
-    mime: str
-    data: Text  # base64
-
-
-@dataclass(slots=True)
-class Candidate:
-    """One Gemini candidate, read into what the OpenAI shapes need."""
-
-    index: int = 0
-    text: list[str] = field(default_factory=list)
-    thoughts: list[str] = field(default_factory=list)
-    images: list[Image] = field(default_factory=list)
-    calls: list[dict[str, Any]] = field(default_factory=list)  # functionCall (+ signature)
-    finish: str | None = None  # Gemini's finishReason
-
-
-def candidates(doc: Any) -> list[Candidate]:
-    """The candidates of a GenerateContentResponse (or of one stream chunk)."""
-    found: list[Candidate] = []
-    raw = doc.get("candidates") if isinstance(doc, dict) else None
-    for position, item in enumerate(raw if isinstance(raw, list) else ()):
-        if not isinstance(item, dict):
-            continue
-        index = item.get("index")
-        out = Candidate(index=index if isinstance(index, int) else position)
-        finish = gfield(item, "finishReason", "finish_reason")
-        out.finish = finish if isinstance(finish, str) else None
-        content = item.get("content")
-        parts = content.get("parts") if isinstance(content, dict) else None
-        for part in parts if isinstance(parts, list) else ():
-            if isinstance(part, dict):
-                _read_part(part, out)
-        found.append(out)
-    return found
-
-
-def _read_part(part: dict[str, Any], out: Candidate) -> None:
-    blob = gfield(part, "inlineData", "inline_data")
-    call = gfield(part, "functionCall", "function_call")
-    text = part.get("text")
-    if isinstance(blob, dict) and blob.get("data"):
-        mime = gfield(blob, "mimeType", "mime_type")
-        out.images.append(Image(mime if isinstance(mime, str) else "image/png", blob["data"]))
-    elif isinstance(call, dict) and isinstance(call.get("name"), str):
-        signature = gfield(part, "thoughtSignature", "thought_signature")
-        out.calls.append({**call, "signature": signature if isinstance(signature, str) else None})
-    elif isinstance(text, str):
-        (out.thoughts if part.get("thought") else out.text).append(text)
-
-
-def block_reason(doc: Any) -> str | None:
-    feedback = gfield(doc, "promptFeedback", "prompt_feedback") if isinstance(doc, dict) else None
-    reason = gfield(feedback, "blockReason", "block_reason") if isinstance(feedback, dict) else None
-    return reason if isinstance(reason, str) else None
+# The parts, candidates and usage are read by the core's one reader (core/canonical.py); what is
+# OpenAI's own is the mapping of finish reasons and the usage shapes.
 
 
 def finish_reason(gemini: str | None, *, calls: bool) -> str | None:
@@ -227,11 +171,6 @@ def finish_reason(gemini: str | None, *, calls: bool) -> str | None:
     if gemini == "MAX_TOKENS":
         return "length"
     return "tool_calls" if calls else "stop"
-
-
-def usage_metadata(doc: Any) -> dict[str, Any]:
-    meta = gfield(doc, "usageMetadata", "usage_metadata") if isinstance(doc, dict) else None
-    return meta if isinstance(meta, dict) else {}
 
 
 @dataclass(slots=True)

@@ -19,11 +19,12 @@ from typing import Any
 
 import orjson
 
+from nanogate.core.canonical import Candidate
 from nanogate.core.catalog import ModelSpec
 from nanogate.core.inline import Blob, Text, text_of
 from nanogate.core.media import decode_base64, sniff_image
-from nanogate.dialects import openai as common
-from nanogate.dialects.openai import Candidate, Tokens, bad, show
+from nanogate.dialects import openai
+from nanogate.dialects.openai import Tokens, bad, show
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MODALITIES = {"text": "TEXT", "image": "IMAGE"}
@@ -68,7 +69,7 @@ def parse(doc: dict[str, Any], spec: ModelSpec, *, max_images: int) -> ChatReque
         raise bad("stream", f"must be true or false, not {show(stream)}.")
     # Image models give one image per call, so n means n calls (at most max_images); text
     # models answer n candidates in one call (Gemini allows up to 8).
-    n = common.count(doc, max_images if spec.is_image else 8)
+    n = openai.count(doc, max_images if spec.is_image else 8)
     options = doc.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad("stream_options", 'must be an object such as {"include_usage": true}.')
@@ -95,7 +96,7 @@ def parse(doc: dict[str, Any], spec: ModelSpec, *, max_images: int) -> ChatReque
         stream=bool(stream),
         n=n,
         include_usage=include_usage,
-        image_output=common.choice(doc, "image_output", IMAGE_OUTPUTS),
+        image_output=openai.choice(doc, "image_output", IMAGE_OUTPUTS),
     )
 
 
@@ -325,16 +326,17 @@ def _generation_config(doc: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
         ("presence_penalty", "presencePenalty", -2.0, 2.0),
         ("frequency_penalty", "frequencyPenalty", -2.0, 2.0),
     ):
-        value = common.number(doc, name, low, high)
+        value = openai.number(doc, name, low, high)
         if value is not None:
             config[key] = value
     limit = spec.output_token_limit
     for name in ("max_completion_tokens", "max_tokens"):
-        value = common.number(doc, name, 1, limit, integer=True)
+        value = openai.number(doc, name, 1, limit, integer=True)
         if value is not None:
             config["maxOutputTokens"] = value
             break
-    seed = common.number(doc, "seed", -(2**63), 2**63 - 1, integer=True)
+    # Gemini's seed is an int32: a wider one would be refused as generationConfig.seed.
+    seed = openai.number(doc, "seed", -(2**31), 2**31 - 1, integer=True)
     if seed is not None:
         config["seed"] = seed
     stop = _stop(doc.get("stop"))
@@ -347,7 +349,7 @@ def _generation_config(doc: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
     image = _image_config(doc.get("image_config"), spec)
     if image:
         config["imageConfig"] = image
-    effort = common.choice(doc, "reasoning_effort", THINKING_BUDGETS)
+    effort = openai.choice(doc, "reasoning_effort", THINKING_BUDGETS)
     if effort is not None:
         config["thinkingConfig"] = {"thinkingBudget": THINKING_BUDGETS[effort]}
     return config
@@ -389,7 +391,11 @@ def _response_format(value: Any) -> dict[str, Any]:
 def _modalities(value: Any, spec: ModelSpec) -> list[str]:
     if value is None:
         return []
-    if not isinstance(value, list) or not value or any(m not in MODALITIES for m in value):
+    if (
+        not isinstance(value, list)
+        or not value
+        or any(not isinstance(m, str) or m not in MODALITIES for m in value)
+    ):
         raise bad("modalities", f"must be an array of 'text' and 'image'; got {show(value)}.")
     if "image" in value and not spec.is_image:
         raise bad("modalities", f"{spec.name} is a text model; it cannot answer with images.")
@@ -498,7 +504,7 @@ def _tool_calls(candidate: Candidate) -> list[dict[str, Any]]:
 
 def _images(candidate: Candidate, urls: dict[int, str]) -> list[dict[str, Any]]:
     return [
-        {"type": "image_url", "image_url": {"url": urls.get(id(image)) or common.data_url(image)}}
+        {"type": "image_url", "image_url": {"url": urls.get(id(image)) or openai.data_url(image)}}
         for image in candidate.images
     ]
 
@@ -526,7 +532,7 @@ def completion(
         calls = _tool_calls(candidate)
         if calls:
             message["tool_calls"] = calls
-        finish = common.finish_reason(candidate.finish or "STOP", calls=bool(calls))
+        finish = openai.finish_reason(candidate.finish or "STOP", calls=bool(calls))
         rendered.append(
             {
                 "index": candidate.index,
@@ -589,7 +595,7 @@ class ChatStream:
             if candidate.finish is not None and index not in self.finished:
                 self.finished.add(index)
                 made_calls = self.call_counts.get(index, 0) > 0
-                finish = common.finish_reason(candidate.finish, calls=made_calls)
+                finish = openai.finish_reason(candidate.finish, calls=made_calls)
                 chunks.append(self._chunk(index, {}, finish))
         return chunks
 

@@ -16,7 +16,8 @@ from typing import Any, cast
 
 from nanogate.core.catalog import ModelSpec
 from nanogate.core.images import Format
-from nanogate.dialects import openai as common
+from nanogate.core.inline import Blob, text_of
+from nanogate.dialects import openai
 from nanogate.dialects.openai import bad, show
 from nanogate.dialects.openai_chat import image_settings
 
@@ -40,6 +41,8 @@ class ImagesRequest:
 
 def parse_generation(doc: dict[str, Any], spec: ModelSpec, *, max_images: int) -> ImagesRequest:
     prompt = doc.get("prompt")
+    if isinstance(prompt, Blob):  # a long prompt with no spaces reads like base64 in a big body
+        prompt = text_of(prompt)
     if not isinstance(prompt, str) or not prompt.strip():
         raise bad("prompt", "is required: describe the image to make.")
     return _request(doc, spec, [{"text": prompt}], max_images)
@@ -95,9 +98,9 @@ def _request(
         raise bad(
             "model", f"{spec.name} is a text model; the images endpoints need an image model."
         )
-    n = common.count(doc, max_images)
-    response_format = common.choice(doc, "response_format", RESPONSE_FORMATS) or "b64_json"
-    output_format = cast(Format | None, common.choice(doc, "output_format", OUTPUT_FORMATS))
+    n = openai.count(doc, max_images)
+    response_format = openai.choice(doc, "response_format", RESPONSE_FORMATS) or "b64_json"
+    output_format = cast(Format | None, openai.choice(doc, "output_format", OUTPUT_FORMATS))
     image = size_config(doc.get("size"), spec)
     image.update(image_settings(doc.get("aspect_ratio"), doc.get("image_size"), spec))
     config: dict[str, Any] = {"responseModalities": ["TEXT", "IMAGE"]}
@@ -137,7 +140,7 @@ def _log_ratio(ratio: str) -> float:
 def response(
     created: int,
     data: list[dict[str, Any]],
-    tokens: common.Tokens,
+    tokens: openai.Tokens,
     *,
     output_format: str,
     size: str | None,

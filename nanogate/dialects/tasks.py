@@ -34,10 +34,14 @@ MAX_PROMPT_CHARS = 100_000
 MAX_URL_CHARS = 2048
 
 
+# Where each form's envelope puts the human-readable text.
+_TEXT_FIELD: dict[Form, str] = {"taskinfo": "message", "recordinfo": "msg"}
+
+
 def form_for(path: str) -> Form:
     """The taskinfo form's routes live under /api/v1/client/; the recordinfo form's under
     /api/v1/jobs/ and /api/v1/chat/."""
-    return "message" if path.startswith("/api/v1/client/") else "msg"
+    return "taskinfo" if path.startswith("/api/v1/client/") else "recordinfo"
 
 
 def code_for(error: GatewayError) -> int:
@@ -50,7 +54,7 @@ def code_for(error: GatewayError) -> int:
 
 
 def envelope(data: Any, form: Form, *, code: int = 200, message: str = "success") -> bytes:
-    return orjson.dumps({"code": code, form: message, "data": data})
+    return orjson.dumps({"code": code, _TEXT_FIELD[form]: message, "data": data})
 
 
 def error_body(error: GatewayError, form: Form) -> tuple[int, bytes]:
@@ -80,9 +84,9 @@ class TaskRequest:
         """The client's name for a field, for messages (`input.image_size` carries the aspect
         ratio in the createTask form when `aspect_ratio` is absent)."""
         if name == "callback_url":
-            return "callback_url" if self.form == "message" else "callBackUrl"
+            return "callback_url" if self.form == "taskinfo" else "callBackUrl"
         if name == "aspect_ratio" and "aspect_ratio" not in self.param.get("input", {}):
-            return "input.image_size" if self.form == "msg" else "input.aspect_ratio"
+            return "input.image_size" if self.form == "recordinfo" else "input.aspect_ratio"
         return f"input.{name}"
 
 
@@ -110,8 +114,8 @@ def parse_create(body: bytes, form: Form) -> TaskRequest:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidArgument(f"input.prompt: longer than {MAX_PROMPT_CHARS} characters.")
     aspect = _aspect_ratio(raw, form)
-    callback_name = "callback_url" if form == "message" else "callBackUrl"
-    other_name = "callBackUrl" if form == "message" else "callback_url"
+    callback_name = "callback_url" if form == "taskinfo" else "callBackUrl"
+    other_name = "callBackUrl" if form == "taskinfo" else "callback_url"
     callback = doc.get(callback_name, doc.get(other_name))
     if callback is not None and (not isinstance(callback, str) or not callback.strip()):
         raise InvalidArgument(f"{callback_name}: must be an http(s) URL string.")
@@ -152,7 +156,7 @@ def _url(value: Any, name: str) -> str:
 def _aspect_ratio(raw: dict[str, Any], form: Form) -> str | None:
     # In the createTask form `image_size` carries the aspect ratio; `aspect_ratio` also works.
     given = {"input.aspect_ratio": raw.get("aspect_ratio")}
-    if form == "msg":
+    if form == "recordinfo":
         given["input.image_size"] = raw.get("image_size")
     found: dict[str, str | None] = {}
     for name, value in given.items():
@@ -247,12 +251,12 @@ def task_request(record: TaskRecord) -> TaskRequest:
 
 def render(record: TaskRecord, urls: Sequence[str]) -> dict[str, Any]:
     """The query answer's `data` (also the callback's), in the form the task was created in."""
-    if record.form == "message":
-        return _render_message(record, urls)
-    return _render_msg(record, urls)
+    if record.form == "taskinfo":
+        return _render_taskinfo(record, urls)
+    return _render_recordinfo(record, urls)
 
 
-def _render_message(record: TaskRecord, urls: Sequence[str]) -> dict[str, Any]:
+def _render_taskinfo(record: TaskRecord, urls: Sequence[str]) -> dict[str, Any]:
     failed = record.state == "failed"
     return {
         "task_id": record.id,
@@ -268,7 +272,7 @@ def _render_message(record: TaskRecord, urls: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _render_msg(record: TaskRecord, urls: Sequence[str]) -> dict[str, Any]:
+def _render_recordinfo(record: TaskRecord, urls: Sequence[str]) -> dict[str, Any]:
     failed = record.state == "failed"
     succeeded = record.state == "succeeded"
     return {

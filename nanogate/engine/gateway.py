@@ -10,32 +10,43 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from nanogate.access.keys import KeyLookup, KeyRecord
-from nanogate.access.limits import Limiter
+from nanogate.access.limits import Lease, Limiter
+from nanogate.access.switches import Switches
+from nanogate.access.throttle import AuthThrottle
 from nanogate.billing import prices
-from nanogate.billing.ledger import Hold
-from nanogate.billing.meter import Meter
+from nanogate.billing.ledger import Hold, Tx
+from nanogate.billing.meter import Meter, database_unavailable
+from nanogate.billing.runners import Work
 from nanogate.core import canonical, lifecycle
-from nanogate.core.catalog import Catalog, ModelSpec, parse_prices
+from nanogate.core.catalog import Catalog, ModelSpec, parse_prices, unknown_model
 from nanogate.core.errors import (
     GatewayError,
     Maintenance,
     NotFound,
     PermissionDenied,
+    StreamCut,
     Unauthenticated,
     UpstreamError,
 )
 from nanogate.core.metrics import observe_request
+from nanogate.core.pace import Pace, StreamLimits
+from nanogate.core.payload import Payload
 from nanogate.core.streams import GuardedStream
 from nanogate.core.types import Call, Chunk, Reply, Usage
+from nanogate.engine import usage
 from nanogate.engine.usage import UsageRecord, UsageRecorder
 from nanogate.routing import Router
 from nanogate.upstreams.modelcheck import ModelWatch
+
+# Makes the answer a client will get out of the upstream's replies, before the charge; returns
+# what to write in the charge's transaction (see Gateway.generate_many).
+Seal = Callable[[list[Reply]], Awaitable[Work[None] | None]]
 
 
 @dataclass(slots=True)
@@ -44,9 +55,12 @@ class Context:
 
     request_id: str
     dialect: str
+    # The client's address, for the failed-authentication throttle (None: not a web request).
+    client: str | None = None
     method: str = ""
     started: float = field(default_factory=time.perf_counter)
     key: KeyRecord | None = None
+    lease: Lease | None = None  # its hold on the key's limits while admitted
     model: str = ""
     # The name the client sent, where it differs from `model` (an alias, a shut-down id).
     requested_model: str | None = None
@@ -62,6 +76,7 @@ class Context:
     cost: int = 0  # credits charged (or, with metering off, what would have been)
     quote: int = 0  # the certain cost: what the call needs available to be admitted
     finished: bool = False
+    recorded: bool = False  # the usage record was written with the charge
 
     def fail(self, error: GatewayError) -> None:
         self.status = error.status
@@ -80,15 +95,19 @@ class Gateway:
         meter: Meter,
         *,
         charge_blocked_prompts: bool = False,
-        maintenance: bool = False,
+        switches: Switches | None = None,
         today: Callable[[], date] = lifecycle.today,
         watch: ModelWatch | None = None,
         allow_unlisted: bool = False,
         unlisted_prices: dict[str, int] | None = None,
+        stream_limits: StreamLimits | None = None,
+        throttle: AuthThrottle | None = None,
     ) -> None:
         """`watch`: the daily check of which models the gemini upstreams list. With
         `allow_unlisted`, text models the catalog does not list go through where an upstream
-        lists them, at `unlisted_prices`."""
+        lists them, at `unlisted_prices`. `stream_limits`: how long a stream may take.
+        `throttle` counts unknown keys per client address."""
+        self.stream_limits = stream_limits or StreamLimits()
         self.catalog = catalog
         self.today = today
         self.watch = watch
@@ -98,22 +117,32 @@ class Gateway:
         self.router = router
         self.recorder = recorder
         self.limiter = limiter
+        self.throttle = throttle
         self.meter = meter
         self.charge_blocked_prompts = charge_blocked_prompts
-        self.maintenance = maintenance
+        # Shared with the switch board, which changes it in place (access/switches.py).
+        self.switches = switches or Switches()
 
     # -- auth --------------------------------------------------------------------------------
 
-    async def authenticate(self, ctx: Context, presented: str | None) -> KeyRecord:
-        if self.maintenance:
+    async def authenticate(
+        self, ctx: Context, presented: str | None, *, operator: bool = False
+    ) -> KeyRecord:
+        """The caller's active key. Maintenance mode refuses every call first, except the
+        operator's (`operator`: the admin API and the console, which must stay up to lift it)."""
+        if self.switches.maintenance and not operator:
             raise Maintenance("The gateway is in maintenance mode; retry later.", retry_after=60)
         if not presented:
             raise Unauthenticated(
                 "No API key: send it as the x-goog-api-key header, ?key=, "
                 "'Authorization: Bearer <key>' or x-api-key."
             )
+        if self.throttle is not None and ctx.client is not None:
+            await self.throttle.check(ctx.client)
         record = await self.keys.authenticate(presented)
         if record is None:
+            if self.throttle is not None and ctx.client is not None:
+                await self.throttle.failed(ctx.client)
             raise Unauthenticated("API key not valid. Check the key, or ask the operator for one.")
         state = record.status(datetime.now(UTC))
         if state != "active":
@@ -129,6 +158,14 @@ class Gateway:
         if not (key.allows(spec.name) or (named is not None and key.allows(named.name))):
             raise PermissionDenied(f"API key {key.prefix} may not call model '{spec.name}'.")
         return spec
+
+    async def describe(self, ctx: Context, key: KeyRecord, model_name: str) -> ModelSpec:
+        """The model GET /models/{model} shows. One the key may not call is a 404, as if
+        unknown: the models list leaves it out too, and a 403 would tell that it exists."""
+        try:
+            return await self.resolve(ctx, key, model_name)
+        except PermissionDenied:
+            raise unknown_model(model_name) from None
 
     async def lookup(self, ctx: Context, model_name: str) -> ModelSpec:
         """Map a client's model name to what the call runs as today (lifecycle.py), noting on
@@ -214,16 +251,23 @@ class Gateway:
         key = ctx.key
         assert key is not None
         ctx.method = call.method
-        await self.limiter.acquire(key)
+        ctx.lease = await self.limiter.acquire(key)
         try:
             return await self.meter.reserve(ctx.request_id, key, self.quote(ctx, call, copies))
         except BaseException:
-            self.limiter.release(key)
+            await self._leave(ctx)
             raise
 
-    def _leave(self, ctx: Context) -> None:
-        assert ctx.key is not None
-        self.limiter.release(ctx.key)
+    async def count_request(self, key: KeyRecord) -> None:
+        """The limits of a request that runs later (a task's create): it counts toward the
+        key's requests per minute, but holds no concurrency slot while it waits in the queue,
+        which the workers bound."""
+        await self.limiter.release(await self.limiter.acquire(key))
+
+    async def _leave(self, ctx: Context) -> None:
+        lease, ctx.lease = ctx.lease, None
+        if lease is not None:
+            await self.limiter.release(lease)
 
     @asynccontextmanager
     async def _admitted(
@@ -238,38 +282,72 @@ class Gateway:
                 await self.meter.refund(hold)
                 raise
         finally:
-            self._leave(ctx)
+            await self._leave(ctx)
 
-    async def generate(self, ctx: Context, call: Call) -> Reply:
-        async with self._admitted(ctx, call) as hold:
-            reply, cost = await self.execute(ctx, call)
-            # Durable before the caller sends a byte of the answer.
-            ctx.cost = await self.meter.settle(hold, cost)
-        return reply
+    async def generate(self, ctx: Context, call: Call, seal: Seal | None = None) -> Reply:
+        return (await self.generate_many(ctx, call, 1, seal))[0]
 
-    async def generate_many(self, ctx: Context, call: Call, copies: int) -> list[Reply]:
+    async def generate_many(
+        self, ctx: Context, call: Call, copies: int, seal: Seal | None = None
+    ) -> list[Reply]:
         """`copies` runs of one call at once (a Gemini image model makes one image a call):
         one reservation for all of them, a charge for those that succeed. Raises only when
-        none succeeded; the answers come back in the order they were started."""
-        if copies == 1:
-            return [await self.generate(ctx, call)]
+        none succeeded; the answers come back in the order they were started.
+
+        `seal` makes the answer the client will get from the replies (renders it, stores its
+        images, keeps it for a retry) before anything is charged: if it raises, the call is
+        refunded. The work it returns commits with the charge, as does the usage record."""
         async with self._admitted(ctx, call, copies) as hold:
-            runs = [self._copy(ctx, call) for _ in range(copies)]
-            outcomes = await asyncio.gather(*runs, return_exceptions=True)
-            answers = [o for o in outcomes if isinstance(o, tuple)]
-            if not answers:
-                raise next(o for o in outcomes if isinstance(o, BaseException))
-            for sub, _ in answers:
-                ctx.upstream = ctx.upstream or sub.upstream
-                ctx.usage.add(sub.usage)
-                ctx.error = ctx.error or sub.error
-                ctx.error_message = ctx.error_message or sub.error_message
-            failed = [o for o in outcomes if isinstance(o, GatewayError)]
-            if failed and ctx.error is None:
-                ctx.error = f"{len(failed)} of {copies} failed: {failed[0].reason}"
-                ctx.error_message = failed[0].message
-            ctx.cost = await self.meter.settle(hold, sum(sub.cost for sub, _ in answers))
-        return [reply for _, reply in answers]
+            if copies == 1:
+                reply, cost = await self.execute(ctx, call)
+                replies = [reply]
+            else:
+                replies, cost = await self._copies(ctx, call, copies)
+            sealed = await seal(replies) if seal is not None else None
+            await self._settle(ctx, hold, cost, sealed)
+        return replies
+
+    async def _copies(self, ctx: Context, call: Call, copies: int) -> tuple[list[Reply], int]:
+        runs = [self._copy(ctx, call) for _ in range(copies)]
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+        answers = [o for o in outcomes if isinstance(o, tuple)]
+        if not answers:
+            raise next(o for o in outcomes if isinstance(o, BaseException))
+        for sub, _ in answers:
+            ctx.upstream = ctx.upstream or sub.upstream
+            ctx.usage.add(sub.usage)
+            ctx.error = ctx.error or sub.error
+            ctx.error_message = ctx.error_message or sub.error_message
+        failed = [o for o in outcomes if isinstance(o, GatewayError)]
+        if failed and ctx.error is None:
+            ctx.error = f"{len(failed)} of {copies} failed: {failed[0].reason}"
+            ctx.error_message = failed[0].message
+        return [reply for _, reply in answers], sum(sub.cost for sub, _ in answers)
+
+    async def _settle(
+        self, ctx: Context, hold: Hold | None, cost: int, sealed: Work[None] | None
+    ) -> None:
+        """Charge the call, durably before the caller sends a byte of the answer. A charge
+        commits with the call's usage record and what `sealed` writes, so a crash right after
+        it leaves all three or none."""
+        if hold is None:
+            # Nothing charged, nothing to tie to a charge: the record goes the buffered way.
+            ctx.cost = cost
+            if sealed is not None:
+                try:
+                    await self.meter.journal.submit(sealed)
+                except Exception as exc:
+                    raise database_unavailable("keep the answer") from exc
+            return
+
+        async def then(tx: Tx, charged: int) -> None:
+            if sealed is not None:
+                await sealed(tx)
+            ctx.cost = charged
+            await self.write_record(tx, ctx)
+
+        ctx.cost = await self.meter.settle(hold, cost, then)
+        ctx.recorded = True
 
     async def _copy(self, ctx: Context, call: Call) -> tuple[Context, Reply]:
         sub = Context(
@@ -291,46 +369,57 @@ class Gateway:
         """The first chunk (so errors before any byte still get a proper status) and the rest.
 
         The rest must be closed (aclose) however it ends: that closes the upstream, releases
-        the limits, settles or refunds the credits and records usage, once.
+        the limits, settles or refunds the credits and records usage, once. It raises
+        StreamCut when it runs past `stream_limits` (core/pace.py): what came until then is
+        charged, as for a client that left.
         """
         hold = await self._admit(ctx, call)
+        pace = Pace(self.stream_limits)
+        # Until the first chunk the router's deadline runs too, and its error says more (the
+        # last upstream's); the stream's own applies only when it is the shorter.
+        shorter = self.stream_limits.deadline_s < self.router.deadline_s
+        timer = asyncio.timeout(pace.left() if shorter else None)
         try:
-            upstream, first, rest = await self.router.open_stream(call, only=ctx.route_only)
-        except BaseException:
+            async with timer:
+                upstream, first, rest = await self.router.open_stream(call, only=ctx.route_only)
+        except BaseException as exc:
             try:
                 await self.meter.refund(hold)
             finally:
-                self._leave(ctx)
+                await self._leave(ctx)
+            if isinstance(exc, TimeoutError) and timer.expired():
+                raise pace.exceeded() from None
             raise
         ctx.upstream = upstream
+        pace.seen(first)
         bill = _StreamBill(self, ctx, call, hold)
         bill.seen(first)
-        if canonical.FINISH_KEY in first.body:
+        if canonical.finishes(first.body):
             # A one-chunk answer (common for images) is the whole answer: paid before it goes.
             try:
                 await bill.settle()
             except BaseException:
                 # No byte went out: the caller answers with the error and writes the record.
                 await rest.aclose()
-                self._leave(ctx)
+                await self._leave(ctx)
                 raise
 
         async def cleanup() -> None:
             try:
                 await rest.aclose()
             finally:
-                self._leave(ctx)
+                await self._leave(ctx)
                 try:
-                    # A client that hung up (499) pays for what the upstream produced; an
-                    # upstream that failed mid-way costs nothing.
-                    if ctx.status in (200, 499):
+                    # A client that hung up (499) or a stream cut for its pace pays for what
+                    # the upstream produced; an upstream that failed mid-way costs nothing.
+                    if ctx.status in (200, 499) or bill.cut:
                         await bill.settle()
                     else:
                         await bill.refund()
                 finally:
                     self.finish(ctx)
 
-        return first, GuardedStream(bill.metered(rest), cleanup)
+        return first, GuardedStream(bill.metered(rest, pace), cleanup)
 
     @staticmethod
     def quote(ctx: Context, call: Call, copies: int = 1) -> prices.Quote:
@@ -339,7 +428,9 @@ class Gateway:
         ctx.quote = quote.certain
         return quote
 
-    def charge(self, ctx: Context, call: Call, body: bytes, *, complete: bool = True) -> int:
+    def charge(
+        self, ctx: Context, call: Call, body: bytes | Payload, *, complete: bool = True
+    ) -> int:
         """What an answer costs: its usage at the model's rates, or nothing (by default) when
         it is complete, an image was asked for and none came back. An answer cut short (the
         client left mid-stream) costs what the upstream produced up to then."""
@@ -354,16 +445,26 @@ class Gateway:
     # -- the record --------------------------------------------------------------------------
 
     def finish(self, ctx: Context) -> None:
-        """Write the request's usage record (buffered; no database trip here). Once only."""
+        """Write the request's usage record (buffered; no database trip here), unless its
+        charge wrote it. Once only."""
         if ctx.finished:
             return
         ctx.finished = True
         latency = time.perf_counter() - ctx.started
-        usage = ctx.usage
         # Metrics only label catalog names: a client's typo must not mint a new time series.
         known = ctx.model if self.catalog.get(ctx.model) else "unknown"
-        observe_request(ctx.dialect, known, ctx.status, latency, usage)
-        record = UsageRecord(
+        observe_request(ctx.dialect, known, ctx.status, latency, ctx.usage)
+        if not ctx.recorded:
+            self.recorder.record(self._record(ctx))
+
+    async def write_record(self, tx: Tx, ctx: Context) -> None:
+        """Write the request's usage record in `tx`, its charge's transaction, so a crash leaves
+        both or neither. Once it commits the caller sets `ctx.recorded` (`finish` writes no
+        other)."""
+        await usage.write(tx, self._record(ctx))
+
+    def _record(self, ctx: Context) -> UsageRecord:
+        return UsageRecord(
             request_id=ctx.request_id,
             key_id=ctx.key.id if ctx.key else None,
             key_prefix=ctx.key.prefix if ctx.key else "",
@@ -373,14 +474,13 @@ class Gateway:
             model=ctx.model,
             requested_model=ctx.requested_model,
             upstream=ctx.upstream,
+            usage=ctx.usage,
             status=ctx.status,
-            latency_ms=int(latency * 1000),
+            latency_ms=int((time.perf_counter() - ctx.started) * 1000),
             cost=ctx.cost,
             error=ctx.error,
             error_message=ctx.error_message,
         )
-        record.add_usage(usage)
-        self.recorder.record(record)
 
 
 class _StreamBill:
@@ -388,7 +488,8 @@ class _StreamBill:
 
     The chunk that carries `finishReason` is the last one that counts: the charge is settled
     (and durable) before that chunk goes to the client, so the client's last byte comes after
-    it. A stream that ends without one settles when it closes.
+    it. A stream that ends without one settles when it closes; so does one cut for its pace
+    (`cut`), at what was produced.
     """
 
     def __init__(self, gateway: Gateway, ctx: Context, call: Call, hold: Hold | None) -> None:
@@ -398,30 +499,46 @@ class _StreamBill:
         self.hold = hold
         self.last = b""
         self.done = False
+        self.cut = False
 
     def seen(self, chunk: Chunk) -> None:
         if chunk.usage is not None:
             self.ctx.usage.merge_max(chunk.usage)
         self.last = chunk.body
 
-    async def metered(self, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        """Pass chunks on, keeping their usage and the error that ends them."""
+    async def metered(self, rest: AsyncIterator[Chunk], pace: Pace) -> AsyncIterator[Chunk]:
+        """Pass chunks on at `pace`, keeping their usage and the error that ends them."""
         try:
-            async for chunk in rest:
+            while (chunk := await pace.next(rest)) is not None:
                 self.seen(chunk)
-                if canonical.FINISH_KEY in chunk.body:
+                if canonical.finishes(chunk.body):
                     await self.settle()
                 yield chunk
         except UpstreamError as exc:
             self.ctx.fail(exc.to_gateway_error())
             raise
+        except StreamCut as exc:
+            if self.done:
+                return  # the answer was whole and paid; only the upstream's hang-up was late
+            self.cut = True
+            self.ctx.fail(exc)
+            raise
 
     async def settle(self) -> None:
         if not self.done:
             self.done = True
-            complete = self.ctx.status != 499
-            charge = self.gateway.charge(self.ctx, self.call, self.last, complete=complete)
-            self.ctx.cost = await self.gateway.meter.settle(self.hold, charge)
+            ctx = self.ctx
+            complete = ctx.status != 499 and not self.cut
+            charge = self.gateway.charge(ctx, self.call, self.last, complete=complete)
+
+            async def then(tx: Tx, charged: int) -> None:
+                # The record commits with the charge, as a one-shot call's does: a crash
+                # right after leaves both or neither.
+                ctx.cost = charged
+                await self.gateway.write_record(tx, ctx)
+
+            ctx.cost = await self.gateway.meter.settle(self.hold, charge, then)
+            ctx.recorded = self.hold is not None
 
     async def refund(self) -> None:
         if not self.done:

@@ -3,13 +3,15 @@
 An Idempotency-Key is scoped to the API key that sent it and lives `result_ttl_hours`. It
 remembers a fingerprint of the first request (method, path, body) and what that request became:
 a task id on the task API, or a request id whose answer is kept (in result storage) on the
-synchronous dialects. The same key with another body is a conflict.
+synchronous dialects. The same key with another body is a conflict. A key whose synchronous call
+ended with no answer kept (it failed and was refunded, or its process died) is free again.
 
 The rescue path: a synchronous call runs to its end even when its client has gone (the server
 does not cancel a handler on disconnect), so it is billed once; its answer is then kept for
 `GET /v1/results/{request_id}`. Answers are kept only when needed: the call sent an
 Idempotency-Key, or its client was gone by the time the answer was ready. Keeping every answer
-would write every multi-megabyte image to disk on the hot path.
+would write every multi-megabyte image to disk on the hot path. A kept answer is stored before
+the call is charged, and its row commits with the charge: no crash leaves one without the other.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from nanogate.billing.ledger import Tx
 from nanogate.billing.meter import database_unavailable
-from nanogate.billing.runners import Journal
+from nanogate.billing.runners import Journal, Work
 from nanogate.core.errors import Conflict
 from nanogate.storage import Storage
 
@@ -37,6 +39,14 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
 
 async def remembered(tx: Tx, key_id: int, idem_key: str, now: datetime) -> tuple[str, str] | None:
     """(fingerprint, target) of a live Idempotency-Key, or None (an expired one is dropped)."""
+    found = await _held(tx, key_id, idem_key, now)
+    return found[:2] if found else None
+
+
+async def _held(
+    tx: Tx, key_id: int, idem_key: str, now: datetime
+) -> tuple[str, str, str | None] | None:
+    """`remembered`, and the node running its call (None once its answer is kept)."""
     params = {"key": key_id, "idem": idem_key, "now": now}
     await tx.exec(
         "DELETE FROM idempotency_keys WHERE key_id = :key AND idem_key = :idem "
@@ -44,10 +54,11 @@ async def remembered(tx: Tx, key_id: int, idem_key: str, now: datetime) -> tuple
         params,
     )
     row = await tx.one(
-        "SELECT fingerprint, target FROM idempotency_keys WHERE key_id = :key AND idem_key = :idem",
+        "SELECT fingerprint, target, node FROM idempotency_keys "
+        "WHERE key_id = :key AND idem_key = :idem",
         params,
     )
-    return (str(row[0]), str(row[1])) if row else None
+    return (str(row[0]), str(row[1]), None if row[2] is None else str(row[2])) if row else None
 
 
 async def remember(
@@ -59,10 +70,11 @@ async def remember(
     *,
     target: str,
     now: datetime,
+    node: str | None = None,
 ) -> None:
     await tx.exec(
         "INSERT INTO idempotency_keys (key_id, idem_key, fingerprint, target, created_at, "
-        "expires_at) VALUES (:key, :idem, :fingerprint, :target, :now, :expires)",
+        "expires_at, node) VALUES (:key, :idem, :fingerprint, :target, :now, :expires, :node)",
         {
             "key": key_id,
             "idem": idem_key,
@@ -70,6 +82,7 @@ async def remember(
             "target": target,
             "now": now,
             "expires": expires,
+            "node": node,
         },
     )
 
@@ -99,7 +112,14 @@ async def keep_result(
     now: datetime,
     expires: datetime,
 ) -> None:
-    """Remember where a synchronous call's answer is stored (a reused request id: the latest)."""
+    """Remember where a synchronous call's answer is stored (a reused request id: the latest).
+    An Idempotency-Key that named the call now lasts as long as its answer, whatever becomes of
+    the process that ran it."""
+    await tx.exec(
+        "UPDATE idempotency_keys SET expires_at = :expires, node = NULL "
+        "WHERE key_id = :key AND target = :request AND node IS NOT NULL",
+        {"key": key_id, "request": request_id, "expires": expires},
+    )
     await tx.exec(
         "INSERT INTO results (key_id, request_id, status, content_type, object_name, "
         "created_at, expires_at) VALUES (:key, :request, :status, :type, :name, :now, :expires) "
@@ -136,10 +156,18 @@ _POLL_S = 0.25
 
 
 class ResultKeeper:
-    def __init__(self, journal: Journal, storage: Storage, *, ttl_s: float) -> None:
+    """`node` names this process (as its holds do). An Idempotency-Key's call that is running
+    holds the key for `lease_s` at most, the life of its reservation: a call whose process died
+    and never came back frees it then; one whose process is this one, at once (see `claim`)."""
+
+    def __init__(
+        self, journal: Journal, storage: Storage, *, ttl_s: float, node: str, lease_s: float
+    ) -> None:
         self.journal = journal
         self.storage = storage
         self.ttl = timedelta(seconds=ttl_s)
+        self.node = node
+        self.lease = timedelta(seconds=lease_s)
         self._running: set[tuple[int, str]] = set()
 
     @contextmanager
@@ -156,6 +184,13 @@ class ResultKeeper:
         return (key_id, request_id) in self._running
 
     async def keep(self, key_id: int, request_id: str, body: bytes, status: int = 200) -> None:
+        await self.journal.submit(await self.sealed(key_id, request_id, body, status))
+
+    async def sealed(
+        self, key_id: int, request_id: str, body: bytes, status: int = 200
+    ) -> Work[None]:
+        """Store the answer now (Unavailable if the storage fails); the work that records it,
+        to commit with the call's charge."""
         stored = await self.storage.put(body, JSON_TYPE)
         now = datetime.now(UTC)
 
@@ -171,7 +206,7 @@ class ResultKeeper:
                 expires=now + self.ttl,
             )
 
-        await self.journal.submit(work)
+        return work
 
     async def fetch(self, key_id: int, request_id: str) -> tuple[int, bytes] | None:
         now = datetime.now(UTC)
@@ -195,12 +230,24 @@ class ResultKeeper:
         while True:
             now = datetime.now(UTC)
 
-            async def work(tx: Tx, now: datetime = now) -> tuple[str, str] | None:
-                found = await remembered(tx, key_id, idem_key, now)
+            async def work(tx: Tx, now: datetime = now) -> tuple[str, str, str | None] | None:
+                found = await _held(tx, key_id, idem_key, now)
+                if found and found[2] == self.node and not self.is_running(key_id, found[1]):
+                    # Its call ran here and ended with no answer kept (this process restarted
+                    # since, or could not release the key): nothing will come, run it again.
+                    await forget(tx, key_id, idem_key, found[1])
+                    found = None
                 if found is None:
-                    expires = now + self.ttl
+                    expires = now + self.lease
                     await remember(
-                        tx, key_id, idem_key, fingerprint, expires, target=request_id, now=now
+                        tx,
+                        key_id,
+                        idem_key,
+                        fingerprint,
+                        expires,
+                        target=request_id,
+                        now=now,
+                        node=self.node,
                     )
                 return found
 

@@ -1,9 +1,10 @@
 """The usage recorder: one row per request, written in batches off the request path.
 
 `record()` only appends to an in-memory buffer. A background task drains it every
-`flush_seconds` (sooner once `max_batch` rows wait) with one multi-row INSERT per batch.
-Usage rows are statistics, not money: the ledger is what backs balances, so a row lost in a
-crash costs a chart a dot, never a customer a credit.
+`flush_seconds` (sooner once `max_batch` rows wait) with one multi-row INSERT per batch. A
+buffered row is lost in a crash, so the record of a settled charge is not buffered: `write` puts
+it in the charge's own transaction (Gateway.generate_many, a stream's settle, and a task's
+Worker._commit).
 """
 
 from __future__ import annotations
@@ -16,21 +17,19 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, case, func, insert, literal_column, select
+from sqlalchemy import String, insert, select
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from nanogate.billing.ledger import Tx
 from nanogate.core.redact import scrub
 from nanogate.core.types import Usage
-from nanogate.db.tables import accounts, usage_records, utcnow
+from nanogate.db.tables import usage_records, utcnow
 
 logger = logging.getLogger(__name__)
 
 MAX_BUFFER = 100_000
 
-# What `summarize` can group by, and the totals it gives each group.
-SUMMARY_GROUPS = ("account", "key", "model", "day")
-SUMMARY_TOTALS = ("requests", "errors", "images", "tokens", "credits")
 # Every column of a usage record, in table order (for CSV and JSON output).
 RECORD_COLUMNS = tuple(column.name for column in usage_records.columns)
 
@@ -48,13 +47,7 @@ class UsageRecord:
     status: int
     latency_ms: int
     upstream: str | None = None
-    input_text_tokens: int = 0
-    input_image_tokens: int = 0
-    output_text_tokens: int = 0
-    output_image_tokens: int = 0
-    thoughts_tokens: int = 0
-    total_tokens: int = 0
-    images: int = 0
+    usage: Usage = field(default_factory=Usage)  # the one token-count shape (core.types)
     cost: int = 0
     account_id: int | None = None
     error: str | None = None  # the status name, e.g. RESOURCE_EXHAUSTED
@@ -62,18 +55,18 @@ class UsageRecord:
     created_at: datetime = field(default_factory=utcnow)
     requested_model: str | None = None  # the client's name, when the call ran under another
 
-    def add_usage(self, usage: Usage) -> None:
-        """Copy the upstream's token counts by modality."""
-        self.input_text_tokens = usage.input_text
-        self.input_image_tokens = usage.input_image
-        self.output_text_tokens = usage.output_text
-        self.output_image_tokens = usage.output_image
-        self.thoughts_tokens = usage.thoughts
-        self.total_tokens = usage.total
-        self.images = usage.images
 
-
-_FIELDS = tuple(f.name for f in fields(UsageRecord))
+# The columns the record's Usage is stored in (the cached count is not kept).
+_USAGE_COLUMNS = {
+    "input_text_tokens": "input_text",
+    "input_image_tokens": "input_image",
+    "output_text_tokens": "output_text",
+    "output_image_tokens": "output_image",
+    "thoughts_tokens": "thoughts",
+    "total_tokens": "total",
+    "images": "images",
+}
+_FIELDS = (*(f.name for f in fields(UsageRecord) if f.name != "usage"), *_USAGE_COLUMNS)
 # Column widths, so an oversized value is cut here rather than failing a whole batch on
 # PostgreSQL (SQLite would store it whole).
 _WIDTHS = {
@@ -84,7 +77,8 @@ _WIDTHS = {
 
 
 def _row(rec: UsageRecord) -> dict[str, Any]:
-    row = {name: getattr(rec, name) for name in _FIELDS}
+    row = {name: getattr(rec, name) for name in _FIELDS if name not in _USAGE_COLUMNS}
+    row.update({column: getattr(rec.usage, name) for column, name in _USAGE_COLUMNS.items()})
     if rec.error_message is not None:
         # Messages may quote what a client or an upstream sent: never a key or an image here.
         row["error_message"] = scrub(rec.error_message, limit=_WIDTHS["error_message"])
@@ -93,6 +87,18 @@ def _row(rec: UsageRecord) -> dict[str, Any]:
         if isinstance(value, str) and len(value) > width:
             row[name] = value[:width]
     return row
+
+
+_INSERT = (
+    f"INSERT INTO usage_records ({', '.join(_FIELDS)}) "
+    f"VALUES ({', '.join(':' + name for name in _FIELDS)})"
+)
+
+
+async def write(tx: Tx, rec: UsageRecord) -> None:
+    """Write one record inside `tx`: a settled call's, in the transaction of its charge, so no
+    crash can leave a charge without its record."""
+    await tx.exec(_INSERT, _row(rec))
 
 
 class UsageRecorder:
@@ -237,65 +243,6 @@ class UsageRecorder:
         if self.dropped > self._dropped_logged:
             logger.warning("usage buffer full: %d records dropped so far", self.dropped)
             self._dropped_logged = self.dropped
-
-
-async def summarize(
-    engine: AsyncEngine, by: str, since: datetime, *, key_prefix: str | None = None
-) -> list[dict[str, Any]]:
-    """Usage totals per account (its name), key (its prefix), model or UTC day ("YYYY-MM-DD")
-    since `since`, in one GROUP BY query: requests, errors (status >= 400), images, tokens (total)
-    and credits (the sum of cost). Each dict holds `by` (the group) and SUMMARY_TOTALS. Days come
-    oldest first; other groups by credits spent, most first."""
-    if by not in SUMMARY_GROUPS:
-        raise ValueError(f"cannot group usage by {by!r}; choose one of {', '.join(SUMMARY_GROUPS)}")
-    u = usage_records
-    async with engine.connect() as conn:
-        group = _group(by, conn.dialect.name)
-        totals = (
-            func.count().label("requests"),
-            func.sum(case((u.c.status >= 400, 1), else_=0)).label("errors"),
-            func.sum(u.c.images).label("images"),
-            func.sum(u.c.total_tokens).label("tokens"),
-            func.sum(u.c.cost).label("credits"),
-        )
-        stmt = select(group.label("grp"), *totals).where(u.c.created_at >= since)
-        if key_prefix is not None:
-            stmt = stmt.where(u.c.key_prefix == key_prefix)
-        if by == "account":
-            stmt = stmt.select_from(u.outerjoin(accounts, accounts.c.id == u.c.account_id))
-            stmt = stmt.group_by(u.c.account_id, group)
-        else:
-            stmt = stmt.group_by(group)
-        if by == "day":
-            stmt = stmt.order_by(group)
-        else:
-            stmt = stmt.order_by(totals[4].desc(), totals[0].desc(), group)
-        rows = (await conn.execute(stmt)).all()
-    return [
-        {by: row.grp, **{name: int(getattr(row, name) or 0) for name in SUMMARY_TOTALS}}
-        for row in rows
-    ]
-
-
-def _group(by: str, dialect: str) -> ColumnElement[Any]:
-    u = usage_records
-    if by == "account":
-        return accounts.c.name
-    if by == "key":
-        return u.c.key_prefix
-    if by == "model":
-        return u.c.model
-    # The UTC date of created_at, as text. SQLite keeps datetimes as UTC text
-    # ("YYYY-MM-DD HH:MM:SS.ffffff"); PostgreSQL keeps a timestamptz, read in UTC here whatever the
-    # session's time zone. Literal constants, not bound parameters: PostgreSQL would not see
-    # `to_char(.., $1)` in the SELECT and `to_char(.., $3)` in the GROUP BY as one expression.
-    if dialect == "sqlite":
-        return func.substr(u.c.created_at, literal_column("1"), literal_column("10"), type_=String)
-    return func.to_char(
-        func.timezone(literal_column("'UTC'"), u.c.created_at),
-        literal_column("'YYYY-MM-DD'"),
-        type_=String,
-    )
 
 
 def _describe(exc: BaseException) -> str:

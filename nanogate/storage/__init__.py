@@ -1,7 +1,7 @@
 """Result storage: generated images and stored answers, kept by content and handed out by URL.
 
-Callers see bytes, names and URLs only, never filesystem paths, so an S3-compatible backend can
-replace the local directory without touching them. Names are content-addressed,
+Callers see bytes, names and URLs only, never filesystem paths, so the S3-compatible backend
+(s3.py) replaces the local directory (local.py) without touching them. Names are content-addressed,
 `<first two hex digits>/<sha256 hex>.<ext>`: putting the same bytes twice stores them once, and
 a name is safe in a URL path and cannot climb out of the store.
 """
@@ -12,14 +12,16 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Protocol
 
+from nanogate.core.config import Settings
+from nanogate.core.errors import Unavailable
 from nanogate.storage.signing import UrlSigner
 
 __all__ = [
     "CONTENT_TYPES",
     "Storage",
+    "StorageError",
     "Stored",
     "UrlSigner",
     "content_type_for",
@@ -27,6 +29,7 @@ __all__ = [
     "extension_for",
     "name_for",
     "open_storage",
+    "signed_url",
     "valid_name",
 ]
 
@@ -45,6 +48,11 @@ _TYPES_BY_EXT = {ext: ctype for ctype, ext in CONTENT_TYPES.items()} | {FALLBACK
 _NAME = re.compile(r"([0-9a-f]{2})/(\1[0-9a-f]{62})\.(" + "|".join(_TYPES_BY_EXT) + ")")
 
 
+class StorageError(Unavailable):
+    """Result storage failed (unreachable, misconfigured, refusing): a 503 in the caller's own
+    envelope. The message names storage and the kind of failure, never a key or a bucket."""
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     name: str
@@ -53,8 +61,15 @@ class Stored:
 
 
 class Storage(Protocol):
+    """Every operation that reaches the store raises StorageError when it cannot."""
+
+    async def start(self) -> None:
+        """Prepare what needs the event loop (a client, a retention rule); never raises."""
+        ...
+
     async def put(self, data: bytes, content_type: str) -> Stored:
-        """Store `data` under its content's name; the same bytes again refresh its retention."""
+        """Store `data` under its content's name; the same bytes again refresh its retention.
+        A storage that cannot write (a full disk) raises StorageError, saying so."""
         ...
 
     async def get(self, name: str) -> tuple[bytes, str] | None:
@@ -69,9 +84,19 @@ class Storage(Protocol):
         """Remove objects last put before `older_than`; how many were removed."""
         ...
 
+    async def check(self) -> None:
+        """Whether the store can be written now (for /readyz): cheap, and raises StorageError
+        when it cannot."""
+        ...
+
     def url(self, name: str, *, expires: int) -> str:
         """A signed link to the object that stops working at the unix time `expires` (a fixed
         moment, so every rendering of the same result gives the same link)."""
+        ...
+
+    async def redirect_url(self, name: str, *, method: str, expires: int) -> str | None:
+        """Where to send a client that holds a valid link, so the bytes bypass the gateway (a
+        presigned URL valid until `expires` at most), or None: serve them here."""
         ...
 
     async def close(self) -> None: ...
@@ -102,9 +127,20 @@ def digest_of(name: str) -> str:
     return name.rpartition("/")[2].partition(".")[0]
 
 
-def open_storage(directory: Path, public_base_url: str, signer: UrlSigner) -> Storage:
-    """The configured backend; the local directory is the only one so far."""
-    # Imported here so a future S3 backend's client library loads only when it is chosen.
+def signed_url(base_url: str, signer: UrlSigner, name: str, expires: int) -> str:
+    """The gateway's own link to the object: `/files/<name>` with its expiry and signature."""
+    if not valid_name(name):
+        raise ValueError("not a storage object name")
+    return f"{base_url}/files/{name}?expires={expires}&sig={signer.sign(name, expires)}"
+
+
+def open_storage(settings: Settings, signer: UrlSigner) -> Storage:
+    """The backend `storage_backend` names: the local directory, or an S3-compatible bucket."""
+    if settings.storage_backend == "s3":
+        # Imported here: the S3 client library (an optional extra) loads only when chosen.
+        from nanogate.storage.s3 import S3Storage
+
+        return S3Storage.from_settings(settings, signer)
     from nanogate.storage.local import LocalStorage
 
-    return LocalStorage(directory, public_base_url, signer)
+    return LocalStorage(settings.resolved_storage_dir, settings.resolved_public_base_url, signer)

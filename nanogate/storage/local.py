@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 import threading
@@ -16,8 +17,18 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from nanogate.storage import Stored, content_type_for, name_for, valid_name
+from nanogate.core.metrics import observe_storage_error
+from nanogate.storage import (
+    StorageError,
+    Stored,
+    content_type_for,
+    name_for,
+    signed_url,
+    valid_name,
+)
 from nanogate.storage.signing import UrlSigner
+
+logger = logging.getLogger(__name__)
 
 _TEMP_PREFIX = ".tmp-"
 # A temp file this old belongs to no write in progress: its writer crashed.
@@ -33,8 +44,14 @@ class LocalStorage:
         # interleaving in this process; otherwise a put could return a name swept a moment later.
         self._lock = threading.Lock()
 
+    async def start(self) -> None:
+        """Nothing to prepare: the directory is made by the first put."""
+
     async def put(self, data: bytes, content_type: str) -> Stored:
-        name = await asyncio.to_thread(self._put, data, content_type)
+        try:
+            name = await asyncio.to_thread(self._put, data, content_type)
+        except OSError as exc:
+            raise storage_failed(exc) from None
         return Stored(name, content_type_for(name), len(data))
 
     async def get(self, name: str) -> tuple[bytes, str] | None:
@@ -66,11 +83,19 @@ class LocalStorage:
             older_than = older_than.replace(tzinfo=UTC)
         return await asyncio.to_thread(self._sweep, older_than.timestamp())
 
+    async def check(self) -> None:
+        """The directory takes a one-byte file (made, then removed): a put could land."""
+        try:
+            await asyncio.to_thread(self._check)
+        except OSError as exc:
+            raise storage_failed(exc, "check") from None
+
     def url(self, name: str, *, expires: int) -> str:
-        if not valid_name(name):
-            raise ValueError("not a storage object name")
-        sig = self._signer.sign(name, expires)
-        return f"{self._base_url}/files/{name}?expires={expires}&sig={sig}"
+        return signed_url(self._base_url, self._signer, name, expires)
+
+    async def redirect_url(self, name: str, *, method: str, expires: int) -> str | None:
+        """None: the file route serves the file itself, with sendfile and ranges."""
+        return None
 
     async def close(self) -> None:
         """Nothing to release: every operation opens and closes its own file."""
@@ -114,6 +139,12 @@ class LocalStorage:
             raise
         return name
 
+    def _check(self) -> None:
+        self._root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=_TEMP_PREFIX, dir=self._root) as file:
+            file.write(b"\0")
+            file.flush()
+
     def _sweep(self, cutoff: float) -> int:
         removed = 0
         stale_temp = time.time() - TEMP_GRACE_S
@@ -140,3 +171,15 @@ class LocalStorage:
             except FileNotFoundError:
                 return False
         return True
+
+
+def storage_failed(exc: OSError, doing: str = "put") -> StorageError:
+    """A failed write (a full disk, an I/O error), counted and logged here, where it happens;
+    what the client is told names the storage, not a path."""
+    cause = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    observe_storage_error(doing)
+    logger.error("result storage failed: %s", cause)
+    return StorageError(
+        f"The gateway's result storage is failing ({cause}), so the answer could not be "
+        "stored; nothing was charged for it. Retry later, or tell the operator."
+    )

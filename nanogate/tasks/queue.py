@@ -6,11 +6,12 @@ each other; on SQLite the runner's `BEGIN IMMEDIATE` makes every claim a serial,
 critical section, which is just as safe. A claim writes a fresh `lease_token`: only its holder
 can renew or finish the task, so a worker that lost its lease (it stalled, or was presumed
 dead) cannot finish it a second time. Finishing a task, closing its credit hold and queueing its
-callback happen in one transaction.
+callback (with its event id) happen in one transaction.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -25,7 +26,7 @@ from nanogate.engine import replay as idempotency_sql
 _COLUMNS = (
     "id, request_id, form, key_id, account_id, model, param, state, hold_id, attempts, "
     "result, error_code, error_message, cost, created_at, started_at, completed_at, "
-    "callback_url, callback_state, deadline_at, lease_token"
+    "callback_url, callback_state, deadline_at, lease_token, callback_event_id"
 )
 
 
@@ -53,6 +54,7 @@ def _record(row: Row) -> tuple[TaskRecord, datetime, str | None]:
         completed_at=_moment(row[16]),
         callback_url=row[17],
         callback_state=row[18],
+        callback_event_id=row[21],
     )
     return record, ledger.aware(row[19]), row[20]
 
@@ -152,6 +154,20 @@ async def release_owner(tx: Tx, owner: str, now: datetime) -> int:
     )
 
 
+async def hand_back(tx: Tx, task_id: str, token: str, now: datetime) -> bool:
+    """A run its worker stopped (the process is shutting down): queued again at once for any
+    worker, and the attempt it began does not count, so rolling restarts do not use a task's
+    attempts up. False when the lease is no longer ours (then its holder carries on)."""
+    return bool(
+        await tx.exec(
+            "UPDATE tasks SET state = 'pending', lease_owner = NULL, lease_token = NULL, "
+            "lease_until = NULL, run_after = :now, attempts = attempts - 1 "
+            "WHERE id = :id AND lease_token = :token AND state = 'running'",
+            {"id": task_id, "token": token, "now": now},
+        )
+    )
+
+
 async def retry_later(tx: Tx, task_id: str, token: str, run_after: datetime) -> bool:
     """Give a task that failed for a passing reason back to the queue."""
     return bool(
@@ -190,8 +206,11 @@ async def finish(
         "error_message = :message, completed_at = :now, "
         "lease_token = NULL, lease_until = NULL, "
         "callback_state = CASE WHEN callback_url IS NULL THEN 'none' ELSE 'pending' END, "
+        "callback_event_id = CASE WHEN callback_url IS NULL THEN NULL ELSE :event END, "
         "callback_next_at = :now WHERE id = :id AND lease_token = :token AND state = 'running'",
         {
+            # The task ends once, so its callback is one event: one id for every attempt.
+            "event": f"evt_{secrets.token_hex(16)}",
             "state": "failed" if error else "succeeded",
             "result": result,
             "code": error[0] if error else None,
@@ -216,27 +235,46 @@ async def finish(
 
 # -- callbacks ---------------------------------------------------------------------------------
 
+# What an attempt left open says once its lease has run out: its sender died mid-attempt.
+LOST = "no outcome: the sender stopped during the attempt; the receiver may have it"
+
 
 async def claim_callbacks(
     tx: Tx, now: datetime, lease_until: datetime, limit: int
 ) -> list[tuple[TaskRecord, int]]:
-    """Due callbacks, each leased for one delivery attempt, with its attempt count so far."""
+    """Due callbacks, each leased for one delivery attempt, with that attempt's number. The
+    attempt is counted and recorded as started here, before anything is sent, so one whose
+    sender is stopped or killed before it ends still counts: the next one is numbered on."""
     skip = " FOR UPDATE SKIP LOCKED" if tx.lock else ""
     rows = await tx.all(
-        "UPDATE tasks SET callback_lease_until = :until WHERE id IN (SELECT id FROM tasks "
+        "UPDATE tasks SET callback_lease_until = :until, "
+        "callback_attempts = callback_attempts + 1 WHERE id IN (SELECT id FROM tasks "
         "WHERE callback_state = 'pending' AND callback_next_at <= :now "
         "AND (callback_lease_until IS NULL OR callback_lease_until < :now) "
         f"ORDER BY callback_next_at LIMIT :limit{skip}) RETURNING {_COLUMNS}, callback_attempts",
         {"until": lease_until, "now": now, "limit": limit},
     )
-    return [(_record(row)[0], int(row[-1])) for row in rows]
+    due = []
+    for row in rows:
+        record, attempt = _record(row)[0], int(row[-1])
+        await tx.exec(
+            "UPDATE callback_deliveries SET error = :lost "
+            "WHERE task_id = :id AND duration_ms IS NULL AND error IS NULL",
+            {"lost": LOST, "id": record.id},
+        )
+        await tx.exec(
+            "INSERT INTO callback_deliveries (task_id, attempt, created_at) "
+            "VALUES (:id, :attempt, :now)",
+            {"id": record.id, "attempt": attempt, "now": now},
+        )
+        due.append((record, attempt))
+    return due
 
 
 async def callback_attempted(
     tx: Tx,
     task_id: str,
     attempt: int,
-    now: datetime,
     *,
     status: int | None,
     error: str | None,
@@ -244,22 +282,22 @@ async def callback_attempted(
     state: str,
     next_at: datetime | None,
 ) -> None:
-    """Log one delivery attempt and move the callback on: delivered, failed, or due again."""
+    """Complete an attempt's record and move the callback on: delivered, failed, or due again.
+    An attempt that outlived its lease (a newer one was claimed) only completes its record."""
     await tx.exec(
-        "INSERT INTO callback_deliveries (task_id, attempt, status_code, error, duration_ms, "
-        "created_at) VALUES (:id, :attempt, :status, :error, :duration, :now)",
+        "UPDATE callback_deliveries SET status_code = :status, error = :error, "
+        "duration_ms = :duration WHERE task_id = :id AND attempt = :attempt",
         {
             "id": task_id,
             "attempt": attempt,
             "status": status,
             "error": error[:300] if error else None,
             "duration": duration_ms,
-            "now": now,
         },
     )
     await tx.exec(
-        "UPDATE tasks SET callback_state = :state, callback_attempts = :attempt, "
-        "callback_next_at = :next, callback_lease_until = NULL WHERE id = :id",
+        "UPDATE tasks SET callback_state = :state, callback_next_at = :next, "
+        "callback_lease_until = NULL WHERE id = :id AND callback_attempts = :attempt",
         {"state": state, "attempt": attempt, "next": next_at, "id": task_id},
     )
 

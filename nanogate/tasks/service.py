@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from nanogate.access.keys import KeyRecord
+from nanogate.access.switches import Switches
 from nanogate.billing.ledger import Refusal, Tx, aware
 from nanogate.billing.meter import database_unavailable, refused
 from nanogate.billing.runners import Journal
@@ -48,7 +49,7 @@ class TaskService:
         *,
         task_timeout_s: float,
         result_ttl_s: float,
-        disabled: frozenset[str],
+        switches: Switches,
         wake: Callable[[], None],
     ) -> None:
         self.journal = journal
@@ -57,7 +58,7 @@ class TaskService:
         self.http = http
         self.task_timeout = timedelta(seconds=task_timeout_s)
         self.result_ttl = timedelta(seconds=result_ttl_s)
-        self.disabled = disabled
+        self.switches = switches
         self.wake = wake
 
     async def create(
@@ -69,15 +70,13 @@ class TaskService:
     ) -> str:
         """Queue `task` and return its id (the first task's id for a repeated Idempotency-Key).
         Raises 402 when the account cannot cover its most possible cost."""
-        if "tasks" in self.disabled:
+        if self.switches.disabled("tasks"):
             raise FeatureDisabled("Creating tasks is switched off on this gateway.")
         spec = await self.gateway.resolve(ctx, key, task.model)
         self._check(task, spec)
         await self._vet_urls(task)
         call = self._estimate_call(ctx.request_id, task, spec)
-        # RPM counts creates; a task's run is bounded by the workers, not the key's concurrency.
-        await self.gateway.limiter.acquire(key)
-        self.gateway.limiter.release(key)
+        await self.gateway.count_request(key)
         now = datetime.now(UTC)
         deadline = now + self.task_timeout
         hold = self.gateway.meter.hold_for(
@@ -130,9 +129,9 @@ class TaskService:
 
     def _check(self, task: dialect.TaskRequest, spec: ModelSpec) -> None:
         dialect.check_model(task, spec, edit=self.gateway.catalog.is_edit(task.model))
-        if task.image_urls and "image_urls" in self.disabled:
+        if task.image_urls and self.switches.disabled("image_urls"):
             raise FeatureDisabled("Input images by URL are switched off on this gateway.")
-        if task.callback_url and "callbacks" in self.disabled:
+        if task.callback_url and self.switches.disabled("callbacks"):
             raise FeatureDisabled("Callbacks are switched off on this gateway; poll instead.")
 
     async def _vet_urls(self, task: dialect.TaskRequest) -> None:
@@ -181,13 +180,13 @@ class TaskService:
         if not task_id or len(task_id) > 40:
             return None
         try:
-            return await self.journal.submit(lambda tx: queue.get(tx, task_id))
+            return await self.journal.read(lambda tx: queue.get(tx, task_id))
         except Exception as exc:
             raise database_unavailable("read the task") from exc
 
     async def deliveries(self, task_id: str) -> list[dict[str, Any]]:
         """The callback's delivery attempts, oldest first."""
-        rows = await self.journal.submit(lambda tx: queue.deliveries(tx, task_id))
+        rows = await self.journal.read(lambda tx: queue.deliveries(tx, task_id))
         return [
             {
                 "attempt": attempt,

@@ -3,8 +3,9 @@
 A run fetches the input images (egress guard, size and pixel limits, sniffed types), turns the
 task into the canonical Gemini call, sends it through the router, stores the output images
 (converted to the asked format) and then, in one transaction, marks the task done, settles or
-refunds its credit hold and queues its callback. Only the current lease holder can do that last
-step, so a task that two workers ran (one of them presumed dead) is finished and charged once.
+refunds its credit hold, writes its usage record and queues its callback. Only the current lease
+holder can do that last step, so a task that two workers ran (one of them presumed dead) is
+finished and charged once.
 
 While a task runs its lease is renewed; a worker that finds its lease taken stops the run.
 A failure that may pass (upstream unavailable, throttled, timed out) puts the task back in the
@@ -22,15 +23,16 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 
+from nanogate.billing.ledger import Resolution, Tx
 from nanogate.billing.runners import Journal
 from nanogate.core import canonical
 from nanogate.core.errors import GatewayError, InvalidArgument
 from nanogate.core.images import convert_image
 from nanogate.core.media import decode_base64
+from nanogate.core.payload import joined
 from nanogate.core.task_records import StoredFile, TaskRecord
 from nanogate.dialects import gemini
 from nanogate.dialects import tasks as dialect
@@ -124,10 +126,11 @@ class Worker(ClaimLoop):
         try:
             outcome = await self._outcome(ctx, record, deadline)
         except asyncio.CancelledError:
-            # Stopping (or the lease was lost): whoever holds the lease next runs it again.
+            # Stopping: back to the queue, for whichever worker claims first. (When the lease
+            # was lost instead, its new holder runs it and this changes nothing.)
             with contextlib.suppress(Exception):
                 await self.journal.submit(
-                    lambda tx: queue.retry_later(tx, record.id, token, datetime.now(UTC))
+                    lambda tx: queue.hand_back(tx, record.id, token, datetime.now(UTC))
                 )
             raise
         finally:
@@ -194,7 +197,7 @@ class Worker(ClaimLoop):
         body = orjson.dumps(dialect.gemini_request(task, spec, images))
         call = gemini.parse_call(record.request_id, "generateContent", spec, body)
         reply, cost = await self.gateway.execute(ctx, call)
-        outputs, text = _outputs(reply.body)
+        outputs, text = _outputs(joined(reply.body))
         if not outputs:
             reason = canonical.no_image_reason(reply.body)
             raise TaskFailed(501, f"Generation failed: no image ({reason}).", cost=cost or None)
@@ -221,8 +224,11 @@ class Worker(ClaimLoop):
             after = now + timedelta(seconds=delay)
             await self.journal.submit(lambda tx: queue.retry_later(tx, record.id, token, after))
             return
-        resolution = await self.journal.submit(
-            lambda tx: queue.finish(
+        if outcome.error is not None and ctx.status == 200:
+            _failed(ctx, *outcome.error)
+
+        async def end(tx: Tx) -> Resolution | None:
+            resolution = await queue.finish(
                 tx,
                 record.id,
                 token,
@@ -233,14 +239,19 @@ class Worker(ClaimLoop):
                 text=outcome.text,
                 error=outcome.error,
             )
-        )
+            if resolution is not None:
+                # The usage record commits with the charge: a kill -9 right after the commit
+                # must not leave a charged task without its record.
+                ctx.cost = resolution.charged
+                await self.gateway.write_record(tx, ctx)
+            return resolution
+
+        resolution = await self.journal.submit(end)
         if resolution is None:
             logger.warning("task finished elsewhere; result dropped", extra={"task_id": record.id})
             return
+        ctx.recorded = True
         self.gateway.meter.resolved(record.account_id, resolution)
-        ctx.cost = resolution.charged
-        if outcome.error is not None and ctx.status == 200:
-            _failed(ctx, *outcome.error)
         self.gateway.finish(ctx)
         record.state = "failed" if outcome.error else "succeeded"
         self.finished(record)
@@ -263,22 +274,9 @@ def _failed(ctx: Context, code: int, message: str) -> None:
 
 def _outputs(body: bytes) -> tuple[list[tuple[str, bytes]], str | None]:
     """The images (mime, bytes) and the text of a GenerateContentResponse's first candidate."""
-    doc: Any = orjson.loads(body)
-    images: list[tuple[str, bytes]] = []
-    texts: list[str] = []
-    candidates = doc.get("candidates") if isinstance(doc, dict) else None
-    first = candidates[0] if isinstance(candidates, list) and candidates else None
-    content = first.get("content") if isinstance(first, dict) else None
-    parts = content.get("parts") if isinstance(content, dict) else None
-    for part in parts if isinstance(parts, list) else ():
-        if not isinstance(part, dict):
-            continue
-        inline = part.get("inlineData") or part.get("inline_data")
-        if isinstance(inline, dict) and isinstance(inline.get("data"), str):
-            data = decode_base64(inline["data"])
-            mime = inline.get("mimeType") or inline.get("mime_type") or "image/png"
-            if data:
-                images.append((str(mime), data))
-        elif isinstance(part.get("text"), str) and not part.get("thought"):
-            texts.append(part["text"])
-    return images, "".join(texts) or None
+    found = canonical.candidates(orjson.loads(body))
+    if not found:
+        return [], None
+    first = found[0]
+    images = [(image.mime, decode_base64(str(image.data))) for image in first.images]
+    return [(mime, data) for mime, data in images if data], "".join(first.text) or None

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 
 from nanogate.billing import prices
+from nanogate.core.canonical import Parts, usage_from_response
 from nanogate.core.canonical import field as gfield
-from nanogate.core.canonical import usage_from_response
 from nanogate.core.media import decode_base64
 from nanogate.core.types import Call, Reply
 
@@ -37,33 +37,19 @@ class Prompt:
 def prompt_of(call: Call) -> Prompt:
     """The user turns' text parts joined, and their images, in order."""
     request = call.request
-    texts: list[str] = []
-    prompt = Prompt("")
+    user = Parts()
     for content in request.get("contents") or ():
-        if not isinstance(content, dict) or content.get("role", "user") != "user":
-            continue
-        for part in content.get("parts") or ():
-            if not isinstance(part, dict):
-                continue
-            blob = gfield(part, "inlineData", "inline_data")
-            link = gfield(part, "fileData", "file_data")
-            if isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif isinstance(blob, dict):
-                data = decode_base64(str(blob.get("data") or ""))
-                mime = gfield(blob, "mimeType", "mime_type")
-                if data:
-                    prompt.images.append((str(mime or "image/png"), data))
-            elif isinstance(link, dict):
-                uri = gfield(link, "fileUri", "file_uri")
-                if isinstance(uri, str) and uri.startswith(("http://", "https://")):
-                    prompt.urls.append(uri)
-    system = gfield(request, "systemInstruction", "system_instruction")
-    if isinstance(system, dict):
-        prompt.system = "\n".join(
-            str(p["text"]) for p in system.get("parts") or () if isinstance(p, dict) and "text" in p
-        )
-    prompt.text = "\n".join(t for t in texts if t.strip())
+        if isinstance(content, dict) and content.get("role", "user") == "user":
+            user.read(content)
+    prompt = Prompt("\n".join(t for t in user.text if t.strip()))
+    for image in user.images:
+        data = decode_base64(str(image.data))
+        if data:
+            prompt.images.append((image.mime, data))
+    prompt.urls = [uri for uri in user.links if uri.startswith(("http://", "https://"))]
+    system = Parts()
+    system.read(gfield(request, "systemInstruction", "system_instruction"))
+    prompt.system = "\n".join(system.text)
     return prompt
 
 

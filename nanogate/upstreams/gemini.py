@@ -1,8 +1,8 @@
 """Google AI Studio, or any Gemini-native gateway, as an upstream.
 
 The client's body is sent byte for byte; only the URL (mapped model name) and the credential
-change. Responses come back as raw bytes; streams are re-framed event by event, never buffered
-whole.
+change. Responses come back as raw bytes, in the pieces they were read in (never joined: see
+core/payload.py); streams are re-framed event by event, never buffered whole.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ class GeminiUpstream:
                 timeout=timeout,
             ) as resp,
         ):
-            body = await resp.read()
             if resp.status != 200:
-                raise self._status_error(resp, body)
+                raise self._status_error(resp, await resp.read())
+            body = await http.read_pieces(resp)
         try:
             usage = usage_from_response(body)
         except MalformedResponse as exc:
@@ -56,7 +56,7 @@ class GeminiUpstream:
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
         # The deadline covers reaching the first byte; after that each read must arrive within
-        # it too, but a long healthy stream is never cut off for its total length.
+        # it too. The stream's whole length is the gateway's to bound (core/pace.py).
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=self.config.connect_timeout_s,

@@ -170,6 +170,14 @@ class ModelWatch:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
+    def reconfigure(
+        self, catalog: Catalog, upstreams: Iterable[tuple[UpstreamConfig, Lister]]
+    ) -> None:
+        """A config reload: check these from now on, at the next call."""
+        self.catalog = catalog
+        self.upstreams = list(upstreams)
+        self._due = 0.0
+
     async def refresh(self) -> dict[str, Report]:
         async with self._lock:
             return await self._refresh()

@@ -18,6 +18,7 @@ import orjson
 from nanogate.core.config import UpstreamConfig
 from nanogate.core.errors import UpstreamError
 from nanogate.core.media import decode_base64, sniff_image
+from nanogate.core.payload import joined
 from nanogate.core.types import Call, Chunk, ChunkStream, Reply
 from nanogate.transport import client as http
 from nanogate.transport.egress import EgressRefused, FetchFailed
@@ -64,7 +65,7 @@ class OpenAIUpstream:
     async def stream(self, call: Call) -> ChunkStream:
         # Images arrive whole from these endpoints: the answer is one chunk.
         reply = await self.generate(call)
-        yield Chunk(reply.body, reply.usage)
+        yield Chunk(joined(reply.body), reply.usage)
 
     async def health(self) -> bool:
         return await self._client.alive(f"{self.config.base_url}/v1/models", self._headers())

@@ -26,6 +26,7 @@ from nanogate.core.config import UpstreamConfig
 from nanogate.core.errors import UpstreamError
 from nanogate.core.media import sniff_image
 from nanogate.core.metrics import UPSTREAM_ERRORS
+from nanogate.core.payload import joined
 from nanogate.core.types import Call, Chunk, ChunkStream, Reply
 from nanogate.transport import client as http
 from nanogate.transport.egress import EgressRefused, FetchFailed
@@ -94,7 +95,7 @@ class TaskUpstream:
             code, message = _failure(data)
             message = http.vendor_message(message, self._key)
             # Refunded, and worth another upstream: that vendor is done with this call.
-            raise UpstreamError(self.name, 502, f"the vendor's task failed ({code}): {message}")
+            raise UpstreamError(self.name, 503, f"the vendor's task failed ({code}): {message}")
         urls = _result_urls(data)
         if not urls:
             raise UpstreamError(self.name, 502, "the vendor's finished task has no result URL")
@@ -104,7 +105,7 @@ class TaskUpstream:
     async def stream(self, call: Call) -> ChunkStream:
         # A task has nothing to stream: its answer arrives whole, as one chunk.
         reply = await self.generate(call)
-        yield Chunk(reply.body, reply.usage)
+        yield Chunk(joined(reply.body), reply.usage)
 
     async def health(self) -> bool:
         return await self._client.alive(

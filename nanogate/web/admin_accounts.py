@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from nanogate.billing.accounts import AccountError
+from nanogate.billing.ledger import MAX_CREDITS
 from nanogate.core.errors import (
     Conflict,
     NotFound,
@@ -37,7 +38,7 @@ _POLICY_HELP = (
 
 class AccountCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    credits: int = Field(default=0, ge=0)
+    credits: int = Field(default=0, ge=0, le=MAX_CREDITS)
     reason: str = Field(default="starting credits", min_length=1, max_length=500)
     hold_policy: HoldPolicy | None = Field(default=None, description=_POLICY_HELP)
 

@@ -16,8 +16,9 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 
 from nanogate.access.keys import KeyRecord
-from nanogate.billing.accounts import Account, AccountError, AccountStore
+from nanogate.billing.accounts import Account, AccountError, AccountStore, BalanceError
 from nanogate.billing.keys import KeyStore
+from nanogate.billing.ledger import MAX_CREDITS
 from nanogate.console import sessions
 from nanogate.core.errors import (
     Conflict,
@@ -27,7 +28,7 @@ from nanogate.core.errors import (
     Unauthenticated,
 )
 from nanogate.engine.gateway import Context, Gateway
-from nanogate.web.common import extract_key
+from nanogate.web.common import client_address, extract_key
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -46,7 +47,8 @@ async def admin_key(request: Request) -> KeyRecord:
     if presented is None and token:
         record = await _session_key(request, gateway, token)
     else:
-        record = await gateway.authenticate(Context(request.state.request_id, "admin"), presented)
+        ctx = Context(request.state.request_id, "admin", client=client_address(request))
+        record = await gateway.authenticate(ctx, presented, operator=True)
     if not record.is_admin:
         raise PermissionDenied("This route needs an admin key.")
     return record
@@ -115,7 +117,9 @@ async def find_account(store: AccountStore, ref: str) -> Account:
 
 class Topup(BaseModel):
     amount: int = Field(
-        description="Credits to add; negative for an adjustment (never below a zero balance)."
+        ge=-MAX_CREDITS,
+        le=MAX_CREDITS,
+        description="Credits to add; negative for an adjustment (never below a zero balance).",
     )
     reason: str = Field(min_length=1, max_length=500, description="Why, kept in the ledger.")
 
@@ -129,8 +133,10 @@ class BalanceOut(BaseModel):
 async def topup(store: AccountStore, account: Account, body: Topup, key_id: int | None) -> int:
     try:
         return await store.topup(account.id, body.amount, body.reason, key_id=key_id)
+    except BalanceError as exc:
+        raise Conflict(str(exc)) from None
     except AccountError as exc:
-        raise Conflict(str(exc)) if body.amount < 0 else InvalidArgument(str(exc)) from None
+        raise InvalidArgument(str(exc)) from None
 
 
 class KeyOut(BaseModel):

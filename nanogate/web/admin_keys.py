@@ -7,7 +7,11 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from nanogate.access.keys import LastAdminKey
+from nanogate.billing.keys import MAX_LIMIT
+from nanogate.billing.ledger import MAX_CREDITS
 from nanogate.core.errors import (
+    Conflict,
     InvalidArgument,
     NotFound,
 )
@@ -35,13 +39,19 @@ class KeyCreate(BaseModel):
         default=None,
         description="Id or name of the account the key draws on; none: a new account of its own.",
     )
-    credits: int = Field(default=0, ge=0, description="Credits added to the key's account.")
+    credits: int = Field(
+        default=0, ge=0, le=MAX_CREDITS, description="Credits added to the key's account."
+    )
     expires_at: datetime | None = None
     allowed_models: list[str] | None = None
-    rpm_limit: int | None = Field(default=None, ge=1)
-    concurrency_limit: int | None = Field(default=None, ge=1)
-    daily_cap: int | None = Field(default=None, ge=0, description="Credits per UTC day.")
-    monthly_cap: int | None = Field(default=None, ge=0, description="Credits per UTC month.")
+    rpm_limit: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    concurrency_limit: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    daily_cap: int | None = Field(
+        default=None, ge=0, le=MAX_CREDITS, description="Credits per UTC day."
+    )
+    monthly_cap: int | None = Field(
+        default=None, ge=0, le=MAX_CREDITS, description="Credits per UTC month."
+    )
     image_output: ImageOutput | None = Field(default=None, description=IMAGE_OUTPUT_HELP)
     is_admin: bool = False
 
@@ -52,10 +62,10 @@ class KeyUpdate(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=100)
     expires_at: datetime | None = None
     allowed_models: list[str] | None = None
-    rpm_limit: int | None = Field(default=None, ge=1)
-    concurrency_limit: int | None = Field(default=None, ge=1)
-    daily_cap: int | None = Field(default=None, ge=0)
-    monthly_cap: int | None = Field(default=None, ge=0)
+    rpm_limit: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    concurrency_limit: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    daily_cap: int | None = Field(default=None, ge=0, le=MAX_CREDITS)
+    monthly_cap: int | None = Field(default=None, ge=0, le=MAX_CREDITS)
     image_output: ImageOutput | None = Field(default=None, description=IMAGE_OUTPUT_HELP)
 
 
@@ -104,7 +114,11 @@ async def list_keys(gateway: AdminGateway) -> list[KeyOut]:
 
 @router.post("/keys/{prefix}/revoke", summary="Revoke a key")
 async def revoke_key(prefix: str, gateway: AdminGateway) -> KeyOut:
-    if not await gateway.keys.revoke(prefix):
+    try:
+        revoked = await gateway.keys.revoke(prefix)
+    except LastAdminKey as exc:
+        raise Conflict(str(exc)) from None
+    if not revoked:
         raise NotFound(f"No active key with prefix {prefix}.")
     record = await gateway.keys.get(prefix)
     assert record is not None
@@ -125,7 +139,10 @@ async def update_key(
         changes["allowed_models"] = _allowed(gateway, changes["allowed_models"])
     if changes.get("name", "") is None:
         raise InvalidArgument("name cannot be null.")
-    record = await keys.update(prefix, **changes)
+    try:
+        record = await keys.update(prefix, **changes)
+    except LastAdminKey as exc:
+        raise Conflict(str(exc)) from None
     if record is None:
         raise NotFound(f"No key with prefix {prefix}.")
     return KeyOut(**key_out(record))

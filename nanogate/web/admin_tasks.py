@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from nanogate.dialects import tasks as tasks_dialect
+from nanogate.tasks.callbacks import standard_secret
 from nanogate.tasks.service import TaskService
 from nanogate.web.admin_common import (
     AdminGateway,
@@ -35,7 +36,13 @@ async def get_task(request: Request, task_id: str, gateway: AdminGateway) -> dic
     }
 
 
-@router.get("/callbacks", summary="Callback delivery attempts of a task")
+@router.get(
+    "/callbacks",
+    summary="Callback delivery attempts of a task",
+    description="`event_id` is the callback's webhook-id, the same on every attempt. An attempt is "
+    "listed from when it starts: one in flight has no status, error or duration yet; one cut "
+    "short by a stop or a crash says so in its error.",
+)
 async def list_callbacks(
     request: Request,
     gateway: AdminGateway,
@@ -47,6 +54,7 @@ async def list_callbacks(
     return {
         "task_id": task_id,
         "callback_url": record.callback_url,
+        "event_id": record.callback_event_id,
         "state": record.callback_state,
         "attempts": attempts,
     }
@@ -58,6 +66,11 @@ class CallbackSecretOut(BaseModel):
         '`x-nanogate-timestamp + "." + body`, keyed with this string\'s UTF-8 bytes, as shown '
         "(not hex-decoded)."
     )
+    standard_webhooks_secret: str = Field(
+        description="The same key as Standard Webhooks serializes it (`whsec_` + base64 of "
+        "those bytes): what a receiver passes to a Standard Webhooks library, e.g. "
+        "`standardwebhooks.Webhook(...)`, to verify webhook-signature."
+    )
     source: Literal["setting", "database"] = Field(
         description='"setting": the operator\'s callback_secret (NANOGATE_CALLBACK_SECRET); '
         '"database": generated on first start and kept in the database.'
@@ -67,7 +80,8 @@ class CallbackSecretOut(BaseModel):
 @router.get(
     "/callbacks/secret",
     summary="The secret that signs callbacks",
-    description="What a callback receiver verifies x-nanogate-signature with. "
+    description="What a callback receiver verifies x-nanogate-signature (or webhook-signature) "
+    "with. "
     "`nanogate callbacks secret` prints the same.",
 )
 async def callback_secret(
@@ -76,4 +90,8 @@ async def callback_secret(
     response.headers["cache-control"] = "no-store"  # a secret: no copy in any cache
     secret: bytes = request.app.state.callback_secret
     configured = configured_callback_secret(request.app.state.settings)
-    return CallbackSecretOut(secret=secret.decode(), source="setting" if configured else "database")
+    return CallbackSecretOut(
+        secret=secret.decode(),
+        standard_webhooks_secret=standard_secret(secret),
+        source="setting" if configured else "database",
+    )

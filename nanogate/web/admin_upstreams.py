@@ -44,6 +44,10 @@ class UpstreamOut(BaseModel):
         description="It answered with Retry-After: skipped until then (UTC)."
     )
     retry_after: int | None = Field(description="Seconds until then.")
+    reported_by: str | None = Field(
+        description="Cluster mode: the node that reported this upstream failing, when the "
+        "breaker or skip_until above came from another node's calls rather than this one's."
+    )
     models: ModelCheckOut | None = Field(
         default=None,
         description="gemini upstreams: the daily check of GET …/models against the catalog "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import re
@@ -10,6 +11,8 @@ from starlette.requests import Request
 
 from nanogate.core.errors import InvalidArgument, PayloadTooLarge
 from nanogate.engine import replay
+
+JSON_TYPE = "application/json"
 
 MiB = 1024 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
@@ -21,6 +24,32 @@ _VALID_KEY = (
 # A random per-process prefix and a counter: unique across processes, and no syscall per request.
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
+
+
+def client_address(request: Request) -> str | None:
+    """The client's IP address: the peer's, unless the peer is one of `trusted_proxies`; then
+    the address the nearest untrusted hop in X-Forwarded-For gives. Each proxy appends the
+    address it was reached from, so only the entries our own proxies wrote can be believed: a
+    client can put anything on the left of its header."""
+    peer = request.client.host if request.client else None
+    trusted = request.app.state.settings.trusted_proxies
+    if peer is None or not trusted:
+        return peer
+    hops = [
+        hop.strip()
+        for header in request.headers.getlist("x-forwarded-for")
+        for hop in header.split(",")
+    ]
+    client = peer
+    for hop in reversed([*hops, peer]):
+        try:
+            address = ipaddress.ip_address(hop)
+        except ValueError:
+            break  # a malformed entry: no one vouches for it or for what lies left of it
+        client = hop
+        if not any(address in network for network in trusted):
+            break
+    return client
 
 
 def extract_key(request: Request, *, query: bool = True) -> str | None:

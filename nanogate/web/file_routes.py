@@ -2,7 +2,8 @@
 
 The link is the credential (no API key): the signature proves the gateway issued it, the expiry
 bounds how long it works. Checks run signature, then expiry, then lookup, so an unsigned caller
-learns nothing about which objects exist.
+learns nothing about which objects exist. With `storage_redirect` (S3 storage), a valid link
+answers 307 to a presigned URL of the object instead, so its bytes bypass the gateway.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from nanogate.storage import Storage, content_type_for, digest_of
 from nanogate.storage.local import LocalStorage
@@ -22,12 +23,7 @@ from nanogate.storage.signing import UrlSigner
 router = APIRouter(tags=["Files"])
 
 
-@router.api_route(
-    "/files/{name:path}",
-    methods=["GET", "HEAD"],
-    summary="A stored result (image or answer) behind a signed, expiring link",
-    response_description="The object's bytes, with its content type",
-)
+@router.api_route("/files/{name:path}", methods=["GET", "HEAD"])
 async def get_file(request: Request, name: str) -> Response:
     signer: UrlSigner = request.app.state.url_signer
     storage: Storage = request.app.state.storage
@@ -50,6 +46,10 @@ async def get_file(request: Request, name: str) -> Response:
             "NOT_FOUND",
             f"This file link expired at {at}; fetch the task again for a fresh link.",
         )
+    target = await storage.redirect_url(name, method=request.method, expires=int(expires))
+    if target is not None:
+        # The presigned URL differs on every request: nothing worth caching.
+        return RedirectResponse(target, status_code=307, headers={"cache-control": "no-store"})
     headers = {
         "cache-control": f"private, max-age={max(0, math.floor(int(expires) - now))}",
         # Content-addressed: the name's hash is a strong validator.

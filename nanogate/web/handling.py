@@ -13,11 +13,14 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from nanogate.core.errors import GatewayError
+from nanogate.core.errors import GatewayError, Unavailable
+from nanogate.db.engine import unreachable
 from nanogate.engine.gateway import Context, Gateway
-from nanogate.web.streaming import RelayStream
+from nanogate.web.common import client_address
+from nanogate.web.drain import CONTEXT_STATE
+from nanogate.web.streaming import PiecesResponse, RelayStream
 
-Answer = Response | RelayStream
+Answer = Response | RelayStream | PiecesResponse
 Handler = Callable[[Request, Context], Awaitable[Answer]]
 Endpoint = Callable[[Request], Awaitable[Answer]]
 ErrorRenderer = Callable[[GatewayError], Response]
@@ -26,6 +29,12 @@ ErrorRenderer = Callable[[GatewayError], Response]
 def gateway_of(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
+
+
+def database_down() -> Unavailable:
+    return Unavailable(
+        "The gateway's database did not answer (busy or unreachable); retry shortly."
+    )
 
 
 def note(request: Request, ctx: Context) -> None:
@@ -44,7 +53,9 @@ def endpoint(
 
     def wrap(handler: Handler) -> Endpoint:
         async def run(request: Request) -> Answer:
-            ctx = Context(request_id=request.state.request_id, dialect=dialect)
+            ctx = Context(request.state.request_id, dialect, client=client_address(request))
+            # For the drain, which fails a call it cuts (web/drain.py).
+            setattr(request.state, CONTEXT_STATE, ctx)
             answer: Answer | None = None
             try:
                 answer = await handler(request, ctx)
@@ -52,9 +63,14 @@ def endpoint(
             except GatewayError as error:
                 ctx.fail(error)
                 return render_error(error)
-            except Exception:
-                ctx.status, ctx.error = 500, "INTERNAL"
-                raise
+            except Exception as exc:
+                if not unreachable(exc):
+                    ctx.status, ctx.error = 500, "INTERNAL"
+                    raise
+                # The database did not answer (a key lookup, a hold): a retry may succeed.
+                down = database_down()
+                ctx.fail(down)
+                return render_error(down)
             finally:
                 note(request, ctx)
                 if record and not isinstance(answer, RelayStream):

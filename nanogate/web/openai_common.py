@@ -10,28 +10,28 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from nanogate.core import inline
+from nanogate.core import canonical, inline
 from nanogate.core.catalog import ModelSpec
 from nanogate.core.config import Settings
 from nanogate.core.errors import (
+    BadUpstreamAnswer,
     GatewayError,
-    Internal,
     InvalidArgument,
 )
+from nanogate.core.payload import Payload
 from nanogate.core.types import Call, Method
-from nanogate.dialects import gemini
-from nanogate.dialects import openai as common
+from nanogate.dialects import gemini, openai
 from nanogate.engine.gateway import Context
 from nanogate.storage import Storage, UrlSigner
 from nanogate.transport.fetch import InputRejected
+from nanogate.web.common import JSON_TYPE
 
-JSON_TYPE = "application/json"
 OUTPUT_MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 def error_response(error: GatewayError) -> Response:
     headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
-    return Response(common.error_body(error), error.status, headers, JSON_TYPE)
+    return Response(openai.error_body(error), error.status, headers, JSON_TYPE)
 
 
 class ContentFiltered(InvalidArgument):
@@ -68,20 +68,22 @@ async def stored_file(request: Request, tail: str) -> tuple[str, bytes]:
     return mime, data
 
 
-def candidates(body: bytes, copy: int | None) -> tuple[list[common.Candidate], dict[str, Any]]:
+def candidates(
+    body: bytes | Payload, copy: int | None
+) -> tuple[list[canonical.Candidate], dict[str, Any]]:
     """An answer's candidates (numbered by `copy` when it is one of n calls) and its
     usageMetadata."""
     doc = inline.loads(body)
-    found = common.candidates(doc)
-    if not found and common.block_reason(doc):
-        found = [common.Candidate(finish="PROHIBITED_CONTENT")]
+    found = canonical.candidates(doc)
+    if not found and canonical.block_reason(doc):
+        found = [canonical.Candidate(finish="PROHIBITED_CONTENT")]
     if copy is not None:
         for candidate in found:
             candidate.index = copy
-    return found, common.usage_metadata(doc)
+    return found, canonical.usage_metadata(doc)
 
 
-async def store_images(request: Request, candidates: list[common.Candidate]) -> dict[int, str]:
+async def store_images(request: Request, candidates: list[canonical.Candidate]) -> dict[int, str]:
     """Put every image in result storage; their signed URLs by id(image)."""
     urls: dict[int, str] = {}
     for candidate in candidates:
@@ -101,18 +103,8 @@ async def stored_url(request: Request, mime: str, data: inline.Text | bytes) -> 
 
 
 def bad_image() -> GatewayError:
-    return Internal("The upstream answered with an image that is not valid base64.")
+    return BadUpstreamAnswer("Bad upstream answer: an image that is not valid base64.")
 
 
 def sse(obj: Any) -> bytes:
     return b"data: " + inline.dumps(obj) + b"\n\n"
-
-
-def operation(summary: str, description: str, body: str) -> dict[str, Any]:
-    return {
-        "tags": ["OpenAI-compatible"],
-        "summary": summary,
-        "description": description,
-        "requestBody": {"required": True, "content": {body: {"schema": {"type": "object"}}}},
-        "responses": {"200": {"description": "OpenAI's response object"}},
-    }

@@ -10,41 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from nanogate.core import inline
+from nanogate.core import canonical, inline
 from nanogate.core.catalog import ModelSpec
 from nanogate.core.errors import (
     FeatureDisabled,
-    UpstreamError,
 )
-from nanogate.core.streams import GuardedStream
-from nanogate.core.types import Chunk
-from nanogate.dialects import openai as common
+from nanogate.core.payload import Payload, Piece
+from nanogate.core.types import Reply
+from nanogate.dialects import openai
 from nanogate.dialects import openai_chat as chat
 from nanogate.engine.gateway import Context
 from nanogate.transport.fetch import ImageFetcher, InputRejected
-from nanogate.web.common import extract_key, idempotency_key, read_body
+from nanogate.web.common import JSON_TYPE, extract_key, idempotency_key, read_body
 from nanogate.web.handling import Answer, endpoint, gateway_of
 from nanogate.web.openai_common import (
-    JSON_TYPE,
     candidates,
     canonical_call,
     error_response,
-    operation,
     settings_of,
-    sse,
     store_images,
     stored_file,
 )
-from nanogate.web.replay import answer_once, quoted
-from nanogate.web.streaming import RelayStream
+from nanogate.web.openai_stream import Copy, chat_events, chat_stream
+from nanogate.web.replay import answer_once
 
 # -- models ------------------------------------------------------------------------------------
 
@@ -53,15 +47,15 @@ from nanogate.web.streaming import RelayStream
 async def list_models(request: Request, ctx: Context) -> Answer:
     gateway = gateway_of(request)
     key = await gateway.authenticate(ctx, extract_key(request))
-    return Response(common.list_models(gateway.callable_models(key)), media_type=JSON_TYPE)
+    return Response(openai.list_models(gateway.callable_models(key)), media_type=JSON_TYPE)
 
 
 @endpoint("openai", error_response, record=False)
 async def get_model(request: Request, ctx: Context) -> Answer:
     gateway = gateway_of(request)
     key = await gateway.authenticate(ctx, extract_key(request))
-    spec = await gateway.resolve(ctx, key, request.path_params["tail"])
-    return Response(orjson.dumps(common.model_object(spec)), media_type=JSON_TYPE)
+    spec = await gateway.describe(ctx, key, request.path_params["tail"])
+    return Response(orjson.dumps(openai.model_object(spec)), media_type=JSON_TYPE)
 
 
 # -- chat completions --------------------------------------------------------------------------
@@ -73,8 +67,8 @@ async def chat_completions(request: Request, ctx: Context) -> Answer:
     settings = settings_of(request)
     key = await gateway.authenticate(ctx, extract_key(request))
     body = await read_body(request, settings.max_request_bytes)
-    doc = common.json_object(body, "chat completions")
-    spec = await gateway.resolve(ctx, key, common.model_name(doc))
+    doc = openai.json_object(body, "chat completions")
+    spec = await gateway.resolve(ctx, key, openai.model_name(doc))
     parsed = chat.parse(doc, spec, max_images=settings.max_images_per_request)
     del doc
     idem = idempotency_key(request, body, stream=parsed.stream)
@@ -84,20 +78,28 @@ async def chat_completions(request: Request, ctx: Context) -> Answer:
     if not parsed.stream:
         call = canonical_call(ctx, spec, parsed.gemini, "generateContent")
 
-        async def produce() -> bytes:
-            replies = await gateway.generate_many(ctx, call, copies)
+        async def render(replies: list[Reply]) -> list[Piece]:
             return await _completion(request, ctx, spec, [r.body for r in replies], as_urls)
 
-        return await answer_once(request, ctx, idem, produce)
+        return await answer_once(request, ctx, idem, call, render, copies)
     if copies > 1:
-        # n images come from n calls at once: they are streamed when all have finished.
+        # n images come from n calls at once: they are streamed when all have finished, their
+        # images stored before they are charged.
         call = canonical_call(ctx, spec, parsed.gemini, "generateContent")
-        replies = await gateway.generate_many(ctx, call, copies)
-        bodies = [reply.body for reply in replies]
-        return _chat_events(request, ctx, spec, parsed, bodies, as_urls)
+        copied: list[Copy] = []
+
+        async def store(replies: list[Reply]) -> None:
+            for copy, reply in enumerate(replies):
+                found, meta = candidates(reply.body, copy)
+                copied.append(
+                    (found, meta, await store_images(request, found) if as_urls else None)
+                )
+
+        await gateway.generate_many(ctx, call, copies, store)
+        return chat_events(ctx, spec, parsed, copied)
     call = canonical_call(ctx, spec, parsed.gemini, "streamGenerateContent")
     first, rest = await gateway.stream(ctx, call)
-    return _chat_stream(request, ctx, spec, parsed, first, rest, as_urls)
+    return chat_stream(request, ctx, spec, parsed, first, rest, as_urls)
 
 
 async def _fetch_remote(request: Request, remote: list[chat.RemoteImage]) -> None:
@@ -108,7 +110,7 @@ async def _fetch_remote(request: Request, remote: list[chat.RemoteImage]) -> Non
     settings = settings_of(request)
     own = f"{settings.resolved_public_base_url}/files/"
     foreign = [image for image in remote if not image.url.startswith(own)]
-    if foreign and "image_urls" in settings.disabled_features:
+    if foreign and gateway_of(request).switches.disabled("image_urls"):
         raise FeatureDisabled(
             f"{foreign[0].param}: fetching images from URLs is switched off on this gateway; "
             "send the image as a data: URL."
@@ -122,20 +124,17 @@ async def _fetch_remote(request: Request, remote: list[chat.RemoteImage]) -> Non
             else:
                 mime, data = await fetcher.fetch(image.url)
         except InputRejected as exc:
-            raise common.bad(image.param, str(exc)) from None
+            raise openai.bad(image.param, str(exc)) from None
         chat.attach(image, mime, data)
 
     await asyncio.gather(*(fetch(image) for image in remote))
 
 
-DONE = b"data: [DONE]\n\n"
-
-
 async def _completion(
-    request: Request, ctx: Context, spec: ModelSpec, bodies: list[bytes], as_urls: bool
-) -> bytes:
-    choices: list[common.Candidate] = []
-    tokens = common.Tokens()
+    request: Request, ctx: Context, spec: ModelSpec, bodies: list[bytes | Payload], as_urls: bool
+) -> list[Piece]:
+    choices: list[canonical.Candidate] = []
+    tokens = openai.Tokens()
     for copy, body in enumerate(bodies):
         found, meta = candidates(body, copy if len(bodies) > 1 else None)
         choices += found
@@ -144,99 +143,9 @@ async def _completion(
     answer = chat.completion(
         ctx.request_id, spec.name, int(time.time()), choices, tokens, urls=urls
     )
-    return inline.dumps(answer)
-
-
-def _chat_events(
-    request: Request,
-    ctx: Context,
-    spec: ModelSpec,
-    parsed: chat.ChatRequest,
-    bodies: list[bytes],
-    as_urls: bool,
-) -> RelayStream:
-    """Finished answers (n image calls), sent as a stream."""
-    stream = chat.ChatStream(ctx.request_id, spec.name, int(time.time()))
-
-    async def frames() -> AsyncIterator[bytes]:
-        tokens = common.Tokens()
-        for copy, body in enumerate(bodies):
-            found, meta = candidates(body, copy)
-            tokens.add(meta)
-            urls = await store_images(request, found) if as_urls else None
-            for event in stream.feed(found, urls):
-                yield sse(event)
-        for event in stream.close(tokens if parsed.include_usage else None):
-            yield sse(event)
-        yield DONE
-
-    async def cleanup() -> None:
-        return None
-
-    return RelayStream(frames(), "text/event-stream", cleanup, quoted(ctx))
-
-
-def _chat_stream(
-    request: Request,
-    ctx: Context,
-    spec: ModelSpec,
-    parsed: chat.ChatRequest,
-    first: Chunk,
-    rest: GuardedStream,
-    as_urls: bool,
-) -> RelayStream:
-    """Gemini's stream as chat.completion.chunk events, then usage (if asked) and [DONE]."""
-    stream = chat.ChatStream(ctx.request_id, spec.name, int(time.time()))
-    completed = False
-
-    async def chunks() -> AsyncIterator[Chunk]:
-        yield first
-        async for chunk in rest:
-            yield chunk
-
-    async def frames() -> AsyncIterator[bytes]:
-        nonlocal completed
-        last: dict[str, Any] = {}
-        try:
-            async for chunk in chunks():
-                found, meta = candidates(chunk.body, None)
-                last = meta or last  # Gemini repeats running totals; the last one counts
-                urls = await store_images(request, found) if as_urls else None
-                for event in stream.feed(found, urls):
-                    yield sse(event)
-        except UpstreamError as exc:
-            # Bytes already went out: no retry, no new status; the SDK raises this event.
-            yield b"data: " + common.error_body(exc.to_gateway_error()) + b"\n\n"
-            completed = True
-            return
-        tokens = common.Tokens()
-        tokens.add(last)
-        for event in stream.close(tokens if parsed.include_usage else None):
-            yield sse(event)
-        yield DONE
-        completed = True
-
-    async def cleanup() -> None:
-        if not completed and ctx.status == 200:
-            ctx.status, ctx.error = 499, "CLIENT_CLOSED"
-        await rest.aclose()
-
-    return RelayStream(frames(), "text/event-stream", cleanup, quoted(ctx))
+    # In pieces: the images are views of the upstream's answer, sent without a copy.
+    return inline.dump_pieces(answer)
 
 
 # Plain Starlette routes on the lean relay router, like the Gemini ones (see gemini_routes).
 routes = [Route("/v1/chat/completions", chat_completions, methods=["POST"])]
-
-
-OPENAPI_PATHS: dict[str, Any] = {
-    "/v1/chat/completions": {
-        "post": operation(
-            "Chat completions (text and images)",
-            "OpenAI's chat completions on any catalog model. Images come back in "
-            "`choices[].message.images[]` (streamed: `delta.images`), as data URLs or, with "
-            '`"image_output": "url"` or the key\'s default, signed result URLs. Extensions: '
-            "`modalities`, `image_config {aspect_ratio, image_size}`, `image_output`.",
-            JSON_TYPE,
-        )
-    },
-}

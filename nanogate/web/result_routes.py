@@ -13,27 +13,19 @@ from starlette.responses import Response
 from nanogate.core.errors import NotFound
 from nanogate.engine.gateway import Context, Gateway
 from nanogate.engine.replay import ResultKeeper
-from nanogate.web.common import extract_key
+from nanogate.web.common import JSON_TYPE, client_address, extract_key
 
 PREFIX = "/v1/results/"
-JSON_TYPE = "application/json"
 
 router = APIRouter(tags=["Gemini native"])
 
 
-@router.get(
-    PREFIX + "{request_id}",
-    summary="The stored answer of a generateContent call, by its request id",
-    description=(
-        "Answers are kept for `result_ttl_hours` when the call sent an Idempotency-Key or its "
-        "client left before the answer was ready. 202 while the call is still running on this "
-        "node; 404 when there is no stored answer for this key."
-    ),
-)
+@router.get(PREFIX + "{request_id}")
 async def get_result(request: Request, request_id: str) -> Response:
     gateway: Gateway = request.app.state.gateway
     key = await gateway.authenticate(
-        Context(request.state.request_id, "gemini"), extract_key(request)
+        Context(request.state.request_id, "gemini", client=client_address(request)),
+        extract_key(request),
     )
     request.state.key_prefix = key.prefix
     keeper: ResultKeeper = request.app.state.results
@@ -45,6 +37,6 @@ async def get_result(request: Request, request_id: str) -> Response:
         return Response(b'{"state":"running"}', 202, {"Retry-After": "2"}, media_type=JSON_TYPE)
     raise NotFound(
         f"No stored answer for request id '{request_id[:64]}' and this API key. Answers are "
-        "kept for calls that sent an Idempotency-Key or whose client left before the answer, "
-        "and only for the retention period."
+        "kept for calls that sent their own x-request-id or an Idempotency-Key, or whose client "
+        "left before the answer, and only for the retention period."
     )

@@ -11,15 +11,21 @@ import functools
 import logging
 import os
 import secrets
+import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from nanogate.access.limits import Limiter
+from nanogate.access.cluster import Bus, Cooldowns
+from nanogate.access.limits import Limiter, RedisLimiter
+from nanogate.access.redisconn import RedisLink
+from nanogate.access.shared import LimitsLink, SharedLimiter, SharedThrottle
+from nanogate.access.switches import SwitchBoard, Switches
+from nanogate.access.throttle import AuthThrottle, RedisAuthThrottle
 from nanogate.billing.accounts import AccountStore
 from nanogate.billing.keys import KeyStore
 from nanogate.billing.ledger import Tx
@@ -28,8 +34,9 @@ from nanogate.billing.runners import Journal, open_runner
 from nanogate.core import lifecycle
 from nanogate.core.catalog import Catalog
 from nanogate.core.config import Settings
+from nanogate.core.pace import StreamLimits
 from nanogate.core.task_records import TaskRecord
-from nanogate.db.engine import make_engine
+from nanogate.db.engine import make_engine, ping
 from nanogate.engine import replay
 from nanogate.engine.gateway import Gateway
 from nanogate.engine.replay import ResultKeeper
@@ -44,11 +51,16 @@ from nanogate.transport.fetch import ImageFetcher, Limits
 from nanogate.upstreams import Services, build_upstream
 from nanogate.upstreams.gemini import GeminiUpstream
 from nanogate.upstreams.modelcheck import ModelWatch
+from nanogate.web.reload import Reloader
 
 log = logging.getLogger("nanogate")
 
 SWEEP_EVERY_S = 60.0
 CALLBACK_SECRET = "callback_secret"  # the generated one's row in the secrets table
+
+# What /readyz reports reachable, each probe raising when it is not ("redis" only with
+# `redis_url`).
+Probe = Callable[[], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -67,13 +79,23 @@ class Runtime:
     images: ImageFetcher
     worker: Worker | None
     callbacks: CallbackSender
+    switches: SwitchBoard
+    reloader: Reloader
+    probes: dict[str, Probe]
 
 
 @asynccontextmanager
 async def running(
-    settings: Settings, catalog: Catalog, *, workers: int, owner: str | None = None
+    settings: Settings,
+    catalog: Catalog,
+    *,
+    workers: int,
+    owner: str | None = None,
+    shared_limits: str | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Start the process's parts; `workers` tasks run at once here (0: none)."""
+    """Start the process's parts; `workers` tasks run at once here (0: none). `shared_limits`:
+    the socket of the supervisor that counts limits for every worker process of one `serve
+    --workers N` (access/shared.py)."""
     engine = make_engine(settings.resolved_database_url)
     recorder = UsageRecorder(engine, flush_seconds=settings.usage_flush_seconds)
     journal = Journal(open_runner(settings.resolved_database_url, engine))
@@ -81,7 +103,8 @@ async def running(
     file_key = await _secret(journal, "url_signing_key", None)
     callback_secret = await _secret(journal, CALLBACK_SECRET, configured_callback_secret(settings))
     signer = UrlSigner(file_key)
-    storage = open_storage(settings.resolved_storage_dir, settings.resolved_public_base_url, signer)
+    storage = open_storage(settings, signer)
+    await storage.start()
     guard = EgressGuard(settings.egress_allowlist)
     http = GuardedHttp(guard)
     services = Services(storage, http, settings.image_url_max_bytes)
@@ -107,19 +130,54 @@ async def running(
         lifecycle.today,
     )
     keys = KeyStore(engine, cache_seconds=settings.key_cache_seconds)
+    board = SwitchBoard(
+        engine, Switches(settings.maintenance, frozenset(settings.disabled_features))
+    )
+    # Cluster mode: limits every node shares. The single node counts them in memory, in its
+    # supervisor's when it runs several worker processes.
+    redis = RedisLink.open(settings) if settings.redis_url else None
+    link = LimitsLink(shared_limits) if shared_limits and not redis else None
+    limiter: Limiter
+    throttle: AuthThrottle
+    if redis:
+        limiter = RedisLimiter(
+            redis, node=settings.resolved_node_id, lease_s=settings.concurrency_lease_seconds
+        )
+        throttle = RedisAuthThrottle(settings.auth_failures_per_minute, redis)
+    elif link:
+        await link.start()
+        limiter = SharedLimiter(link)
+        throttle = SharedThrottle(settings.auth_failures_per_minute, link)
+    else:
+        limiter = Limiter()
+        throttle = AuthThrottle(settings.auth_failures_per_minute)
+    # Cluster mode: key changes and failing upstreams reach every node at once.
+    bus = Bus(redis, settings.resolved_node_id) if redis else None
+    if bus is not None:
+        keys.listen(bus)
+        router.share(Cooldowns(bus))
     gateway = Gateway(
         catalog,
         keys,
         router,
         recorder,
-        Limiter(),
+        limiter,
         meter,
         charge_blocked_prompts=settings.charge_blocked_prompts,
-        maintenance=settings.maintenance,
+        switches=board.current,
         watch=watch,
         allow_unlisted=settings.allow_unlisted_models,
         unlisted_prices=settings.unlisted_model_prices,
+        stream_limits=StreamLimits(
+            settings.stream_deadline_seconds,
+            settings.stream_min_bytes_per_second,
+            settings.stream_rate_grace_seconds,
+        ),
+        throttle=throttle,
     )
+    # Config reloads: SIGHUP here, or asked of every node through the switches row.
+    reloader = Reloader(settings, gateway, services, watch)
+    board.on_reload(reloader.reload_soon)
     fetcher = ImageFetcher(
         http,
         Limits(
@@ -137,7 +195,7 @@ async def running(
         http,
         task_timeout_s=settings.task_timeout_seconds,
         result_ttl_s=result_ttl_s,
-        disabled=frozenset(settings.disabled_features),
+        switches=board.current,
         wake=lambda: worker.wake() if worker else None,
     )
     callbacks = CallbackSender(
@@ -165,13 +223,19 @@ async def running(
             max_attempts=settings.task_max_attempts,
             finished=finished,
         )
+    await board.start()
     await recorder.start()
+    if isinstance(limiter, RedisLimiter):
+        limiter.start()
+    if bus is not None:
+        bus.start()
     # Reservations a crash left open are closed before the first request is taken.
     await meter.recover(starting=True)
     if worker is not None:
         await worker.start()
     callbacks.start_loop()
     router.start()  # the health prober, and upstream figures in /metrics
+    hangup = _on_hangup(reloader.reload_soon)
     sweeper = asyncio.create_task(_sweep(meter, journal, storage, result_ttl_s), name="sweeper")
     try:
         yield Runtime(
@@ -185,25 +249,72 @@ async def running(
             signer=signer,
             callback_secret=callback_secret,
             tasks=tasks,
-            results=ResultKeeper(journal, storage, ttl_s=result_ttl_s),
+            results=ResultKeeper(
+                journal,
+                storage,
+                ttl_s=result_ttl_s,
+                node=settings.resolved_node_id,
+                lease_s=settings.reservation_ttl_seconds,
+            ),
             images=fetcher,
             worker=worker,
             callbacks=callbacks,
+            switches=board,
+            reloader=reloader,
+            probes=_probes(engine, storage, redis),
         )
     finally:
         sweeper.cancel()
+        if hangup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await board.stop()
+        await reloader.close()
+        if bus is not None:
+            await bus.stop()
+        if isinstance(limiter, RedisLimiter):
+            await limiter.stop()
         await watch.stop()
         await router.stop()
         if worker is not None:
             await worker.stop()
         await callbacks.stop_loop()
+        await meter.stop()
         await journal.stop()
         await journal.runner.close()
         await recorder.stop()
         await router.close()
         await http.close()
         await storage.close()
+        if redis is not None:
+            await redis.close()
+        if link is not None:
+            await link.close()
         await engine.dispose()
+
+
+def _on_hangup(reload: Callable[[], None]) -> bool:
+    """SIGHUP reloads the config, as daemons do; False where no handler can be set (not the
+    main thread, or no such signal)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+        return False
+    return True
+
+
+def _probes(engine: AsyncEngine, storage: Storage, redis: RedisLink | None) -> dict[str, Probe]:
+    probes: dict[str, Probe] = {
+        "database": functools.partial(ping, engine),
+        "storage": storage.check,
+    }
+    if redis is not None:
+
+        async def redis_ping() -> None:
+            # Through the link: while it knows Redis is down, "down" at once, without I/O.
+            await redis.run("readyz", lambda client: client.ping())
+
+        probes["redis"] = redis_ping
+    return probes
 
 
 def worker_id(settings: Settings) -> str:

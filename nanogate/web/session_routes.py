@@ -19,6 +19,7 @@ from nanogate.console import sessions
 from nanogate.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from nanogate.engine.gateway import Context, Gateway
 from nanogate.web.admin_common import admin_key
+from nanogate.web.common import client_address
 
 router = APIRouter(prefix="/admin", tags=["Admin: console session"])
 
@@ -54,9 +55,9 @@ async def login(request: Request, body: Login, response: Response) -> SessionOut
     if not _same_origin(request):
         raise PermissionDenied("A login must come from this gateway's own console.")
     gateway: Gateway = request.app.state.gateway
-    ctx = Context(request.state.request_id, "admin")
+    ctx = Context(request.state.request_id, "admin", client=client_address(request))
     try:
-        record = await gateway.authenticate(ctx, body.key.strip())
+        record = await gateway.authenticate(ctx, body.key.strip(), operator=True)
     except Unauthenticated:
         raise Unauthenticated("That key is not valid. Log in with an admin key.") from None
     if not record.is_admin:

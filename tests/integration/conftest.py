@@ -7,7 +7,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,16 @@ class Simulator:
 
     def faults(self, *faults: dict[str, Any]) -> None:
         httpx.post(f"{self.url}/_sim/faults", json=list(faults)).raise_for_status()
+
+    def idle(self, timeout: float = 60) -> None:
+        """Wait until no request is in flight here: a test that counts concurrent requests
+        must not see the delayed calls an earlier test left behind (their gateway is gone, but
+        the simulator sleeps on). Then its in-flight high-water mark starts from zero."""
+        deadline = time.monotonic() + timeout
+        while httpx.get(f"{self.url}/_sim/stats").json()["in_flight"]:
+            assert time.monotonic() < deadline, "the simulator never went idle"
+            time.sleep(0.1)
+        httpx.delete(f"{self.url}/_sim/stats")
 
 
 @dataclass
@@ -94,6 +105,12 @@ def start_gateway(
         "NANOGATE_PORT": str(port),
         "NANOGATE_KEY_CACHE_SECONDS": "1",
         "NANOGATE_USAGE_FLUSH_SECONDS": "0.2",
+        # Every test is one client address (127.0.0.1), sending unknown keys on purpose: the
+        # failed-authentication throttle has its own tests (test_redis_limits.py).
+        "NANOGATE_AUTH_FAILURES_PER_MINUTE": "0",
+        # No load balancer polls these gateways' /readyz: a stop need not keep the listener
+        # open for one (test_shutdown.py sets the delay it tests).
+        "NANOGATE_DRAIN_DELAY_SECONDS": "0",
         **env,
     }
     full_env.pop("NANOGATE_CONFIG", None)
@@ -120,17 +137,7 @@ def start_gateway(
         raise RuntimeError(f"gateway failed to start:\n{stderr_path.read_text()[-3000:]}") from None
     values = dict(line.split("=", 1) for line in lines if line.startswith("export NANOGATE_"))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            stop(proc)
-            raise RuntimeError(f"gateway not healthy:\n{stderr_path.read_text()[-3000:]}")
-        time.sleep(0.1)
+    wait_healthy(url, proc, stderr_path)
     return Gateway(
         url,
         values["export NANOGATE_KEY"],
@@ -141,6 +148,72 @@ def start_gateway(
         stderr_path,
         lines,
     )
+
+
+def wait_healthy(
+    url: str, proc: subprocess.Popen[str], stderr_path: Path, what: str = "gateway"
+) -> None:
+    """Until `url`/healthz answers 200; the process is stopped and its log's end raised if it
+    exits or takes longer than 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            stop(proc)
+            raise RuntimeError(f"{what} not healthy:\n{stderr_path.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def join_gateway(first: Gateway, tmp: Path) -> Gateway:
+    """Another node of `first`'s gateway: `nanogate serve` on its own port and data directory,
+    on the same database (so no first-start banner: the keys are `first`'s)."""
+    port = free_port()
+    env = {**first.env, "NANOGATE_PORT": str(port), "NANOGATE_DATA_DIR": str(tmp / "data")}
+    env.setdefault("NANOGATE_DATABASE_URL", f"sqlite+aiosqlite:///{first.data_dir}/nanogate.db")
+    stderr_path = tmp / "gateway.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanogate", "serve"],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr_path.open("w"),
+        text=True,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, proc, stderr_path)
+    return Gateway(url, first.client_key, first.admin_key, tmp / "data", env, proc, stderr_path)
+
+
+@contextmanager
+def two_nodes(
+    tmp: Path, config: dict[str, Any] | None, env: dict[str, str]
+) -> Iterator[tuple[Gateway, Gateway]]:
+    """Two `nanogate serve` processes on one database (and one config file), stopped after."""
+    for node in ("a", "b"):
+        (tmp / node).mkdir()
+    a = start_gateway(tmp / "a", config, **env)
+    try:
+        b = join_gateway(a, tmp / "b")
+    except BaseException:
+        stop(a.proc)
+        raise
+    try:
+        yield a, b
+    finally:
+        stop(b.proc)
+        stop(a.proc)
+
+
+def within(seconds: float, condition: Callable[[], bool]) -> float:
+    """How long `condition` took to hold, polled every 50 ms; fails past `seconds`."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < seconds, f"not within {seconds} s"
+        time.sleep(0.05)
+    return time.monotonic() - start
 
 
 @pytest.fixture(scope="session")

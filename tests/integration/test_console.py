@@ -724,6 +724,49 @@ def test_upstreams_show_which_catalog_models_a_gemini_upstream_lacks(
         stop(sim.proc)
 
 
+def test_the_maintenance_switch_refuses_calls_and_is_lifted_from_the_console(
+    page: Page, gateway: Gateway
+) -> None:
+    log_in(page, gateway)
+    open_page(page, gateway, "upstreams")
+    call = f"{gateway.url}/v1beta/models/{MODEL}:generateContent"
+    body = {"contents": [{"parts": [{"text": "a kite"}]}]}
+
+    def status() -> int:
+        headers = {"x-goog-api-key": gateway.client_key}
+        return httpx.post(call, headers=headers, json=body, timeout=30).status_code
+
+    switch = page.locator("#switch-maintenance")
+    expect(switch).not_to_be_checked()
+    try:
+        switch.check()
+        expect(page.locator("#status")).to_contain_text("Maintenance mode is on")
+        state = httpx.get(f"{gateway.url}/admin/switches", headers=admin(gateway)).json()
+        assert state == {"maintenance": True, "disabled_features": []}
+        assert status() == 503
+        # The console keeps working in maintenance mode: the page reloads and shows it.
+        page.reload()
+        expect(page.locator("#switch-maintenance")).to_be_checked()
+        page.locator('[data-feature="callbacks"]').check()
+        page.wait_for_function(
+            "() => JSON.parse(document.body.dataset.switches || '{}')"
+            ".disabled_features?.includes('callbacks')"
+        )
+        page.locator("#switch-maintenance").uncheck()
+        page.locator('[data-feature="callbacks"]').uncheck()
+        page.wait_for_function(
+            "() => { const s = JSON.parse(document.body.dataset.switches || '{}');"
+            " return s.maintenance === false && s.disabled_features.length === 0; }"
+        )
+        assert status() == 200
+    finally:
+        httpx.patch(
+            f"{gateway.url}/admin/switches",
+            headers=admin(gateway),
+            json={"maintenance": False, "disabled_features": []},
+        )
+
+
 def test_every_page_fits_a_phone_and_is_screenshotted(
     browser: Browser, console: BrowserConsole, gateway: Gateway
 ) -> None:

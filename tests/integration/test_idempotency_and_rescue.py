@@ -258,9 +258,20 @@ def test_a_client_that_gives_up_still_gets_its_paid_answer(gw: Gateway) -> None:
     ledger_matches_balances(gw)
 
 
-def test_a_call_whose_client_stays_is_not_stored(gw: Gateway) -> None:
+def test_an_unnamed_call_whose_client_stays_is_not_stored(gw: Gateway) -> None:
+    """Only the calls a client can name are kept: with no x-request-id of its own, the id
+    arrives with the answer itself, so nothing is written to the disk for it."""
+    key = new_key(gw, 10_000_000)
+    answered = generate(gw, key)
+    assert answered.status_code == 200
+    url = f"{gw.url}/v1/results/{answered.headers['x-request-id']}"
+    assert httpx.get(url, headers={"x-goog-api-key": key}).status_code == 404
+
+
+def test_a_call_named_by_its_client_is_kept_for_after_a_crash(gw: Gateway) -> None:
     key = new_key(gw, 10_000_000)
     request_id = f"kept-{uuid.uuid4().hex[:12]}"
-    assert generate(gw, key, {"x-request-id": request_id}).status_code == 200
-    url = f"{gw.url}/v1/results/{request_id}"
-    assert httpx.get(url, headers={"x-goog-api-key": key}).status_code == 404
+    answered = generate(gw, key, {"x-request-id": request_id})
+    assert answered.status_code == 200
+    kept = httpx.get(f"{gw.url}/v1/results/{request_id}", headers={"x-goog-api-key": key})
+    assert kept.status_code == 200 and kept.content == answered.content

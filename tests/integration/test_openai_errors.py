@@ -330,9 +330,14 @@ def test_a_model_outside_the_keys_allowed_models_is_403_and_unlisted(
     sdk = client(sim_gateway, key)
     assert [m.id for m in sdk.models.list()] == [TEXT_MODEL]
     assert sdk.models.retrieve(TEXT_MODEL).id == TEXT_MODEL
-    with pytest.raises(openai.PermissionDeniedError) as retrieve:
+    # Looked up, it is as absent as from the list: the same 404 as a model no one serves.
+    with pytest.raises(openai.NotFoundError) as retrieve:
         sdk.models.retrieve(IMAGE_MODEL)
-    check_envelope(retrieve.value, 403, "permission_error", "permission_denied", None, key)
+    hidden = check_envelope(retrieve.value, 404, "not_found_error", "model_not_found", None, key)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        sdk.models.retrieve("gemini-9-imaginary")
+    absent = check_envelope(unknown.value, 404, "not_found_error", "model_not_found")
+    assert hidden == absent.replace("gemini-9-imaginary", IMAGE_MODEL)
     with pytest.raises(openai.PermissionDeniedError) as chat:
         sdk.chat.completions.create(model=IMAGE_MODEL, messages=DRAW)
     message = check_envelope(chat.value, 403, "permission_error", "permission_denied", None, key)
@@ -541,16 +546,17 @@ def test_an_upstream_429_is_a_429_with_its_retry_after(
 UPSTREAM_FAILURES: list[tuple[dict[str, Any], int, str]] = [
     ({"status": 503}, 503, "service_unavailable"),
     ({"status": 500}, 500, "internal_error"),
-    ({"status": 502}, 503, "service_unavailable"),
+    ({"status": 502}, 502, "bad_upstream_answer"),
     ({"status": 504}, 504, "upstream_timeout"),
     ({"reset": True}, 503, "service_unavailable"),
+    ({"malformed": True}, 502, "bad_upstream_answer"),
 ]
 
 
 @pytest.mark.parametrize(
     ("fault", "status", "code"),
     UPSTREAM_FAILURES,
-    ids=["503", "500", "502", "504", "reset"],
+    ids=["503", "500", "502", "504", "reset", "malformed"],
 )
 @pytest.mark.parametrize("endpoint", ["chat", "images"])
 def test_an_upstream_failure_is_a_5xx_and_costs_nothing(

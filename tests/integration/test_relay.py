@@ -276,7 +276,7 @@ def test_stream_break_after_first_chunk_ends_with_an_error_event(
         ({"status": 429, "retry_after": 7}, 429, "RESOURCE_EXHAUSTED"),
         ({"status": 400, "message": "Invalid value at 'contents'"}, 400, "INVALID_ARGUMENT"),
         ({"reset": True}, 503, "UNAVAILABLE"),
-        ({"malformed": True}, 503, "UNAVAILABLE"),
+        ({"malformed": True}, 502, "UNAVAILABLE"),
         ({"delay": 7}, 504, "DEADLINE_EXCEEDED"),
     ],
 )
@@ -481,7 +481,7 @@ def test_client_leaving_mid_stream_is_recorded(sim_gateway: Gateway, sim: Simula
 
 def test_openapi_readyz_and_metrics(sim_gateway: Gateway) -> None:
     paths = httpx.get(f"{sim_gateway.url}/openapi.json").json()["paths"]
-    assert "/v1beta/models/{tail}" in paths and "/healthz" in paths
+    assert "/v1beta/models/{model}:generateContent" in paths and "/healthz" in paths
     ready = httpx.get(f"{sim_gateway.url}/readyz").json()
     # The gemini upstream's model check (issue 15; its content is tested in
     # test_model_lifecycle.py). The first look starts it: wait for its answer, so its
@@ -491,7 +491,13 @@ def test_openapi_readyz_and_metrics(sim_gateway: Gateway) -> None:
         time.sleep(0.05)
         ready = httpx.get(f"{sim_gateway.url}/readyz").json()
     assert set(ready.pop("models")) == {"sim"}
-    assert ready == {"status": "ready", "database": "up", "upstreams": {"sim": "up"}}
+    assert ready == {
+        "status": "ready",
+        "database": "up",
+        "redis": None,  # no redis_url
+        "storage": "up",
+        "upstreams": {"sim": "up"},
+    }
     metrics = httpx.get(f"{sim_gateway.url}/metrics").text
     assert 'nanogate_requests_total{dialect="gemini"' in metrics
     assert "nanogate_upstream_errors_total" in metrics

@@ -37,6 +37,7 @@ def sims(
     simulator: Simulator, second_simulator: Simulator
 ) -> Iterator[tuple[Simulator, Simulator]]:
     for sim in (simulator, second_simulator):
+        sim.idle()
         sim.clear()
     yield simulator, second_simulator
     for sim in (simulator, second_simulator):

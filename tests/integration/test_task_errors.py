@@ -204,6 +204,19 @@ def test_an_upstream_that_keeps_failing_ends_the_task_refunded(
     assert balance(gw, key) == 10_000_000
 
 
+def test_an_unreadable_upstream_answer_fails_the_task_saying_so(
+    gw: Gateway, simulator: Simulator
+) -> None:
+    key = new_key(gw, 10_000_000)
+    simulator.faults(*[{"malformed": True}] * 2)
+    task = task_id(create(gw, key, "msg", "google/nano-banana", {"prompt": "x"}), "msg")
+    data = wait_final(gw, key, "msg", task)
+    # 501 is the task API's own code for a failed generation; the message says why.
+    assert data["state"] == "fail" and data["failCode"] == "501", data
+    assert "Bad upstream answer" in data["failMsg"], data
+    assert balance(gw, key) == 10_000_000
+
+
 @BOTH
 def test_455_in_maintenance_mode(tmp_path: Path, form: str) -> None:
     gw = start_gateway(tmp_path, None, NANOGATE_MAINTENANCE="true")

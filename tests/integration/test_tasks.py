@@ -3,6 +3,7 @@ a callback receiver and file server on 127.0.0.1, over real HTTP, in both task f
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import re
@@ -21,7 +22,7 @@ from PIL import Image
 
 from nanogate.core.catalog import load_catalog
 from nanogate.core.media import sniff_image
-from nanogate.tasks.callbacks import sign
+from nanogate.tasks.callbacks import sign, standard_sign
 from tests.simulator.processes import free_port, pump_stdout, stop, wait_for_line
 
 from .conftest import Gateway, start_gateway
@@ -245,7 +246,11 @@ def test_a_generated_callback_secret_is_stored_once_and_signs(
         # Shown without SQL: by the command line and by the admin API.
         assert gw.cli("callbacks", "secret").stdout == secret + "\n"
         shown = httpx.get(f"{gw.url}/admin/callbacks/secret", headers={"x-api-key": gw.admin_key})
-        assert shown.json() == {"secret": secret, "source": "database"}
+        assert shown.json() == {
+            "secret": secret,
+            "standard_webhooks_secret": "whsec_" + base64.b64encode(secret.encode()).decode(),
+            "source": "database",
+        }
         path = f"/cb/{uuid.uuid4().hex}"
         key = new_key(gw, 10_000_000)
         create(gw, key, "message", "google/nano-banana", {"prompt": "x"}, receiver.url + path)
@@ -265,10 +270,20 @@ def test_the_secret_is_shown_by_the_cli_and_the_admin_api(gw: Gateway) -> None:
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == SECRET + "\n"
     assert "NANOGATE_CALLBACK_SECRET" in shown.stderr and "UTF-8" in shown.stderr
+    # The same key in the form a Standard Webhooks library takes: whsec_ + its base64.
+    standard = gw.cli("callbacks", "secret", "--standard-webhooks")
+    assert standard.returncode == 0, standard.stderr
+    assert standard.stdout == "whsec_" + base64.b64encode(SECRET.encode()).decode() + "\n"
+    assert "standardwebhooks.Webhook" in standard.stderr
     url = f"{gw.url}/admin/callbacks/secret"
     answer = httpx.get(url, headers={"x-api-key": gw.admin_key})
     assert answer.status_code == 200
-    assert answer.json() == {"secret": SECRET, "source": "setting"}
+    whsec = "whsec_" + base64.b64encode(SECRET.encode()).decode()
+    assert answer.json() == {
+        "secret": SECRET,
+        "standard_webhooks_secret": whsec,
+        "source": "setting",
+    }
     assert answer.headers["cache-control"] == "no-store"
     refused = httpx.get(url, headers={"x-api-key": new_key(gw, 0)})
     assert refused.status_code == 403 and SECRET not in refused.text
@@ -312,29 +327,31 @@ def test_the_readme_receiver_verifies_a_real_callback(gw: Gateway, tmp_path: Pat
             ).json()
             assert log["state"] == "delivered"
             assert [a["status_code"] for a in log["attempts"]] == [204]
-        # The same receiver refuses what the gateway did not sign.
+        # The same receiver refuses what the gateway did not sign, and a stale timestamp.
         body = b'{"code":200,"message":"success","data":{"task_id":"forged"}}'
         now = str(int(time.time()))
-        good = sign(secret.encode(), now, body)
         stale = str(int(time.time()) - 600)
+
+        def signed(event: str, stamp: str, key: bytes = secret.encode()) -> dict[str, str]:
+            signature = standard_sign(key, event, stamp, body)
+            return {"webhook-id": event, "webhook-timestamp": stamp, "webhook-signature": signature}
+
         for headers in (
             {},
-            {"x-nanogate-timestamp": now, "x-nanogate-signature": "0" * 64},
-            {"x-nanogate-timestamp": now, "x-nanogate-signature": sign(b"other", now, body)},
-            {
-                "x-nanogate-timestamp": stale,
-                "x-nanogate-signature": sign(secret.encode(), stale, body),
-            },
+            {"webhook-id": "evt_1", "webhook-timestamp": now, "webhook-signature": "v1,AAAA"},
+            signed("evt_1", now, b"other"),
+            signed("evt_1", stale),
+            signed("evt_1", now) | {"webhook-id": "evt_2"},  # the id is signed too
+            # nanogate's own signature alone: this receiver checks the Standard Webhooks one.
+            {"x-nanogate-timestamp": now, "x-nanogate-signature": sign(secret.encode(), now, body)},
         ):
             assert httpx.post(hook, content=body, headers=headers).status_code == 401
-        assert (
-            httpx.post(
-                hook,
-                content=body,
-                headers={"x-nanogate-timestamp": now, "x-nanogate-signature": good},
-            ).status_code
-            == 204
-        )
+        # Good, then the same event again: acknowledged, and dropped as a duplicate.
+        for _ in range(2):
+            answer = httpx.post(hook, content=body, headers=signed("evt_forged", now))
+            assert answer.status_code == 204
+        wait_for_line(lines, re.compile("^verified forged succeeded$|^verified forged None$"), 10)
+        wait_for_line(lines, re.compile("^duplicate evt_forged$"), 10)
     finally:
         stop(proc)
 

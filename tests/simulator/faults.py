@@ -20,7 +20,7 @@ from typing import Any
 _DIRECTIVE_RE = re.compile(rb"\[\[sim:([^\]\"\\]*)\]\]")
 
 _FLAG_FIELDS = ("reset", "malformed", "stream_break", "stuck", "fail")
-_NUMBER_FIELDS = ("delay", "slow_stream", "task_delay")
+_NUMBER_FIELDS = ("delay", "slow_stream", "drip", "task_delay")
 CHAT_IMAGE_SHAPES = ("images", "markdown")
 
 
@@ -37,6 +37,10 @@ class Fault:
     reset: bool = False
     malformed: bool = False
     slow_stream: float = 0.0
+    # Seconds between bytes: a stream's first event whole, then the rest (a generateContent
+    # answer: all of it) one byte at a time, then newlines, forever. Each read is quick, so no
+    # per-read timeout ever fires.
+    drip: float = 0.0
     stream_break: bool = False
     body: Any = None
     has_body: bool = False

@@ -11,6 +11,7 @@ work, responses serialized once with orjson.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import orjson
@@ -140,6 +141,8 @@ async def _api(
     reply = r.Reply(model or "", parsed, image, state.image_tokens)
     if streaming:
         return await _stream(request, reply.chunks(), sse, fault, headers=extra)
+    if fault.drip:
+        return await _drip_response(request, reply.whole(), fault.drip)
     return _json_bytes(reply.whole(), 200, extra)
 
 
@@ -170,25 +173,48 @@ async def _stream(
         resp.charset = "UTF-8"
     if headers:
         resp.headers.update(headers)
+    frames = [
+        b"data: " + chunk + b"\r\n\r\n" if sse else (b"[" if i == 0 else b",\r\n") + chunk
+        for i, chunk in enumerate(chunks)
+    ]
+    tail = b"]" if not sse and complete else b""
     try:
         await resp.prepare(request)
-        for i, chunk in enumerate(chunks):
+        for i, frame in enumerate(frames):
+            if i and fault.drip:
+                await _drip(resp, b"".join(frames[i:]) + tail, fault.drip)
             if i and fault.slow_stream:
                 await asyncio.sleep(fault.slow_stream)
-            if sse:
-                await resp.write(b"data: " + chunk + b"\r\n\r\n")
-            else:
-                await resp.write((b"[" if i == 0 else b",\r\n") + chunk)
+            await resp.write(frame)
             if fault.stream_break:
                 await wire.close_after_flush(request)
                 return resp
-        if not sse and complete:
-            await resp.write(b"]")
+        if tail:
+            await resp.write(tail)
         await resp.write_eof()
     except ConnectionError:
         # The client went away mid-stream; nothing to tell it, and not worth a traceback.
         pass
     return resp
+
+
+async def _drip_response(request: web.Request, body: bytes, every: float) -> web.StreamResponse:
+    resp = web.StreamResponse(status=200)
+    resp.content_type = "application/json"
+    try:
+        await resp.prepare(request)
+        await _drip(resp, body, every)
+    except ConnectionError:
+        pass  # the client gave up: what the fault is for
+    return resp
+
+
+async def _drip(resp: web.StreamResponse, data: bytes, every: float) -> None:
+    """`data` a byte at a time, then newlines (blank lines to an SSE reader, whitespace to a
+    JSON one), until the client leaves: never returns otherwise."""
+    for i in itertools.count():
+        await asyncio.sleep(every)
+        await resp.write(data[i : i + 1] or b"\n")
 
 
 async def _not_found(

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nanogate.access.keys import KeyRecord
 from nanogate.billing.keys import KeyStore
-from nanogate.billing.runners import Journal, open_runner
+from nanogate.billing.runners import Journal, Runner, open_runner
 from nanogate.db import accounts, make_engine, run_migrations
 from nanogate.db import ledger as ledger_table
 
@@ -38,6 +38,12 @@ async def journal(db_url: str, engine: AsyncEngine) -> AsyncIterator[Journal]:
     yield journal
     await journal.stop()
     await journal.runner.close()
+
+
+def separate_runners(db_url: str, engine: AsyncEngine, count: int) -> list[Runner]:
+    """`count` of the runners the gateway itself would open, each on a connection of its own
+    (as separate processes would be): the caller closes them."""
+    return [open_runner(db_url, engine) for _ in range(count)]
 
 
 async def new_key(engine: AsyncEngine, credits: int, **caps: int) -> KeyRecord:

@@ -11,9 +11,11 @@ import pytest
 from nanogate.core.canonical import (
     FULL_PARSE_LIMIT,
     MalformedResponse,
+    finishes,
     usage_from_metadata,
     usage_from_response,
 )
+from nanogate.core.payload import Payload
 from nanogate.core.types import Usage
 
 META = {
@@ -52,6 +54,27 @@ def test_usage_small_and_large_agree(size: int) -> None:
     assert usage.images == 1
     assert (usage.input_text, usage.output_image, usage.output_text) == (17, 1290, 16)
     assert usage.total == 1323
+
+
+def in_pieces(body: bytes, size: int) -> Payload:
+    return Payload([body[at : at + size] for at in range(0, len(body), size)])
+
+
+@pytest.mark.parametrize("size", [13, 4096, 262_144])
+def test_usage_of_a_large_answer_in_pieces_reads_as_its_bytes(size: int) -> None:
+    body = response(FULL_PARSE_LIMIT * 2)
+    assert usage_from_response(in_pieces(body, size)) == usage_from_response(body)
+    assert usage_from_response(in_pieces(body, size)).images == 1
+    cut = body[: body.rfind(b'"usageMetadata"') + 40] + b"}"
+    with pytest.raises(MalformedResponse):
+        usage_from_response(in_pieces(cut, size))
+    with pytest.raises(MalformedResponse, match="not a JSON object"):
+        usage_from_response(in_pieces(b" [" + body + b"]\n", size))
+
+
+def test_a_chunk_finishes_when_it_carries_a_finish_reason() -> None:
+    assert finishes(response(FULL_PARSE_LIMIT * 2))
+    assert not finishes(response(FULL_PARSE_LIMIT * 2).replace(b'"finishReason"', b'"other"'))
 
 
 def test_seed_001_thoughts() -> None:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from nanogate.core.catalog import load_catalog
+from nanogate.core.catalog import CatalogError, load_catalog
 from nanogate.core.config import load_settings
 from nanogate.core.errors import NotFound
 
@@ -120,3 +120,20 @@ def test_every_shipped_config_example_loads(example: Path) -> None:
     settings = load_settings(example)
     assert settings.upstreams and all(u.api_key for u in settings.upstreams)
     assert {u.kind for u in settings.upstreams} <= {"gemini", "task", "openai"}
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ({"output_token_limit": -1}, "output_token_limit must be at least 1, not -1"),
+        ({"input_token_limit": 0}, "input_token_limit must be at least 1"),
+        ({"prices": {"input_text": -3}}, "prices cannot be negative"),
+        ({"prices": "cheap"}, "a field has the wrong type"),
+        ({"output_token_limit": "lots"}, "a field has the wrong type"),
+        ("cheap", "must be a mapping of fields"),
+    ],
+)
+def test_impossible_model_overrides_are_refused_by_name(override: object, says: str) -> None:
+    with pytest.raises(CatalogError) as refused:
+        load_catalog({"gemini-2.5-flash": override})  # type: ignore[dict-item]
+    assert str(refused.value).startswith("gemini-2.5-flash: ") and says in str(refused.value)

@@ -88,6 +88,14 @@ def test_render_copes_with_odd_prompts(prompt: str) -> None:
     assert _open(render_image(prompt, 192, 1536)).size == (192, 1536)
 
 
+@pytest.mark.parametrize("prompt", ["a" * 1_000_001, "\u0301" * 1_200_000])
+def test_render_and_edit_cope_with_prompts_over_a_million_characters(prompt: str) -> None:
+    # Pillow refuses to measure a string of more than a million characters.
+    assert _open(render_image(prompt, 512, 512)).size == (512, 512)
+    source = _encoded(_photo(), "PNG")
+    assert _open(transform_image(source, prompt, 256, 256)).size == (256, 256)
+
+
 def test_render_rejects_an_empty_size() -> None:
     with pytest.raises(ValueError):
         render_image("p", 0, 10)

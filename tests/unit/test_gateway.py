@@ -6,6 +6,7 @@ rows sum to every balance, no hold is left pending, and no key is left holding a
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -20,9 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nanogate.access.keys import KeyRecord
 from nanogate.access.limits import Limiter
+from nanogate.access.switches import Switches
 from nanogate.billing.keys import KeyStore
+from nanogate.billing.ledger import Tx
 from nanogate.billing.meter import Meter
-from nanogate.billing.runners import Journal
+from nanogate.billing.runners import Journal, Work
 from nanogate.core.catalog import load_catalog
 from nanogate.core.config import UpstreamConfig
 from nanogate.core.errors import (
@@ -32,13 +35,17 @@ from nanogate.core.errors import (
     NotFound,
     PermissionDenied,
     RateLimited,
+    StreamCut,
     Unauthenticated,
+    Unavailable,
     UpstreamError,
 )
+from nanogate.core.pace import StreamLimits
 from nanogate.core.types import Call, Chunk, ImageRequest, Method, Reply, Usage
-from nanogate.db import accounts, holds, usage_records
+from nanogate.db import accounts, holds, results, usage_records
 from nanogate.db import ledger as ledger_table
-from nanogate.engine.gateway import Context, Gateway
+from nanogate.engine.gateway import Context, Gateway, Seal
+from nanogate.engine.replay import keep_result
 from nanogate.engine.usage import UsageRecorder
 from nanogate.routing import Router
 
@@ -78,7 +85,9 @@ IMAGE_COST = 134_480
 class Canned:
     """An upstream adapter that answers from a script: `script` for generate (a Reply, or an
     UpstreamError to raise), one step a call; `chunks` for every stream (a Chunk, or an
-    UpstreamError that ends it). With `gate` set, generate waits for it before answering."""
+    UpstreamError that ends it). With `gate` set, generate waits for it before answering; with
+    `drip`, a stream's chunks come that many seconds apart and never end (an empty one after
+    the scripted ones)."""
 
     kind = "canned"
 
@@ -91,6 +100,7 @@ class Canned:
         self.arrived = asyncio.Event()  # set by the first call that waits at the gate
         self.opened: list[AsyncIterator[Chunk]] = []
         self.streams_closed = 0
+        self.drip: float | None = None
 
     async def generate(self, call: Call) -> Reply:
         self.calls += 1
@@ -113,9 +123,14 @@ class Canned:
     async def _stream(self) -> AsyncIterator[Chunk]:
         try:
             for step in self.chunks:
+                if self.drip is not None:
+                    await asyncio.sleep(self.drip)
                 if isinstance(step, UpstreamError):
                     raise step
                 yield step
+            while self.drip is not None:
+                await asyncio.sleep(self.drip)
+                yield Chunk(b"{}")
         finally:
             self.streams_closed += 1
 
@@ -268,19 +283,21 @@ async def check_books(rig: Rig) -> None:
         await ledger_balance(rig.engine, account_id)
     for key in rig.issued:
         if key.concurrency_limit and not key.rpm_limit:
-            await rig.gateway.limiter.acquire(key)  # raises if a request slot leaked
-            rig.gateway.limiter.release(key)
+            # Raises if a request slot leaked.
+            await rig.gateway.limiter.release(await rig.gateway.limiter.acquire(key))
 
 
 def context(key: KeyRecord | None = None) -> Context:
     return Context(request_id=new_id(), dialect="gemini", key=key)
 
 
-async def answered(gateway: Gateway, ctx: Context, call: Call) -> Reply | GatewayError:
+async def answered(
+    gateway: Gateway, ctx: Context, call: Call, seal: Seal | None = None
+) -> Reply | GatewayError:
     """What a route does around generate (web/handling.py): the failure noted, the record
     written once the answer is complete."""
     try:
-        return await gateway.generate(ctx, call)
+        return await gateway.generate(ctx, call, seal)
     except GatewayError as error:
         ctx.fail(error)
         return error
@@ -317,7 +334,7 @@ async def test_authenticate(rig: Rig) -> None:
         assert caught.value.status == status and ctx.key is None
     # Maintenance turns every key away, a good one too.
     with pytest.raises(Maintenance) as closed:
-        await rig.variant(maintenance=True).authenticate(context(), plain)
+        await rig.variant(switches=Switches(maintenance=True)).authenticate(context(), plain)
     assert closed.value.status == 503 and closed.value.retry_after == 60
 
 
@@ -501,6 +518,111 @@ async def test_an_image_call_answered_without_one_costs_nothing(rig: Rig) -> Non
     assert await rig.balance(key) == CREDITS - 20
 
 
+# -- the answer before the charge (issue 17) ------------------------------------------------------
+
+
+async def stored_rows(rig: Rig, request_id: str) -> list[tuple[int, str]]:
+    async with rig.engine.connect() as conn:
+        found = await conn.execute(
+            select(results.c.status, results.c.object_name).where(
+                results.c.request_id == request_id
+            )
+        )
+        return [(int(status), str(name)) for status, name in found]
+
+
+async def test_the_usage_record_of_a_charge_commits_with_it(rig: Rig) -> None:
+    plain, _ = await rig.key()
+    rig.upstream.script = [reply(TEXT_ANSWER, TEXT_USAGE)]
+    call = text_call()
+    ctx = await rig.arrive(plain, call)
+    await rig.gateway.generate(ctx, call)
+    # Already in the database, before the route finishes and with nothing buffered: a crash
+    # after the settle cannot lose it.
+    async with rig.engine.connect() as conn:
+        rows = await conn.execute(
+            select(usage_records.c.status, usage_records.c.cost).where(
+                usage_records.c.request_id == ctx.request_id
+            )
+        )
+        assert list(rows) == [(200, TEXT_COST)]
+    rig.gateway.finish(ctx)
+    assert rig.recorder.pending == 0
+    assert len(await rig.records()) == 1  # written once
+
+
+async def test_the_answer_is_sealed_before_the_charge_and_kept_with_it(rig: Rig) -> None:
+    plain, key = await rig.key()
+    rig.upstream.script = [reply(TEXT_ANSWER, TEXT_USAGE)]
+    call = text_call()
+    ctx = await rig.arrive(plain, call)
+    seen: list[list[str]] = []
+
+    async def seal(replies: list[Reply]) -> Work[None]:
+        # Nothing is charged yet while the answer is made.
+        seen.append(await rig.holds_of(ctx.request_id))
+        now = datetime.now(UTC)
+        return functools.partial(
+            keep_result,
+            key_id=key.id,
+            request_id=ctx.request_id,
+            status=200,
+            content_type="application/json",
+            object_name="ab/answer.json",
+            now=now,
+            expires=now + timedelta(hours=1),
+        )
+
+    await rig.gateway.generate(ctx, call, seal)
+    assert seen == [["pending"]]
+    assert await rig.holds_of(ctx.request_id) == ["settled"]
+    assert await stored_rows(rig, ctx.request_id) == [(200, "ab/answer.json")]
+
+
+async def test_an_answer_that_cannot_be_made_is_not_charged(rig: Rig) -> None:
+    plain, key = await rig.key()
+    rig.upstream.script = [reply(image_answer("A"), IMAGE_USAGE)]
+    call = image_call()
+    ctx = await rig.arrive(plain, call)
+
+    async def seal(replies: list[Reply]) -> Work[None]:
+        raise Unavailable("The gateway's result storage is failing (No space left on device).")
+
+    error = await answered(rig.gateway, ctx, call, seal)
+    assert isinstance(error, Unavailable)
+    assert await rig.balance(key) == CREDITS
+    assert await rig.holds_of(ctx.request_id) == ["refunded"]
+    [record] = await rig.records()
+    assert (record["status"], record["cost"]) == (503, 0)
+    assert "storage" in record["error_message"]
+
+
+async def test_a_keep_that_fails_in_the_settle_undoes_the_charge(rig: Rig) -> None:
+    plain, key = await rig.key()
+    rig.upstream.script = [reply(TEXT_ANSWER, TEXT_USAGE)]
+    call = text_call()
+    ctx = await rig.arrive(plain, call)
+
+    async def broken(tx: Tx) -> None:
+        await tx.exec("INSERT INTO no_such_table VALUES (1)", {})
+
+    async def seal(replies: list[Reply]) -> Work[None]:
+        return broken
+
+    error = await answered(rig.gateway, ctx, call, seal)
+    # The charge and the kept answer commit together or not at all: neither, here. The hold
+    # the settle could not close is refunded from the meter's retry queue.
+    assert isinstance(error, GatewayError) and error.status == 503
+    for _ in range(250):  # the queue retries every second: 5 s at most
+        if await rig.holds_of(ctx.request_id) == ["refunded"]:
+            break
+        await asyncio.sleep(0.02)
+    assert await rig.holds_of(ctx.request_id) == ["refunded"]
+    assert await rig.balance(key) == CREDITS
+    [record] = await rig.records()
+    assert (record["status"], record["cost"]) == (503, 0)
+
+
 # -- generate_many -------------------------------------------------------------------------------
 
 
@@ -550,16 +672,16 @@ async def test_a_stream_settles_at_its_finish_chunk_before_passing_it_on(rig: Ri
     assert first.body == STORY[0].body and ctx.upstream == "canned"
     assert (await anext(rest)).body == STORY[1].body
     assert await rig.holds_of(ctx.request_id) == ["pending"]
-    # The finish chunk reaches the caller only once its charge is durable; the stream is not
-    # closed yet, nor its usage recorded.
+    # The finish chunk reaches the caller only once its charge is durable, and its usage
+    # record with it (one commit: a crash leaves both or neither); the stream is not closed yet.
     assert (await anext(rest)).body == STORY[2].body
     assert await rig.holds_of(ctx.request_id) == ["settled"] and ctx.cost == STORY_COST
     assert await rig.balance(key) == CREDITS - STORY_COST
-    assert rig.recorder.pending == 0 and rig.upstream.streams_closed == 0
+    assert rig.upstream.streams_closed == 0 and len(await rig.records()) == 1
     with pytest.raises(StopAsyncIteration):
         await anext(rest)
-    # Read to its end, the stream closed itself: the upstream's closed, the usage recorded.
-    assert rig.upstream.streams_closed == 1 and rig.recorder.pending == 1
+    # Read to its end, the stream closed itself: the upstream's closed, no second record.
+    assert rig.upstream.streams_closed == 1 and rig.recorder.pending == 0
     await rest.aclose()
     [record] = await rig.records()
     assert (record["method"], record["status"]) == ("streamGenerateContent", 200)
@@ -604,6 +726,85 @@ async def test_a_stream_that_fails_before_its_first_chunk_is_refunded(rig: Rig) 
     assert caught.value.status == 400
     assert await rig.balance(key) == CREDITS
     assert await rig.holds_of(ctx.request_id) == ["refunded"]
+
+
+async def test_a_stream_past_its_deadline_is_cut_and_pays_for_what_was_produced(
+    rig: Rig,
+) -> None:
+    plain, key = await rig.key()
+    gateway = rig.variant(stream_limits=StreamLimits(deadline_s=0.4, min_bytes_per_second=0))
+    rig.upstream.chunks, rig.upstream.drip = STORY[:2], 0.02
+    call = stream_call()
+    ctx = await rig.arrive(plain, call)
+    _, rest = await gateway.stream(ctx, call)
+    bodies = []
+    with pytest.raises(StreamCut, match="stream_deadline_seconds"):
+        async for piece in rest:
+            bodies.append(piece.body)
+    assert bodies[0] == STORY[1].body and len(bodies) > 5  # the drip went on until the cut
+    assert (ctx.status, ctx.error) == (504, "DEADLINE_EXCEEDED")
+    await rest.aclose()  # what the route does however the response ends
+    assert rig.upstream.streams_closed == 1
+    # Charged like a client that left: the usage of the last chunk with usage (100 in, 40 out).
+    assert ctx.cost == CUT_COST and await rig.balance(key) == CREDITS - CUT_COST
+    assert await rig.holds_of(ctx.request_id) == ["settled"]
+    [record] = await rig.records()
+    assert (record["status"], record["cost"], record["error"]) == (
+        504,
+        CUT_COST,
+        "DEADLINE_EXCEEDED",
+    )
+    assert "stream_deadline_seconds" in record["error_message"]
+
+
+async def test_a_dripping_stream_is_cut_by_the_minimum_rate(rig: Rig) -> None:
+    plain, key = await rig.key()
+    limits = StreamLimits(deadline_s=60, min_bytes_per_second=1000, grace_s=0.2)
+    gateway = rig.variant(stream_limits=limits)
+    # Two bytes every 20 ms is 100 a second, a tenth of the minimum.
+    rig.upstream.chunks, rig.upstream.drip = STORY[:2], 0.02
+    call = stream_call()
+    ctx = await rig.arrive(plain, call)
+    started = asyncio.get_running_loop().time()
+    _, rest = await gateway.stream(ctx, call)
+    with pytest.raises(StreamCut, match="stream_min_bytes_per_second"):
+        async for _ in rest:
+            pass
+    assert asyncio.get_running_loop().time() - started < 2
+    await rest.aclose()
+    assert ctx.cost == CUT_COST and await rig.balance(key) == CREDITS - CUT_COST
+    assert await rig.holds_of(ctx.request_id) == ["settled"]
+    [record] = await rig.records()
+    assert (record["status"], record["error"]) == (504, "DEADLINE_EXCEEDED")
+
+
+async def test_a_stream_that_does_not_start_by_the_deadline_is_refunded(rig: Rig) -> None:
+    plain, key = await rig.key()
+    gateway = rig.variant(stream_limits=StreamLimits(deadline_s=0.2))
+    rig.upstream.chunks, rig.upstream.drip = list(STORY), 30
+    call = stream_call()
+    ctx = await rig.arrive(plain, call)
+    with pytest.raises(StreamCut, match=re.escape("did not start within 0.2 s")):
+        await gateway.stream(ctx, call)
+    assert rig.upstream.streams_closed == 1
+    assert await rig.balance(key) == CREDITS
+    assert await rig.holds_of(ctx.request_id) == ["refunded"]
+
+
+async def test_a_whole_answer_whose_upstream_does_not_hang_up_ends_quietly(rig: Rig) -> None:
+    plain, key = await rig.key()
+    gateway = rig.variant(stream_limits=StreamLimits(deadline_s=0.3, min_bytes_per_second=0))
+    rig.upstream.chunks, rig.upstream.drip = list(STORY), 0.02
+    call = stream_call()
+    ctx = await rig.arrive(plain, call)
+    _, rest = await gateway.stream(ctx, call)
+    # Its finish chunk came and was paid for; the empty chunks after it go on, then stop.
+    bodies = [piece.body async for piece in rest]
+    assert STORY[2].body in bodies and ctx.status == 200
+    assert rig.upstream.streams_closed == 1
+    assert ctx.cost == STORY_COST and await rig.balance(key) == CREDITS - STORY_COST
+    [record] = await rig.records()
+    assert (record["status"], record["error"]) == (200, None)
 
 
 async def test_a_client_that_leaves_early_pays_for_what_was_produced(rig: Rig) -> None:

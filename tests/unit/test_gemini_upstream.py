@@ -11,6 +11,7 @@ import pytest
 from nanogate.core.catalog import load_catalog
 from nanogate.core.config import UpstreamConfig
 from nanogate.core.errors import UpstreamError
+from nanogate.core.payload import Payload
 from nanogate.core.types import Call, Method
 from nanogate.dialects.gemini import parse_call
 from nanogate.upstreams.gemini import GeminiUpstream
@@ -56,7 +57,9 @@ async def test_generate_returns_raw_bytes_and_usage(sim: tuple[SimState, str]) -
     state, url = sim
     up = adapter(url)
     reply = await up.generate(call("gemini-2.5-flash-image"))
-    doc = orjson.loads(reply.body)
+    # The bytes as they came, in the pieces they were read in.
+    assert isinstance(reply.body, Payload)
+    doc = orjson.loads(reply.body.join())
     assert doc["x_simulator"] == {"version": 1}
     assert reply.usage.output_image == 1290 and reply.usage.images == 1
     assert state.requests[-1]["body"] == call().body.decode()

@@ -132,7 +132,7 @@ def test_role_may_be_omitted_like_seed_000() -> None:
         (b"{}", "contents is required"),
         (b'{"contents": []}', "non-empty array"),
         (b'{"contents": ["x"]}', "must be an object"),
-        (b'{"contents": [{"parts": "x"}]}', "parts must be an array"),
+        (b'{"contents": [{"parts": "x"}]}', "parts must be a non-empty array"),
         (b'{"contents": [{"parts": [{"text": 5}]}]}', "text must be a string"),
         (b'{"contents": [{"parts": [{"text": "x"}]}], "generationConfig": 3}', "generationConfig"),
     ],
@@ -253,3 +253,137 @@ def test_a_model_the_catalog_does_not_list_takes_text_only() -> None:
     )
     with pytest.raises(InvalidArgument, match="remove IMAGE"):
         parse_call("r", "generateContent", spec, body)
+
+
+def _body(**fields: Any) -> bytes:
+    return orjson.dumps({"contents": [{"role": "user", "parts": [{"text": "x"}]}], **fields})
+
+
+@pytest.mark.parametrize("role", [{}, [], ["user"], {"user": 1}])
+def test_a_role_that_is_not_a_string_is_refused_not_a_crash(role: Any) -> None:
+    body = orjson.dumps({"contents": [{"role": role, "parts": [{"text": "x"}]}]})
+    with pytest.raises(InvalidArgument, match=r"contents\[0\]\.role must be 'user' or 'model'"):
+        parse_call("r", "generateContent", FLASH, body)
+    system = _body(systemInstruction={"role": role, "parts": [{"text": "be brief"}]})
+    with pytest.raises(InvalidArgument, match=r"systemInstruction\.role must be a string"):
+        parse_call("r", "generateContent", FLASH, system)
+
+
+@pytest.mark.parametrize(
+    "contents, where",
+    [
+        ([{}], r"contents\[0\]\.parts"),
+        ([{"role": "user"}], r"contents\[0\]\.parts"),
+        ([{"role": "user", "parts": None}], r"contents\[0\]\.parts"),
+        ([{"role": "user", "parts": []}], r"contents\[0\]\.parts"),
+        ([{"role": "user", "parts": [{"text": "x"}]}, {"parts": None}], r"contents\[1\]\.parts"),
+        ([{"role": "user", "parts": [{}]}], r"contents\[0\]\.parts\[0\] must be an object with"),
+    ],
+)
+def test_a_content_without_parts_is_refused(contents: Any, where: str) -> None:
+    # Google refuses these itself: passing them on would charge for its 400.
+    with pytest.raises(InvalidArgument, match=where):
+        parse_call("r", "generateContent", FLASH, orjson.dumps({"contents": contents}))
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"candidateCount": -1},
+            "generationConfig.candidateCount: must be an integer between 1 and 8",
+        ),
+        ({"candidateCount": 0}, "generationConfig.candidateCount: must be an integer"),
+        ({"candidateCount": "two"}, "generationConfig.candidateCount: must be an integer"),
+        ({"candidateCount": 9}, "generationConfig.candidateCount: must be an integer"),
+        ({"candidateCount": 2.0}, "generationConfig.candidateCount: must be an integer"),
+        ({"candidateCount": True}, "generationConfig.candidateCount: must be an integer"),
+        ({"maxOutputTokens": -5}, "generationConfig.maxOutputTokens: must be an integer between 1"),
+        ({"maxOutputTokens": 2**31}, "generationConfig.maxOutputTokens: must be an integer"),
+        ({"temperature": "hot"}, "generationConfig.temperature: must be a number between 0 and 2"),
+        ({"temperature": 2.5}, "generationConfig.temperature: must be a number between 0 and 2"),
+        ({"temperature": -0.1}, "generationConfig.temperature: must be a number"),
+        ({"topP": 1.5}, "generationConfig.topP: must be a number between 0 and 1"),
+        ({"topK": 0}, "generationConfig.topK: must be an integer"),
+        ({"topK": 40.5}, "generationConfig.topK: must be an integer"),
+        ({"presencePenalty": 3}, "generationConfig.presencePenalty: must be a number between -2"),
+        ({"frequencyPenalty": "1"}, "generationConfig.frequencyPenalty: must be a number"),
+        ({"seed": 2**31}, "generationConfig.seed: must be an integer"),
+        ({"seed": 1.5}, "generationConfig.seed: must be an integer"),
+        ({"stopSequences": ["a"] * 6}, "generationConfig.stopSequences: must be an array of at"),
+        ({"stopSequences": "stop"}, "generationConfig.stopSequences"),
+        ({"stopSequences": [1]}, "generationConfig.stopSequences"),
+        ({"responseMimeType": 1}, "generationConfig.responseMimeType: must be a string"),
+        ({"responseModalities": "IMAGE"}, "generationConfig.responseModalities: must be an array"),
+        ({"responseModalities": ["PICTURE"]}, "generationConfig.responseModalities"),
+        ({"responseModalities": [{}]}, "generationConfig.responseModalities"),
+        ({"thinkingConfig": 1024}, "generationConfig.thinkingConfig: must be an object"),
+        (
+            {"thinkingConfig": {"thinkingBudget": -2}},
+            "generationConfig.thinkingConfig.thinkingBudget: must be an",
+        ),
+        (
+            {"thinkingConfig": {"thinkingBudget": "lots"}},
+            "generationConfig.thinkingConfig.thinkingBudget",
+        ),
+        (
+            {"thinkingConfig": {"includeThoughts": "yes"}},
+            "generationConfig.thinkingConfig.includeThoughts",
+        ),
+        ({"thinkingConfig": {"thinkingLevel": 3}}, "generationConfig.thinkingConfig.thinkingLevel"),
+        # The proto-JSON spelling is read too, and named the way Google documents it.
+        ({"candidate_count": 0}, "generationConfig.candidateCount: must be an integer"),
+        ({"max_output_tokens": -5}, "generationConfig.maxOutputTokens"),
+        (
+            {"thinking_config": {"thinking_budget": -2}},
+            "generationConfig.thinkingConfig.thinkingBudget",
+        ),
+    ],
+)
+def test_generation_config_fields_are_checked_by_type_and_range(
+    config: dict[str, Any], message: str
+) -> None:
+    for spec in (FLASH, TEXT):
+        with pytest.raises(InvalidArgument) as refused:
+            parse_call("r", "generateContent", spec, _body(generationConfig=config))
+        assert refused.value.message.startswith(message), refused.value.message
+        assert refused.value.status == 400 and refused.value.reason == "INVALID_ARGUMENT"
+    snake = _body(generation_config=config)
+    with pytest.raises(InvalidArgument, match=message.split(":")[0].replace(".", r"\.")):
+        parse_call("r", "generateContent", TEXT, snake)
+
+
+def test_max_output_tokens_above_the_models_limit_is_refused() -> None:
+    for spec in (FLASH, TEXT):
+        limit = spec.output_token_limit
+        parse_call("r", "generateContent", spec, _body(generationConfig={"maxOutputTokens": limit}))
+        for config in ({"maxOutputTokens": limit + 1}, {"max_output_tokens": 2**31 - 1}):
+            with pytest.raises(InvalidArgument) as refused:
+                parse_call("r", "generateContent", spec, _body(generationConfig=config))
+            assert refused.value.message.startswith(
+                f"generationConfig.maxOutputTokens: {spec.name} writes at most {limit} output "
+                "tokens"
+            ), refused.value.message
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"temperature": 0, "topP": 1, "topK": 40, "candidateCount": 1, "maxOutputTokens": 1},
+        {"temperature": 2.0, "topP": 0.0, "topK": 40.0, "candidateCount": 8, "seed": -(2**31)},
+        {"presencePenalty": -2, "frequencyPenalty": 2.0, "seed": 2**31 - 1},
+        {"maxOutputTokens": TEXT.output_token_limit, "stopSequences": ["a", "b", "c", "d", "e"]},
+        {"responseModalities": ["TEXT", "IMAGE"], "responseMimeType": "text/plain"},
+        {"responseModalities": ["Text", "Image"]},  # Google's own examples spell them so
+        {"thinkingConfig": {"thinkingBudget": -1, "includeThoughts": True}},
+        {"thinkingConfig": {"thinkingBudget": 0, "thinkingLevel": "low"}},
+        {"top_k": 64, "max_output_tokens": 100, "thinking_config": {"thinking_budget": 128}},
+        {"temperature": None, "somethingNew": {"x": [1, 2]}, "speechConfig": {}},
+    ],
+)
+def test_valid_generation_configs_pass_and_are_forwarded_as_they_came(
+    config: dict[str, Any],
+) -> None:
+    body = _body(generationConfig=config)
+    call = parse_call("r", "generateContent", TEXT, body)
+    assert call.body is body and call.request["generationConfig"] == config

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nanogate.core import inline
 from nanogate.core.inline import MIN_BLOB, SMALL_BODY, Blob
+from nanogate.core.payload import Payload
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes: base64 of it is well over MIN_BLOB
 B64 = base64.b64encode(PAYLOAD).decode()
@@ -294,7 +298,101 @@ def test_markers_are_random_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(len(token) >= 12 for token in tokens)
 
 
-def test_run_pattern_requires_an_unescaped_opening_quote() -> None:
-    run = "A" * MIN_BLOB
-    assert inline._RUN.search(f'"{run}"'.encode())
-    assert not inline._RUN.search(f'\\"{run}"'.encode())
+def test_a_run_needs_an_unescaped_opening_quote() -> None:
+    run = b"A" * MIN_BLOB
+    assert list(inline._runs(Payload([b'"' + run + b'"']))) == [(1, 1 + MIN_BLOB)]
+    assert not list(inline._runs(Payload([b'\\"' + run + b'"'])))
+
+
+# The pattern that defined a run before runs were found with one-byte searches: the oracle.
+_RUN = re.compile(
+    rb'(?<!\\)"((?:data:[A-Za-z0-9/+.-]{1,100};base64,)?[A-Za-z0-9+/=_-]{%d,})"' % MIN_BLOB
+)
+_ALPHABET = b"AZaz09+/=_-"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([b'"', b'\\"', b"\\", b'":', b", ", b"data:image/png;base64,"]),
+            st.builds(
+                lambda char, size: char * size,
+                st.sampled_from([bytes([c]) for c in _ALPHABET] + [b" ", b"\xc3\xa9"]),
+                st.sampled_from([1, 5, MIN_BLOB - 1, MIN_BLOB, MIN_BLOB + 3]),
+            ),
+        ),
+        max_size=12,
+    ),
+    st.lists(st.integers(min_value=1, max_value=5 * MIN_BLOB), max_size=6),
+)
+def test_runs_are_the_matches_of_the_pattern_that_defined_them(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    text = b"".join(parts)
+    expected = [(m.start(1), m.end(1)) for m in _RUN.finditer(text)]
+    assert list(inline._runs(Payload([text]))) == expected
+    # Wherever the pieces it was read in are cut.
+    at, pieces = 0, []
+    for cut in sorted({c for c in cuts if c < len(text)}):
+        pieces.append(text[at:cut])
+        at = cut
+    pieces.append(text[at:])
+    assert list(inline._runs(Payload([p for p in pieces if p]))) == expected
+
+
+def in_pieces(body: bytes, size: int) -> Payload:
+    return Payload([body[at : at + size] for at in range(0, len(body), size)])
+
+
+@pytest.mark.parametrize("size", [1000, 4096, MIN_BLOB + 7, 65536])
+def test_an_answer_in_pieces_reads_as_the_same_bytes_would(size: int) -> None:
+    source = {
+        "candidates": [
+            {"content": {"parts": [{"text": "here"}, {"inlineData": {"data": B64 * 40}}]}},
+            {"content": {"parts": [{"thoughtSignature": B64}, {"text": '"q" \\ é'}]}},
+        ],
+        "url": "data:image/png;base64," + B64,
+    }
+    body = big(source)
+    whole, pieces = inline.loads(body), inline.loads(in_pieces(body, size))
+    image = pieces["candidates"][0]["content"]["parts"][1]["inlineData"]["data"]
+    assert isinstance(image, Blob)
+    assert len(image.views()) > 1  # it spans pieces, and is not joined to be read
+    assert inline.text_of(image) == inline.text_of(
+        whole["candidates"][0]["content"]["parts"][1]["inlineData"]["data"]
+    )
+    assert inline.dumps(pieces) == inline.dumps(whole)
+    assert orjson.loads(inline.dumps(pieces)) == orjson.loads(body)
+    assert pieces["url"].head(22) == b"data:image/png;base64,"
+
+
+def test_dump_pieces_sends_a_blob_as_views_of_its_source() -> None:
+    body = in_pieces(big({"data": B64 * 40}), 65536)
+    doc = inline.loads(body)
+    out = inline.dump_pieces({"image": doc["data"], "n": 1})
+    assert b"".join(out) == orjson.dumps({"image": B64 * 40, "n": 1})
+    views = [piece for piece in out if isinstance(piece, memoryview)]
+    assert sum(map(len, views)) == len(B64) * 40
+    assert {id(view.obj) for view in views} <= {id(piece) for piece in body.pieces}
+
+
+@pytest.mark.parametrize(
+    ("where", "char", "cut"),
+    [
+        (10, " ", False),  # its ends are checked character by character
+        (-10, "!", False),
+        (inline.CHECKED * 2, "\n", False),  # an escape anywhere: parsed
+        (inline.CHECKED * 2, "é", False),  # not ASCII anywhere: parsed
+        (inline.CHECKED * 2, " ", True),  # its middle only as plain ASCII: passed on as it came
+    ],
+)
+def test_a_long_run_is_checked_at_its_ends_and_plain_between(
+    where: int, char: str, cut: bool
+) -> None:
+    run = B64 * (inline.CHECKED * 5 // len(B64))
+    value = run[:where] + char + run[where:]
+    body = big({"data": value})
+    doc = inline.loads(body)
+    assert isinstance(doc["data"], Blob) == cut
+    assert orjson.loads(inline.dumps(doc)) == orjson.loads(body)

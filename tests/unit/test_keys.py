@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from nanogate.access.keys import KeyRecord, new_key
+from nanogate.access.keys import KeyRecord, LastAdminKey, new_key
 from nanogate.billing.keys import KeyStore, _NewKey, bootstrap
 from nanogate.db import accounts, api_keys, ledger, make_engine
 
@@ -117,6 +117,62 @@ async def test_revoke(store: KeyStore) -> None:
     # Still returned, so the caller can answer 403 rather than 401.
     found = await store.authenticate(plain)
     assert found is not None and found.status(datetime.now(UTC)) == "revoked"
+
+
+async def test_the_last_active_admin_key_cannot_be_revoked(store: KeyStore) -> None:
+    _, first = await store.create("ops", is_admin=True)
+    with pytest.raises(LastAdminKey, match="last active admin key"):
+        await store.revoke(first.prefix)
+    found = await store.get(first.prefix)
+    assert found is not None and found.revoked_at is None
+    # With a second admin key, either may go (a leaked key revokes itself once replaced), and
+    # then the other is the last.
+    _, second = await store.create("ops-2", is_admin=True)
+    assert await store.revoke(first.prefix) is True
+    with pytest.raises(LastAdminKey):
+        await store.revoke(second.prefix)
+    # Client keys are not counted, and an expired admin key is no way in.
+    await store.create("client")
+    _, expired = await store.create(
+        "old", is_admin=True, expires_at=datetime.now(UTC) - timedelta(days=1)
+    )
+    with pytest.raises(LastAdminKey):
+        await store.revoke(second.prefix)
+    assert await store.revoke(expired.prefix) is True  # it locked no one out by going
+
+
+async def test_the_last_active_admin_key_cannot_be_expired_either(store: KeyStore) -> None:
+    _, first = await store.create("ops", is_admin=True)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    with pytest.raises(LastAdminKey, match="expiring it would lock the admin API out"):
+        await store.update(first.prefix, expires_at=past)
+    found = await store.get(first.prefix)
+    assert found is not None and found.expires_at is None
+    # A later expiry is no lock-out yet; a second admin key lets the first expire now.
+    later = datetime.now(UTC) + timedelta(days=1)
+    changed = await store.update(first.prefix, expires_at=later)
+    assert changed is not None and changed.expires_at == later
+    _, second = await store.create("ops-2", is_admin=True)
+    expired = await store.update(first.prefix, expires_at=past)
+    assert expired is not None and expired.status(datetime.now(UTC)) == "expired"
+    with pytest.raises(LastAdminKey):
+        await store.update(second.prefix, expires_at=past)
+    # Client keys may expire whenever.
+    _, client = await store.create("client")
+    assert await store.update(client.prefix, expires_at=past) is not None
+
+
+async def test_two_admin_keys_revoked_at_once_leave_one(store: KeyStore) -> None:
+    """Each revocation alone would leave an admin key; run together, they must not leave none."""
+    _, first = await store.create("a", is_admin=True)
+    pair = [first.prefix]
+    for round in range(8):
+        _, another = await store.create(f"b{round}", is_admin=True)
+        pair.append(another.prefix)
+        outcomes = await asyncio.gather(*map(store.revoke, pair), return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, LastAdminKey)]
+        assert outcomes.count(True) == 1 and len(refused) == 1, outcomes
+        pair = [prefix for prefix, o in zip(pair, outcomes, strict=True) if o is not True]
 
 
 async def test_expiry(store: KeyStore) -> None:

@@ -6,22 +6,30 @@ Every test ends by checking the invariant: each account's ledger rows sum to its
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nanogate.access.keys import KeyRecord
-from nanogate.billing import ledger
+from nanogate.billing import ledger, runners
 from nanogate.billing.accounts import AccountError, AccountStore
 from nanogate.billing.ledger import Hold, Refusal
 from nanogate.billing.runners import Journal, SqliteRunner, open_runner
-from nanogate.db import accounts, api_keys, holds
+from nanogate.db import accounts, api_keys, holds, run_migrations
 from nanogate.db import ledger as ledger_table
+from nanogate.db.engine import unreachable
 from nanogate.engine.usage import UsageRecord, UsageRecorder
 
-from .conftest import ledger_balance, new_key
+from .conftest import ledger_balance, new_key, separate_runners
+
+T = TypeVar("T")
 
 
 def _hold(key: KeyRecord, amount: int, *, node: str = "n1", ttl: float = 3600) -> Hold:
@@ -46,6 +54,11 @@ async def _reserve(journal: Journal, hold: Hold) -> Refusal | None:
 async def _resolve(journal: Journal, hold: Hold, cost: int | None) -> ledger.Resolution | None:
     now = datetime.now(UTC)
     return await journal.submit(lambda tx: ledger.resolve(tx, hold.id, cost, now))
+
+
+async def _void(journal: Journal, hold: Hold) -> ledger.Resolution | None:
+    now = datetime.now(UTC)
+    return await journal.submit(lambda tx: ledger.void(tx, hold.id, now))
 
 
 def test_sqlite_files_get_the_in_loop_runner(tmp_path: object) -> None:
@@ -118,6 +131,45 @@ async def test_200_concurrent_reserves_on_50_affordable(
     assert sum(r is None for r in results) == 50
     assert sum(isinstance(r, Refusal) for r in results) == 150
     assert await ledger_balance(engine, key.account_id) == 0
+
+
+async def test_reserves_from_separate_connections_never_overdraw_or_pass_a_cap(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    # Four journals, as four gateways would run them: each batch is a transaction of its own
+    # on a connection of its own, so only the rows' locks keep the numbers straight.
+    key = await new_key(engine, 50 * 7, daily_cap=30 * 7)
+    runners = separate_runners(db_url, engine, 4)
+    journals = [Journal(runner) for runner in runners]
+    for journal in journals:
+        journal.start()
+    try:
+        made = [_hold(key, 7) for _ in range(120)]
+        results = await asyncio.gather(
+            *(_reserve(journals[i % 4], hold) for i, hold in enumerate(made))
+        )
+        assert sum(r is None for r in results) == 30
+        assert {r.reason for r in results if r is not None} == {"daily_cap"}
+        taken = [hold for hold, r in zip(made, results, strict=True) if r is None]
+        settled = await asyncio.gather(
+            *(_resolve(journals[i % 4], hold, 5) for i, hold in enumerate(taken))
+        )
+        assert all(r is not None and r.charged == 5 for r in settled)
+        # What the settles gave back is room under the cap again, and only that.
+        again = [_hold(key, 7) for _ in range(40)]
+        results = await asyncio.gather(
+            *(_reserve(journals[i % 4], hold) for i, hold in enumerate(again))
+        )
+        assert sum(r is None for r in results) == (30 * 2) // 7
+    finally:
+        for journal in journals:
+            await journal.stop()
+        for runner in runners:
+            await runner.close()
+    assert await ledger_balance(engine, key.account_id) == 350 - 30 * 5 - (60 // 7) * 7
+    async with engine.connect() as conn:
+        spent = await conn.scalar(select(api_keys.c.day_spend).where(api_keys.c.id == key.id))
+    assert spent == 30 * 5 + (60 // 7) * 7
 
 
 async def test_overrun_is_taken_as_far_as_the_balance_goes(
@@ -223,6 +275,115 @@ async def test_a_failing_operation_does_not_sink_its_batch(
     )
     assert isinstance(results[0], Exception) and results[1] is None
     assert await ledger_balance(engine, key.account_id) == 990
+
+
+_ON_POSTGRES = pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+
+
+async def _behind_a_topup(
+    db_url: str, engine: AsyncEngine, account_id: int, topup: int, then: Awaitable[T]
+) -> T:
+    """Run `then` while another connection's top-up holds the account's row: its statement
+    starts (and takes its snapshot) before the top-up commits."""
+    runner = open_runner(db_url, engine)
+    locked, release = asyncio.Event(), asyncio.Event()
+
+    async def topup_held(tx: ledger.Tx) -> None:
+        await ledger.move(tx, account_id, topup, "raised meanwhile", datetime.now(UTC))
+        locked.set()
+        await release.wait()
+
+    holding = asyncio.create_task(runner.run(topup_held))
+    try:
+        await locked.wait()
+        waiting = asyncio.ensure_future(then)
+        await asyncio.sleep(0.3)  # long enough to reach the row and wait for it
+        assert not waiting.done()
+        release.set()
+        await holding
+        return await waiting
+    finally:
+        await runner.close()
+
+
+@_ON_POSTGRES
+async def test_a_reserve_behind_a_raise_takes_what_the_raised_balance_allows(
+    db_url: str, engine: AsyncEngine, journal: Journal
+) -> None:
+    # The reserve's snapshot saw 1,000: a write computed from it (1,000 - 2,500) used to fail
+    # `balance >= 0` although the row it updates holds 3,000 by then.
+    key = await new_key(engine, 1_000)
+    hold = _hold(key, 2_500)
+    reserving = _reserve(journal, hold)
+    assert await _behind_a_topup(db_url, engine, key.account_id, 2_000, reserving) is None
+    assert hold.amount == 2_500
+    assert await ledger_balance(engine, key.account_id) == 500
+
+
+@_ON_POSTGRES
+async def test_an_overrun_behind_a_raise_is_paid_from_the_raised_balance(
+    db_url: str, engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await new_key(engine, 1_000)
+    hold = _hold(key, 600)
+    assert await _reserve(journal, hold) is None  # 400 left
+    settling = _resolve(journal, hold, 1_500)
+    resolution = await _behind_a_topup(db_url, engine, key.account_id, 1_000, settling)
+    assert resolution is not None
+    assert (resolution.charged, resolution.balance, resolution.shortfall) == (1_500, 500, 0)
+    assert await ledger_balance(engine, key.account_id) == 500
+
+
+@_ON_POSTGRES
+async def test_a_failed_transaction_is_logged_by_its_error_and_constraint_not_its_values(
+    engine: AsyncEngine, journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = await new_key(engine, 1_000)
+
+    async def overdraw(tx: ledger.Tx) -> int:
+        return await tx.exec(
+            "UPDATE accounts SET balance = -424242 WHERE id = :id", {"id": key.account_id}
+        )
+
+    with pytest.raises(DBAPIError):
+        await journal.submit(overdraw)
+    [logged] = [r.getMessage() for r in caplog.records if "ledger transaction" in r.getMessage()]
+    assert "CheckViolationError 23514 ck_accounts_balance_nonnegative" in logged
+    assert "424242" not in logged
+    assert await ledger_balance(engine, key.account_id) == 1_000
+
+
+@_ON_POSTGRES
+async def test_a_connection_lost_while_idle_costs_no_batch(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await new_key(engine, 1_000)
+    assert await _reserve(journal, _hold(key, 10)) is None
+    found = await journal.submit(lambda tx: tx.one("SELECT pg_backend_pid()", {}))
+    assert found is not None
+    async with engine.connect() as conn:  # as a restart or an operator would
+        await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": found[0]})
+    await asyncio.sleep(0.2)
+    assert await _reserve(journal, _hold(key, 10)) is None
+    assert await ledger_balance(engine, key.account_id) == 980
+
+
+@_ON_POSTGRES
+async def test_a_connection_lost_in_a_batch_is_a_database_error_and_the_next_gets_another(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await new_key(engine, 1_000)
+    lost = _hold(key, 10)
+
+    async def cut(tx: ledger.Tx) -> None:
+        await ledger.reserve(tx, lost)
+        await tx.one("SELECT pg_terminate_backend(pg_backend_pid())", {})
+
+    with pytest.raises(DBAPIError) as caught:
+        await journal.submit(cut)
+    assert unreachable(caught.value), "a lost connection must read as the database not answering"
+    assert await _reserve(journal, _hold(key, 10)) is None
+    assert await ledger_balance(engine, key.account_id) == 990  # the cut batch left nothing
 
 
 # -- fair holds ---------------------------------------------------------------------------------
@@ -343,3 +504,82 @@ async def test_caps_bound_the_hold_and_refuse_below_the_certain_cost(
     assert await _reserve(journal, _fair(key, 1, 2, 2)) == Refusal("daily_cap", 9_500, 500, 500)
     await _resolve(journal, hold, 300)
     assert await ledger_balance(engine, key.account_id) == 9_700
+
+
+async def test_void_refunds_a_pending_hold_or_gives_a_landed_settle_back(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await new_key(engine, 1_000, daily_cap=900)
+    pending, settled = _hold(key, 300), _hold(key, 300)
+    for hold in (pending, settled):
+        assert await _reserve(journal, hold) is None
+    await _resolve(journal, settled, 250)
+    for hold in (pending, settled):
+        found = await _void(journal, hold)
+        assert found is not None and found.charged == 0
+        assert await _void(journal, hold) is None  # once only
+    assert await ledger_balance(engine, key.account_id) == 1_000
+    async with engine.connect() as conn:
+        states = set((await conn.execute(select(holds.c.state, holds.c.cost))).all())
+        spent = await conn.scalar(select(api_keys.c.day_spend).where(api_keys.c.id == key.id))
+    assert states == {("refunded", 0)} and spent == 0
+
+
+async def test_a_read_does_not_wait_for_the_write_lock(tmp_path: object) -> None:
+    path = f"{tmp_path}/nanogate.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await asyncio.to_thread(run_migrations, url)
+    runner = open_runner(url, None)  # type: ignore[arg-type]
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        journal = Journal(runner)
+        journal.start()
+        count = await asyncio.wait_for(
+            journal.read(lambda tx: tx.one("SELECT COUNT(*) FROM accounts", {})), 0.5
+        )
+        assert count == (0,)
+        other.execute("ROLLBACK")
+        await journal.stop()
+    finally:
+        other.close()
+        await runner.close()
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+async def test_wal_checkpoints_run_off_the_loop_every_so_many_commits(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runner's own commits never checkpoint (a checkpoint copies the WAL into the file and
+    # syncs it: milliseconds); a thread does, once SQLITE_CHECKPOINT_EVERY commits went by.
+    monkeypatch.setattr(runners, "SQLITE_CHECKPOINT_EVERY", 20)
+    path = Path(f"{tmp_path}/nanogate.db")
+    url = f"sqlite+aiosqlite:///{path}"
+    await asyncio.to_thread(run_migrations, url)
+    runner = open_runner(url, None)  # type: ignore[arg-type]
+    assert isinstance(runner, SqliteRunner)
+
+    async def grow(tx: ledger.Tx) -> None:
+        # Enough pages that SQLite's own threshold (1,000) would checkpoint inside a commit.
+        for _ in range(200):
+            await tx.exec(
+                "INSERT INTO accounts (name, balance, created_at) VALUES "
+                "(hex(randomblob(400)), 0, '2026-01-01')",
+                {},
+            )
+
+    try:
+        before = _size(path)
+        for _ in range(19):
+            await runner.run(grow)
+        assert _size(path) == before, "a commit checkpointed"
+        assert runner._checkpoint is None
+        await runner.run(grow)
+        assert runner._checkpoint is not None
+        await runner._checkpoint
+        assert _size(path) > before
+    finally:
+        await runner.close()

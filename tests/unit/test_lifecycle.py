@@ -190,7 +190,12 @@ def test_upstream_names_written_for_a_preview_id_still_apply() -> None:
     assert vendor.serves_any(ga.names) and not vendor.serves("gemini-3-pro-image")
 
 
-def test_unlisted_models_need_prices_while_metering(tmp_path: Path) -> None:
+def test_unlisted_models_need_prices_while_metering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # load_settings points NANOGATE_CONFIG at the file: restored afterwards, so the invalid
+    # file written last does not reach every later test's Settings().
+    monkeypatch.setenv("NANOGATE_CONFIG", "")
     path = tmp_path / "c.yaml"
     path.write_text("allow_unlisted_models: true\n")
     with pytest.raises(ValidationError, match="unlisted_model_prices"):

@@ -45,18 +45,17 @@ class Clock:
 
 async def test_no_limits_admit_everything() -> None:
     limiter, free = Limiter(), key(1)
-    for _ in range(1000):
-        await limiter.acquire(free)
-    for _ in range(1000):
-        limiter.release(free)
+    leases = [await limiter.acquire(free) for _ in range(1000)]
+    for lease in leases:
+        await limiter.release(lease)
 
 
 async def test_requests_per_minute_and_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock(monkeypatch)
     limiter, limited = Limiter(), key(1, rpm=3)
     for _ in range(3):
-        await limiter.acquire(limited)
-        limiter.release(limited)  # giving the slot back does not give the minute's hit back
+        # Giving the slot back does not give the minute's hit back.
+        await limiter.release(await limiter.acquire(limited))
         clock.advance(10)
     # Hits at 0, 10 and 20 s; now 30 s: the first leaves the window at 60 s.
     with pytest.raises(RateLimited) as caught:
@@ -64,8 +63,8 @@ async def test_requests_per_minute_and_retry_after(monkeypatch: pytest.MonkeyPat
     assert caught.value.status == 429 and caught.value.retry_after == 30
     assert caught.value.message == "This key allows 3 requests per minute; retry in 30 s."
     clock.advance(30.5)
-    await limiter.acquire(limited)  # the hit from 0 s has left the window
-    limiter.release(limited)
+    # The hit from 0 s has left the window.
+    await limiter.release(await limiter.acquire(limited))
     with pytest.raises(RateLimited) as caught:
         await limiter.acquire(limited)
     assert caught.value.retry_after == 10  # the hit from 10 s leaves at 70 s; now 60.5 s
@@ -104,13 +103,13 @@ async def test_each_key_has_its_own_minute() -> None:
 
 async def test_requests_at_a_time_until_released() -> None:
     limiter, limited = Limiter(), key(1, concurrency=2)
-    await limiter.acquire(limited)
+    first = await limiter.acquire(limited)
     await limiter.acquire(limited)
     with pytest.raises(RateLimited) as caught:
         await limiter.acquire(limited)
     assert caught.value.status == 429 and caught.value.retry_after == 1
     assert "allows 2 requests at a time" in caught.value.message
-    limiter.release(limited)
+    await limiter.release(first)
     await limiter.acquire(limited)  # a released slot is free at once
     with pytest.raises(RateLimited):
         await limiter.acquire(limited)
@@ -120,19 +119,19 @@ async def test_each_key_has_its_own_slots() -> None:
     limiter = Limiter()
     first, second = key(1, concurrency=1), key(2, concurrency=1)
     await limiter.acquire(first)
-    await limiter.acquire(second)
+    other = await limiter.acquire(second)
     with pytest.raises(RateLimited):
         await limiter.acquire(first)
-    limiter.release(second)
+    await limiter.release(other)
     with pytest.raises(RateLimited):
         await limiter.acquire(first)  # another key's release frees none of this key's slots
 
 
 async def test_a_release_too_many_grants_no_extra_slot() -> None:
     limiter, limited = Limiter(), key(1, concurrency=2)
-    await limiter.acquire(limited)
-    limiter.release(limited)
-    limiter.release(limited)  # one more than was taken: the count stays at zero
+    lease = await limiter.acquire(limited)
+    await limiter.release(lease)
+    await limiter.release(lease)  # one more than was taken: the count stays at zero
     await limiter.acquire(limited)
     await limiter.acquire(limited)
     with pytest.raises(RateLimited):
@@ -141,11 +140,11 @@ async def test_a_release_too_many_grants_no_extra_slot() -> None:
 
 async def test_a_refused_request_takes_no_slot() -> None:
     limiter, limited = Limiter(), key(1, concurrency=1)
-    await limiter.acquire(limited)
+    lease = await limiter.acquire(limited)
     for _ in range(3):
         with pytest.raises(RateLimited):
             await limiter.acquire(limited)
-    limiter.release(limited)  # the one that got in: the refusals held nothing
+    await limiter.release(lease)  # the one that got in: the refusals held nothing
     await limiter.acquire(limited)
 
 
@@ -154,11 +153,11 @@ async def test_a_request_refused_for_concurrency_uses_none_of_the_minute(
 ) -> None:
     Clock(monkeypatch)
     limiter, limited = Limiter(), key(1, rpm=2, concurrency=1)
-    await limiter.acquire(limited)
+    lease = await limiter.acquire(limited)
     with pytest.raises(RateLimited) as busy:
         await limiter.acquire(limited)
     assert busy.value.retry_after == 1  # "wait for one to finish", not the minute's limit
-    limiter.release(limited)
+    await limiter.release(lease)
     await limiter.acquire(limited)  # the second of the minute's two requests
 
 
@@ -167,8 +166,7 @@ async def test_a_request_refused_for_the_rate_holds_no_slot(
 ) -> None:
     Clock(monkeypatch)
     limiter, limited = Limiter(), key(1, rpm=1, concurrency=1)
-    await limiter.acquire(limited)
-    limiter.release(limited)
+    await limiter.release(await limiter.acquire(limited))
     with pytest.raises(RateLimited) as rate:
         await limiter.acquire(limited)
     assert "per minute" in rate.value.message

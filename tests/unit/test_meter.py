@@ -4,16 +4,25 @@ the next waits its turn (first come, first served), and gives up with a 429 afte
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from nanogate.billing import meter as meter_module
+from nanogate.billing import runners
 from nanogate.billing.meter import Meter
 from nanogate.billing.prices import Quote
-from nanogate.billing.runners import Journal
-from nanogate.core.errors import InsufficientCredits, RateLimited
+from nanogate.billing.runners import Journal, open_runner
+from nanogate.core.errors import InsufficientCredits, RateLimited, Unavailable
+from nanogate.core.metrics import REGISTRY
+from nanogate.db import holds, make_engine, run_migrations
 
-from .conftest import new_key
+from .conftest import ledger_balance, new_key
 
 
 def _meter(journal: Journal, wait_s: float) -> Meter:
@@ -58,3 +67,62 @@ async def test_402_names_the_quote_and_the_balance(engine: AsyncEngine, journal:
         await meter.reserve("a", key, Quote(certain=100_000, likely=101_000, worst=200_000))
     assert "costs at least 100,000 credits" in caught.value.message
     assert "has 99,999 available" in caught.value.message
+
+
+# -- the database does not answer ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Another connection holds the SQLite write lock."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+async def _pending(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        count = await conn.scalar(select(func.count()).where(holds.c.state == "pending"))
+    return int(count or 0)
+
+
+async def test_a_settle_the_database_refuses_is_refunded_once_it_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runners, "SQLITE_LOCK_WAIT_S", 0.3)
+    monkeypatch.setattr(meter_module, "RETRY_EVERY_S", 0.1)
+    path = tmp_path / "nanogate.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await asyncio.to_thread(run_migrations, url)
+    engine = make_engine(url)
+    journal = Journal(open_runner(url, engine))
+    journal.start()
+    try:
+        meter = _meter(journal, wait_s=0)
+        key = await new_key(engine, 1_000)
+        hold = await meter.reserve("a", key, Quote(certain=100, likely=200, worst=200))
+        with _locked(path):
+            with pytest.raises(Unavailable) as caught:
+                await meter.settle(hold, 150)
+            assert "You were not charged" in caught.value.message
+            assert REGISTRY.get_sample_value("nanogate_hold_resolutions_pending") == 1
+            # The caller's refund of the same hold does not wait for the lock again.
+            await asyncio.wait_for(meter.refund(hold), 0.1)
+            await asyncio.sleep(0.5)  # retries meanwhile fail
+            assert await _pending(engine) == 1
+        for _ in range(50):
+            if await _pending(engine) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await _pending(engine) == 0
+        assert await ledger_balance(engine, key.account_id) == 1_000
+        assert REGISTRY.get_sample_value("nanogate_hold_resolutions_pending") == 0
+        await meter.stop()
+    finally:
+        await journal.stop()
+        await journal.runner.close()
+        await engine.dispose()

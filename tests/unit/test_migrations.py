@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,30 @@ async def test_upgrade_is_idempotent_and_reaches_head(db_url: str) -> None:
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
     finally:
         await engine.dispose()
-    assert version == "0008"
+    assert version == "0013"
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_nodes_starting_at_once_migrate_once(db_url: str) -> None:
+    """Three `nanogate migrate` processes at the same moment on one PostgreSQL database (as
+    the nodes of a cluster starting together): one migrates, the others wait for it and find
+    the schema at head. (Processes, not threads: Alembic's context is one per process.)"""
+    env = {**os.environ, "NANOGATE_DATABASE_URL": db_url}
+    runs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nanogate", "migrate", env=env, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    async with asyncio.timeout(120):
+        outcomes = [(await run.communicate())[1].decode()[-2000:] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], outcomes
+    engine = make_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_schema_diff) == []
+    finally:
+        await engine.dispose()
 
 
 async def test_0007_gives_existing_usage_records_an_empty_error_message(db_url: str) -> None:
@@ -100,6 +125,105 @@ async def test_0007_gives_existing_usage_records_an_empty_error_message(db_url: 
             assert "error_message" not in columns and "error" in columns
             count = await conn.scalar(text("SELECT COUNT(*) FROM usage_records"))
             assert count == 2
+    finally:
+        await engine.dispose()
+
+
+async def test_0009_renames_the_task_forms_both_ways(db_url: str) -> None:
+    config = alembic_config(db_url)
+    await asyncio.to_thread(command.upgrade, config, "0008")
+    engine = make_engine(db_url)
+    now = datetime.now(UTC)
+    try:
+        async with engine.begin() as conn:
+            account_id = await _account(conn)
+            key_id = await conn.scalar(
+                insert(api_keys)
+                .values(name="k", prefix="ng_f", key_hash="h" * 64, account_id=account_id)
+                .returning(api_keys.c.id)
+            )
+            for task_id, form in (("t1", "message"), ("t2", "msg")):
+                await conn.execute(
+                    text(
+                        "INSERT INTO tasks (id, request_id, form, key_id, account_id, model, "
+                        "param, state, attempts, run_after, deadline_at, cost, created_at, "
+                        "callback_state, callback_attempts) VALUES (:id, :id, :form, :key, "
+                        ":account, 'm', '{}', 'pending', 0, :now, :now, 0, :now, 'none', 0)"
+                    ),
+                    {"id": task_id, "form": form, "key": key_id, "account": account_id, "now": now},
+                )
+        await asyncio.to_thread(command.upgrade, config, "0009")
+        await engine.dispose()  # PostgreSQL's cached plans do not survive the column's new type
+        forms = "SELECT id, form FROM tasks ORDER BY id"
+        async with engine.connect() as conn:
+            assert (await conn.execute(text(forms))).all() == [
+                ("t1", "taskinfo"),
+                ("t2", "recordinfo"),
+            ]
+        await asyncio.to_thread(command.downgrade, config, "0008")
+        await engine.dispose()
+        async with engine.connect() as conn:
+            assert (await conn.execute(text(forms))).all() == [("t1", "message"), ("t2", "msg")]
+    finally:
+        await engine.dispose()
+
+
+async def test_0011_gives_queued_callbacks_an_event_id(db_url: str) -> None:
+    config = alembic_config(db_url)
+    await asyncio.to_thread(command.upgrade, config, "0010")
+    engine = make_engine(db_url)
+    now = datetime.now(UTC)
+    try:
+        async with engine.begin() as conn:
+            account_id = await _account(conn)
+            key_id = await conn.scalar(
+                insert(api_keys)
+                .values(name="k", prefix="ng_c", key_hash="h" * 64, account_id=account_id)
+                .returning(api_keys.c.id)
+            )
+            hook = "https://example.com/hook"
+            for task_id, url, state in (("t1", hook, "pending"), ("t2", None, "none")):
+                await conn.execute(
+                    text(
+                        "INSERT INTO tasks (id, request_id, form, key_id, account_id, model, "
+                        "param, state, attempts, run_after, deadline_at, cost, created_at, "
+                        "callback_url, callback_state, callback_attempts) VALUES (:id, :id, "
+                        "'taskinfo', :key, :account, 'm', '{}', 'succeeded', 1, :now, :now, 0, "
+                        ":now, :url, :state, 1)"
+                    ),
+                    {
+                        "id": task_id,
+                        "key": key_id,
+                        "account": account_id,
+                        "now": now,
+                        "url": url,
+                        "state": state,
+                    },
+                )
+            await conn.execute(
+                text(
+                    "INSERT INTO callback_deliveries (task_id, attempt, duration_ms, created_at) "
+                    "VALUES ('t1', 1, 5, :now)"
+                ),
+                {"now": now},
+            )
+        await asyncio.to_thread(command.upgrade, config, "0011")
+        async with engine.begin() as conn:
+            ids = "SELECT id, callback_event_id FROM tasks ORDER BY id"
+            assert (await conn.execute(text(ids))).all() == [("t1", "evt_t1"), ("t2", None)]
+            # An attempt is recorded before its outcome (and its duration) is known.
+            await conn.execute(
+                text(
+                    "INSERT INTO callback_deliveries (task_id, attempt, created_at) "
+                    "VALUES ('t1', 2, :now)"
+                ),
+                {"now": now},
+            )
+        await asyncio.to_thread(command.downgrade, config, "0010")
+        await engine.dispose()
+        async with engine.connect() as conn:
+            durations = await conn.execute(text("SELECT duration_ms FROM callback_deliveries"))
+            assert sorted(row[0] for row in durations) == [0, 5]
     finally:
         await engine.dispose()
 

@@ -13,7 +13,8 @@ import orjson
 import pytest
 from PIL import Image as PILImage
 
-from nanogate.core import inline
+from nanogate.core import canonical, inline
+from nanogate.core.canonical import Candidate, Image
 from nanogate.core.catalog import ModelSpec, load_catalog
 from nanogate.core.errors import (
     GatewayError,
@@ -27,7 +28,7 @@ from nanogate.core.errors import (
 )
 from nanogate.core.inline import Blob
 from nanogate.dialects import openai, openai_chat, openai_images
-from nanogate.dialects.openai import Candidate, Image, Tokens
+from nanogate.dialects.openai import Tokens
 from nanogate.dialects.openai_chat import ChatStream, RemoteImage
 from nanogate.dialects.openai_images import MASK_INSTRUCTION
 
@@ -341,7 +342,7 @@ def test_tool_call_signature_round_trips_through_an_answer() -> None:
             }
         ]
     }
-    done = openai_chat.completion("r", TEXT_3.name, 0, openai.candidates(answer), Tokens())
+    done = openai_chat.completion("r", TEXT_3.name, 0, canonical.candidates(answer), Tokens())
     message = done["choices"][0]["message"]
     call = message["tool_calls"][0]
     messages = [
@@ -713,6 +714,12 @@ def test_temperature_bounds() -> None:
         ("modalities", "text"),
         ("modalities", []),
         ("modalities", ["text", "audio"]),
+        ("modalities", [{}]),
+        ("modalities", [[]]),
+        ("modalities", ["text", {"image": True}]),
+        # Gemini's seed is an int32: a wider one is refused here, by the name the client sent.
+        ("seed", 2**31),
+        ("seed", -(2**31) - 1),
         ("tools", {"type": "function"}),
         ("tool_choice", "sometimes"),
         ("tool_choice", {"type": "function"}),
@@ -998,7 +1005,7 @@ GEMINI_ANSWER: dict[str, Any] = {
 
 
 def test_candidates_reads_every_kind_of_part() -> None:
-    [candidate] = openai.candidates(GEMINI_ANSWER)
+    [candidate] = canonical.candidates(GEMINI_ANSWER)
     assert candidate == Candidate(
         index=0,
         text=["Here is ", "your cat."],
@@ -1015,7 +1022,7 @@ def test_candidates_reads_every_kind_of_part() -> None:
 def test_candidates_from_bytes_through_inline() -> None:
     big = base64.b64encode(RED + bytes(400_000)).decode()
     answer = {"candidates": [{"content": {"parts": [{"inlineData": {"data": big}}]}}]}
-    [candidate] = openai.candidates(inline.loads(orjson.dumps(answer)))
+    [candidate] = canonical.candidates(inline.loads(orjson.dumps(answer)))
     [image] = candidate.images
     assert image.mime == "image/png"  # no mimeType: PNG assumed
     assert isinstance(image.data, Blob)
@@ -1023,9 +1030,9 @@ def test_candidates_from_bytes_through_inline() -> None:
 
 
 def test_candidates_tolerates_odd_shapes() -> None:
-    assert openai.candidates(None) == []
-    assert openai.candidates([]) == []
-    assert openai.candidates({"candidates": "x"}) == []
+    assert canonical.candidates(None) == []
+    assert canonical.candidates([]) == []
+    assert canonical.candidates({"candidates": "x"}) == []
     doc = {
         "candidates": [
             "junk",
@@ -1034,7 +1041,7 @@ def test_candidates_tolerates_odd_shapes() -> None:
             {"content": None, "finishReason": 7},
         ]
     }
-    found = openai.candidates(doc)
+    found = canonical.candidates(doc)
     assert [(c.index, c.finish, c.text, c.images) for c in found] == [
         (3, "MAX_TOKENS", [], []),
         (2, None, [], []),
@@ -1043,10 +1050,10 @@ def test_candidates_tolerates_odd_shapes() -> None:
 
 
 def test_block_reason() -> None:
-    assert openai.block_reason({"promptFeedback": {"blockReason": "SAFETY"}}) == "SAFETY"
-    assert openai.block_reason({"prompt_feedback": {"block_reason": "OTHER"}}) == "OTHER"
-    assert openai.block_reason({"candidates": []}) is None
-    assert openai.block_reason(None) is None
+    assert canonical.block_reason({"promptFeedback": {"blockReason": "SAFETY"}}) == "SAFETY"
+    assert canonical.block_reason({"prompt_feedback": {"block_reason": "OTHER"}}) == "OTHER"
+    assert canonical.block_reason({"candidates": []}) is None
+    assert canonical.block_reason(None) is None
 
 
 @pytest.mark.parametrize(
@@ -1077,7 +1084,7 @@ def test_finish_reason(gemini: str | None, calls: bool, expected: str | None) ->
 
 def test_usage_chat() -> None:
     tokens = Tokens()
-    tokens.add(openai.usage_metadata(GEMINI_ANSWER))
+    tokens.add(canonical.usage_metadata(GEMINI_ANSWER))
     assert tokens.chat() == {
         "prompt_tokens": 20,
         "completion_tokens": 1450,
@@ -1089,7 +1096,7 @@ def test_usage_chat() -> None:
 
 def test_usage_sums_answers_and_reads_snake_case() -> None:
     tokens = Tokens()
-    tokens.add(openai.usage_metadata(GEMINI_ANSWER))
+    tokens.add(canonical.usage_metadata(GEMINI_ANSWER))
     tokens.add(
         {
             "prompt_token_count": 5,
@@ -1106,16 +1113,16 @@ def test_usage_sums_answers_and_reads_snake_case() -> None:
         "reasoning_tokens": 150,
         "image_tokens": 2580,
     }
-    assert openai.usage_metadata({"usage_metadata": {"promptTokenCount": 1}}) == {
+    assert canonical.usage_metadata({"usage_metadata": {"promptTokenCount": 1}}) == {
         "promptTokenCount": 1
     }
-    assert openai.usage_metadata({"usageMetadata": "x"}) == {}
-    assert openai.usage_metadata(None) == {}
+    assert canonical.usage_metadata({"usageMetadata": "x"}) == {}
+    assert canonical.usage_metadata(None) == {}
 
 
 def test_usage_images() -> None:
     tokens = Tokens()
-    tokens.add(openai.usage_metadata(GEMINI_ANSWER))
+    tokens.add(canonical.usage_metadata(GEMINI_ANSWER))
     assert tokens.images() == {
         "input_tokens": 20,
         "output_tokens": 1450,
@@ -1139,9 +1146,13 @@ def test_data_url() -> None:
 
 def test_completion_shape() -> None:
     tokens = Tokens()
-    tokens.add(openai.usage_metadata(GEMINI_ANSWER))
+    tokens.add(canonical.usage_metadata(GEMINI_ANSWER))
     done = openai_chat.completion(
-        "req1", "gemini-3-pro-image-preview", 1700000000, openai.candidates(GEMINI_ANSWER), tokens
+        "req1",
+        "gemini-3-pro-image-preview",
+        1700000000,
+        canonical.candidates(GEMINI_ANSWER),
+        tokens,
     )
     assert done["id"] == "chatcmpl-req1"
     assert done["object"] == "chat.completion"
@@ -1228,7 +1239,7 @@ def test_completion_with_blob_images_serialises_through_inline() -> None:
             {"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": data}}]}}
         ]
     }
-    choices = openai.candidates(inline.loads(orjson.dumps(answer)))
+    choices = canonical.candidates(inline.loads(orjson.dumps(answer)))
     done = openai_chat.completion("r", "m", 0, choices, Tokens())
     out = orjson.loads(inline.dumps(done))
     assert out["choices"][0]["message"]["images"][0]["image_url"]["url"] == (
@@ -1284,7 +1295,7 @@ def test_stream_text_images_finish_and_usage() -> None:
         (0, {}, "stop"),
     ]
     tokens = Tokens()
-    tokens.add(openai.usage_metadata(GEMINI_ANSWER))
+    tokens.add(canonical.usage_metadata(GEMINI_ANSWER))
     [usage] = stream.close(tokens)
     assert usage == {
         "id": "chatcmpl-req",
@@ -1619,7 +1630,7 @@ def test_images_response_leaves_out_a_size_it_could_not_read() -> None:
 
 def test_images_response() -> None:
     tokens = Tokens()
-    tokens.add(openai.usage_metadata(GEMINI_ANSWER))
+    tokens.add(canonical.usage_metadata(GEMINI_ANSWER))
     data = [{"b64_json": RED_B64, "revised_prompt": "A red square."}, {"url": "https://gw/r/2.png"}]
     assert openai_images.response(
         1700000000, data, tokens, output_format="png", size="1024x1024"
@@ -1635,3 +1646,13 @@ def test_images_response() -> None:
             "input_tokens_details": {"text_tokens": 10, "image_tokens": 10},
         },
     }
+
+
+def test_a_long_prompt_without_spaces_in_a_large_body_is_a_prompt() -> None:
+    # 8,192 characters of base64's alphabet in a body of 256 KiB or more: inline.loads hands it
+    # back as a Blob, and it is still the prompt.
+    prompt = "a" * inline.SMALL_BODY
+    doc = openai.json_object(orjson.dumps({"prompt": prompt}), "images generations")
+    assert isinstance(doc["prompt"], Blob)
+    request = openai_images.parse_generation(doc, FLASH_IMAGE, max_images=4)
+    assert request.gemini["contents"][0]["parts"] == [{"text": prompt}]

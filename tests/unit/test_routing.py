@@ -15,6 +15,7 @@ from nanogate.core import metrics
 from nanogate.core.catalog import load_catalog
 from nanogate.core.config import UpstreamConfig
 from nanogate.core.errors import (
+    BadUpstreamAnswer,
     DeadlineExceeded,
     GatewayError,
     NotFound,
@@ -433,7 +434,7 @@ async def test_no_upstream_is_asked_twice_in_one_call() -> None:
     a = Scripted("a", [UpstreamError("a", 503, "busy")])
     b = Scripted("b", [UpstreamError("b", 502, "bad gateway")])
     r = Router([(upstream("a"), a), (upstream("b", priority=1), b)], max_attempts=10)
-    with pytest.raises(Unavailable):
+    with pytest.raises(BadUpstreamAnswer):
         await r.generate(CALL)
     assert (a.calls, b.calls) == (1, 1)
 
@@ -611,3 +612,35 @@ async def test_the_recent_window_is_bounded() -> None:
     p50, p99 = stats.percentiles()
     assert p50 is not None and p99 is not None and p50 >= 2 * WINDOW / 1000
     assert stats.attempts == WINDOW and stats.error_rate == 0.25
+
+
+async def test_replace_keeps_unchanged_upstreams_and_hands_back_the_rest() -> None:
+    """A config reload: an upstream whose settings did not change keeps its adapter and its
+    breaker; a changed or removed one is handed back to close, and calls go to the new set."""
+    a, b, c = Scripted("a", [b"a"]), Scripted("b", [b"b"]), Scripted("c", [b"c"])
+    r = Router([(upstream("a", breaker_failures=1), a), (upstream("b"), b)], max_attempts=1)
+    r.targets[0].breaker.open_until = time.monotonic() + 60  # a is cooling down
+    kept = r.targets[0]
+    assert not kept.breaker.closed
+    built: list[str] = []
+
+    def build(cfg: UpstreamConfig) -> Scripted:
+        built.append(cfg.name)
+        return c if cfg.name == "c" else Scripted(cfg.name, [b"new " + cfg.name.encode()])
+
+    retired = r.replace(
+        [upstream("a", breaker_failures=1), upstream("b", weight=5), upstream("c")],
+        build,
+        max_attempts=3,
+        deadline_s=30,
+    )
+    assert built == ["b", "c"]  # a did not change: no new adapter
+    assert retired == [b]
+    assert r.targets[0] is kept and not kept.breaker.closed
+    assert [t.name for t in r.targets] == ["a", "b", "c"]
+    assert (r.max_attempts, r.deadline_s) == (3, 30)
+    reply = await r.generate(CALL)
+    assert reply.body in (b"new b", b"c") and b.calls == 0
+    every = [t.adapter for t in r.targets]
+    assert r.replace([], build, max_attempts=3, deadline_s=30) == every
+    assert r.targets == []

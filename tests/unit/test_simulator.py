@@ -414,6 +414,31 @@ async def test_fault_slow_stream(sim: Sim) -> None:
     assert time.monotonic() - t0 >= 0.35
 
 
+async def test_fault_drip(sim: Sim) -> None:
+    # The first event whole, then a byte at a time: each read comes quickly, the stream never
+    # ends; the handler stops when its client leaves.
+    await sim.faults({"drip": 0.01})
+    resp = await sim.post(TEXT_MODEL, "streamGenerateContent", query="?alt=sse")
+    pieces: list[bytes] = []
+    async with resp:
+        first = await resp.content.readuntil(b"\r\n\r\n")
+        assert sse_events(first)[0]["candidates"]
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            pieces.append(await asyncio.wait_for(resp.content.read(1), 0.2))
+    assert 10 < len(pieces) < 60 and pieces[:6] == [b"d", b"a", b"t", b"a", b":", b" "]
+    for _ in range(50):
+        if sim.state.in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert sim.state.in_flight == 0
+    # A generateContent answer drips from its first byte, through the prompt too.
+    resp = await sim.post(TEXT_MODEL, payload=body("[[sim:drip=0.01]]"))
+    async with resp:
+        assert resp.status == 200
+        assert await asyncio.wait_for(resp.content.read(1), 0.2) == b"{"
+
+
 async def test_slow_stream_ignored_for_plain_generate(sim: Sim) -> None:
     t0 = time.monotonic()
     assert (await sim.post(TEXT_MODEL, payload=body("[[sim:slow_stream=1]]"))).status == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import time
@@ -15,7 +16,17 @@ import pytest
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from nanogate.storage import Storage, content_type_for, extension_for, open_storage, valid_name
+from nanogate.core.config import Settings
+from nanogate.core.errors import Unavailable
+from nanogate.core.metrics import REGISTRY
+from nanogate.storage import (
+    Storage,
+    StorageError,
+    content_type_for,
+    extension_for,
+    open_storage,
+    valid_name,
+)
 from nanogate.storage.local import TEMP_GRACE_S, LocalStorage
 from nanogate.storage.signing import UrlSigner
 from nanogate.web import file_routes
@@ -32,7 +43,7 @@ def signer() -> UrlSigner:
 
 @pytest.fixture
 def storage(tmp_path: Path, signer: UrlSigner) -> LocalStorage:
-    store = open_storage(tmp_path / "store", BASE, signer)
+    store = open_storage(Settings(storage_dir=tmp_path / "store", public_base_url=BASE), signer)
     assert isinstance(store, LocalStorage)
     return store
 
@@ -128,16 +139,26 @@ async def test_write_leaves_no_temp_files(storage: LocalStorage, tmp_path: Path)
     assert not [n for n in names if n.startswith(".")]
 
 
-async def test_failed_write_leaves_nothing(
+def storage_errors() -> float:
+    return REGISTRY.get_sample_value("nanogate_storage_errors_total", {"operation": "put"}) or 0
+
+
+async def test_failed_write_leaves_nothing_and_says_storage(
     storage: LocalStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken_replace(src: str, dst: str) -> None:
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    before = storage_errors()
+    with pytest.raises(Unavailable) as caught:
         await storage.put(PNG, "image/png")
     assert _files(tmp_path / "store") == []
+    # A 503 that names the storage and the cause, never the path; counted for the operator.
+    assert caught.value.status == 503
+    assert "result storage is failing (No space left on device)" in caught.value.message
+    assert str(tmp_path) not in caught.value.message
+    assert storage_errors() == before + 1
 
 
 @pytest.mark.parametrize("name", ["../x.png", "/etc/passwd", "ab/../../../etc/passwd", "a\x00b"])
@@ -404,3 +425,20 @@ async def _raw_get(app: FastAPI, path: str, sig: str, expires: int) -> tuple[int
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")  # type: ignore[misc]
     assert isinstance(status, int)
     return status, body
+
+
+async def test_check_writes_and_leaves_nothing(storage: LocalStorage, tmp_path: Path) -> None:
+    """/readyz's probe: makes the directory on a first start, and leaves no file behind."""
+    await storage.check()
+    assert (tmp_path / "store").is_dir()
+    assert _files(tmp_path / "store") == []
+
+
+async def test_check_of_a_directory_that_cannot_be_written_fails(
+    tmp_path: Path, signer: UrlSigner
+) -> None:
+    blocked = tmp_path / "store"
+    blocked.write_text("a file where the directory should be")
+    store = LocalStorage(blocked, BASE, signer)
+    with pytest.raises(StorageError):
+        await store.check()

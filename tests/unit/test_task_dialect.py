@@ -79,8 +79,8 @@ WEBP = _image("WEBP", "green")
 
 def test_message_form_minimal_request() -> None:
     doc = {"model": " google/nano-banana ", "input": {"prompt": "a cat"}}
-    task = parse_create(orjson.dumps(doc), "message")
-    assert task.form == "message"
+    task = parse_create(orjson.dumps(doc), "taskinfo")
+    assert task.form == "taskinfo"
     assert task.model == "google/nano-banana"
     assert task.prompt == "a cat"
     assert task.image_urls == ()
@@ -103,7 +103,7 @@ def test_message_form_full_request() -> None:
             "output_format": "JPG",
         },
     }
-    task = parse_create(orjson.dumps(doc), "message")
+    task = parse_create(orjson.dumps(doc), "taskinfo")
     assert task.image_urls == ("https://example.com/a.png", "http://example.com/b.jpg")
     assert task.aspect_ratio == "16:9"
     assert task.resolution == "1K"
@@ -118,8 +118,8 @@ def test_msg_form_image_size_carries_the_aspect_ratio() -> None:
         "callBackUrl": "https://example.com/cb",
         "input": {"prompt": "a cat", "image_size": "9:16", "resolution": "2K"},
     }
-    task = parse_create(orjson.dumps(doc), "msg")
-    assert task.form == "msg"
+    task = parse_create(orjson.dumps(doc), "recordinfo")
+    assert task.form == "recordinfo"
     assert task.aspect_ratio == "9:16"
     assert task.resolution == "2K"
     assert task.callback_url == "https://example.com/cb"
@@ -128,7 +128,7 @@ def test_msg_form_image_size_carries_the_aspect_ratio() -> None:
 
 def test_message_form_ignores_image_size() -> None:
     # Only the createTask form reads image_size as an aspect ratio.
-    assert _create("message", image_size="9:16").aspect_ratio is None
+    assert _create("taskinfo", image_size="9:16").aspect_ratio is None
 
 
 @pytest.mark.parametrize("form", ["message", "msg"])
@@ -143,26 +143,26 @@ def test_auto_aspect_ratio_means_none(form: Form, value: str) -> None:
 
 
 def test_auto_image_size_means_none() -> None:
-    assert _create("msg", image_size="auto").aspect_ratio is None
+    assert _create("recordinfo", image_size="auto").aspect_ratio is None
 
 
 def test_agreeing_aspect_ratio_and_image_size_are_fine() -> None:
-    assert _create("msg", aspect_ratio="3:2", image_size="3:2").aspect_ratio == "3:2"
+    assert _create("recordinfo", aspect_ratio="3:2", image_size="3:2").aspect_ratio == "3:2"
 
 
 def test_disagreeing_aspect_ratio_and_image_size_are_refused() -> None:
     body = _body(model="m", input={"prompt": "p", "aspect_ratio": "1:1", "image_size": "16:9"})
-    message = _refused(body, "msg")
+    message = _refused(body, "recordinfo")
     assert "input.aspect_ratio" in message and "input.image_size" in message
 
 
 @pytest.mark.parametrize(("given", "expected"), [("1k", "1K"), ("2K", "2K"), (" 4k ", "4K")])
 def test_resolution_is_case_insensitive(given: str, expected: str) -> None:
-    assert _create("message", resolution=given).resolution == expected
+    assert _create("taskinfo", resolution=given).resolution == expected
 
 
 def test_auto_resolution_means_none() -> None:
-    assert _create("msg", resolution="auto").resolution is None
+    assert _create("recordinfo", resolution="auto").resolution is None
 
 
 @pytest.mark.parametrize(
@@ -170,11 +170,11 @@ def test_auto_resolution_means_none() -> None:
     [("png", "png"), ("PNG", "png"), ("jpg", "jpeg"), ("jpeg", "jpeg"), ("webp", "webp")],
 )
 def test_output_format(given: str, expected: str) -> None:
-    assert _create("message", output_format=given).output_format == expected
+    assert _create("taskinfo", output_format=given).output_format == expected
 
 
 def test_a_single_image_url_string_is_accepted() -> None:
-    task = _create("message", image_urls="https://example.com/a.png")
+    task = _create("taskinfo", image_urls="https://example.com/a.png")
     assert task.image_urls == ("https://example.com/a.png",)
 
 
@@ -234,10 +234,12 @@ def test_refusals_name_the_field(form: Form, body: bytes, field: str) -> None:
 
 def test_msg_form_image_size_refusal_names_image_size() -> None:
     body = _body(model="m", input={"prompt": "p", "image_size": 16})
-    assert _refused(body, "msg").startswith("input.image_size:")
+    assert _refused(body, "recordinfo").startswith("input.image_size:")
 
 
-@pytest.mark.parametrize(("form", "name"), [("message", "callback_url"), ("msg", "callBackUrl")])
+@pytest.mark.parametrize(
+    ("form", "name"), [("taskinfo", "callback_url"), ("recordinfo", "callBackUrl")]
+)
 @pytest.mark.parametrize("value", ["", "  ", 7, "ftp://example.com/x", "example.com/x"])
 def test_callback_refusal_names_the_forms_field(form: Form, name: str, value: Any) -> None:
     body = _body(model="m", input={"prompt": "p"}, **{name: value})
@@ -246,20 +248,20 @@ def test_callback_refusal_names_the_forms_field(form: Form, name: str, value: An
 
 @pytest.mark.parametrize("body", [b"", b"  \n", b"{not json", b"[1, 2]", b'"text"'])
 def test_bodies_that_are_not_a_json_object_are_refused(body: bytes) -> None:
-    _refused(body, "message")
+    _refused(body, "taskinfo")
 
 
 # -- check_model -------------------------------------------------------------------------------
 
 
-def _checked(model: str, form: Form = "message", **input_: Any) -> TaskRequest:
+def _checked(model: str, form: Form = "taskinfo", **input_: Any) -> TaskRequest:
     doc = {"model": model, "input": {"prompt": "p", **input_}}
     task = parse_create(orjson.dumps(doc), form)
     check_model(task, CATALOG.resolve(model), edit=CATALOG.is_edit(model))
     return task
 
 
-def _check_refused(model: str, form: Form = "message", **input_: Any) -> str:
+def _check_refused(model: str, form: Form = "taskinfo", **input_: Any) -> str:
     with pytest.raises(InvalidArgument) as caught:
         _checked(model, form, **input_)
     return caught.value.message
@@ -299,13 +301,13 @@ def test_unsupported_aspect_ratio_names_aspect_ratio() -> None:
 
 
 def test_unsupported_aspect_ratio_names_image_size_in_the_msg_form() -> None:
-    message = _check_refused("gemini-2.5-flash-image", "msg", image_size="1:8")
+    message = _check_refused("gemini-2.5-flash-image", "recordinfo", image_size="1:8")
     assert message.startswith("input.image_size:")
-    _checked("gemini-3.1-flash-image-preview", "msg", image_size="1:8")
+    _checked("gemini-3.1-flash-image-preview", "recordinfo", image_size="1:8")
 
 
 def test_unsupported_aspect_ratio_names_aspect_ratio_in_the_msg_form_when_sent() -> None:
-    message = _check_refused("gemini-2.5-flash-image", "msg", aspect_ratio="1:8")
+    message = _check_refused("gemini-2.5-flash-image", "recordinfo", aspect_ratio="1:8")
     assert message.startswith("input.aspect_ratio:")
 
 
@@ -389,7 +391,9 @@ def test_gemini_request_single_tier_model_gets_no_image_size() -> None:
 
 
 def test_gemini_request_resolution_only() -> None:
-    task = _checked("gemini-3.1-flash-image-preview", "msg", resolution="4K", image_size="1:8")
+    task = _checked(
+        "gemini-3.1-flash-image-preview", "recordinfo", resolution="4K", image_size="1:8"
+    )
     spec = _spec("gemini-3.1-flash-image-preview")
     body = gemini_request(task, spec, [("image/webp", WEBP)])
     assert body["generationConfig"]["imageConfig"] == {"aspectRatio": "1:8", "imageSize": "4K"}
@@ -449,7 +453,7 @@ MSG_KEYS = {
 @pytest.mark.parametrize("state", ["pending", "running"])
 def test_render_message_unfinished(state: str) -> None:
     started = {"started_at": CREATED + timedelta(seconds=1)} if state == "running" else {}
-    data = render(_record("message", state, **started), [])
+    data = render(_record("taskinfo", state, **started), [])
     assert set(data) == MESSAGE_KEYS
     assert data == {
         "task_id": "task_abc",
@@ -468,7 +472,7 @@ def test_render_message_unfinished(state: str) -> None:
 
 def test_render_message_succeeded() -> None:
     record = _record(
-        "message",
+        "taskinfo",
         "succeeded",
         completed_at=COMPLETED,
         cost=38_700,
@@ -488,7 +492,7 @@ def test_render_message_succeeded() -> None:
 
 def test_render_message_failed() -> None:
     record = _record(
-        "message", "failed", completed_at=COMPLETED, error_code=422, error_message="blocked"
+        "taskinfo", "failed", completed_at=COMPLETED, error_code=422, error_message="blocked"
     )
     data = render(record, [])
     assert set(data) == MESSAGE_KEYS
@@ -502,7 +506,7 @@ def test_render_message_failed() -> None:
 
 @pytest.mark.parametrize(("state", "shown"), [("pending", "waiting"), ("running", "generating")])
 def test_render_msg_unfinished(state: str, shown: str) -> None:
-    data = render(_record("msg", state), [])
+    data = render(_record("recordinfo", state), [])
     assert set(data) == MSG_KEYS
     assert data == {
         "taskId": "task_abc",
@@ -520,7 +524,7 @@ def test_render_msg_unfinished(state: str, shown: str) -> None:
 
 
 def test_render_msg_succeeded() -> None:
-    record = _record("msg", "succeeded", completed_at=COMPLETED, cost=67_200)
+    record = _record("recordinfo", "succeeded", completed_at=COMPLETED, cost=67_200)
     urls = ["https://gw.example/a.png", "https://gw.example/b.png"]
     data = render(record, urls)
     assert set(data) == MSG_KEYS
@@ -537,7 +541,11 @@ def test_render_msg_succeeded() -> None:
 
 def test_render_msg_failed() -> None:
     record = _record(
-        "msg", "failed", completed_at=COMPLETED, error_code=500, error_message="upstream down"
+        "recordinfo",
+        "failed",
+        completed_at=COMPLETED,
+        error_code=500,
+        error_message="upstream down",
     )
     data = render(record, ["https://ignored.example/x.png"])
     assert set(data) == MSG_KEYS
@@ -550,7 +558,7 @@ def test_render_msg_failed() -> None:
 
 
 def test_render_msg_failed_without_a_message() -> None:
-    record = _record("msg", "failed", completed_at=COMPLETED, error_code=500)
+    record = _record("recordinfo", "failed", completed_at=COMPLETED, error_code=500)
     assert render(record, [])["failMsg"] == ""
 
 
@@ -577,15 +585,15 @@ def test_code_for(error: GatewayError, code: int) -> None:
     assert code_for(error) == code
 
 
-@pytest.mark.parametrize("form", ["message", "msg"])
-def test_error_body_envelope(form: Form) -> None:
+@pytest.mark.parametrize(("form", "text"), [("taskinfo", "message"), ("recordinfo", "msg")])
+def test_error_body_envelope(form: Form, text: str) -> None:
     status, body = error_body(Maintenance("down for upgrades"), form)
     assert status == 455
-    assert orjson.loads(body) == {"code": 455, form: "down for upgrades", "data": None}
+    assert orjson.loads(body) == {"code": 455, text: "down for upgrades", "data": None}
 
 
 def test_error_body_folds_the_status_too() -> None:
-    status, body = error_body(InvalidArgument("input.prompt: required"), "msg")
+    status, body = error_body(InvalidArgument("input.prompt: required"), "recordinfo")
     assert status == 422
     assert orjson.loads(body) == {"code": 422, "msg": "input.prompt: required", "data": None}
 
@@ -593,11 +601,11 @@ def test_error_body_folds_the_status_too() -> None:
 @pytest.mark.parametrize(
     ("path", "form"),
     [
-        ("/api/v1/client/job/CreateTask", "message"),
-        ("/api/v1/client/job/QueryTask", "message"),
-        ("/api/v1/jobs/createTask", "msg"),
-        ("/api/v1/jobs/recordInfo", "msg"),
-        ("/api/v1/chat/credit", "msg"),
+        ("/api/v1/client/job/CreateTask", "taskinfo"),
+        ("/api/v1/client/job/QueryTask", "taskinfo"),
+        ("/api/v1/jobs/createTask", "recordinfo"),
+        ("/api/v1/jobs/recordInfo", "recordinfo"),
+        ("/api/v1/chat/credit", "recordinfo"),
     ],
 )
 def test_form_for(path: str, form: Form) -> None:

@@ -11,20 +11,19 @@ from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nanogate.access.keys import KeyRecord
 from nanogate.billing.keys import KeyStore
 from nanogate.billing.ledger import Hold, Refusal, Tx, aware
-from nanogate.billing.runners import EngineRunner, Runner, SqliteRunner, open_runner
+from nanogate.billing.runners import Runner, open_runner
 from nanogate.core.task_records import StoredFile, TaskRecord
 from nanogate.db import holds, idempotency_keys, results, tasks
 from nanogate.db import ledger as ledger_table
 from nanogate.engine import replay as idempotency
 from nanogate.tasks import queue
 
-from .conftest import ledger_balance
+from .conftest import ledger_balance, separate_runners
 
 T = TypeVar("T")
 
@@ -60,7 +59,7 @@ def _task(
     return TaskRecord(
         id=task_id or f"task_{secrets.token_hex(8)}",
         request_id=f"req_{secrets.token_hex(8)}",
-        form="msg",
+        form="recordinfo",
         key_id=key.id,
         account_id=key.account_id,
         model="google/nano-banana",
@@ -145,7 +144,7 @@ async def test_create_then_get_without_a_hold(runner: Runner, key: KeyRecord) ->
     assert found is not None
     assert found.id == record.id
     assert found.request_id == record.request_id
-    assert found.form == "msg"
+    assert found.form == "recordinfo"
     assert (found.key_id, found.account_id) == (key.id, key.account_id)
     assert found.model == "google/nano-banana"
     assert found.param == record.param
@@ -314,6 +313,26 @@ async def test_retry_later_requeues_with_run_after(
     assert _ids(claimed) == [record.id] and claimed[0][0].attempts == 2
 
 
+async def test_hand_back_requeues_at_once_and_uncounts_the_attempt(
+    runner: Runner, engine: AsyncEngine, key: KeyRecord
+) -> None:
+    record = _task(key)
+    await _create(runner, record)
+    await _claim(runner, "w1", "tok1", T0)
+    later = T0 + timedelta(seconds=5)
+
+    async def hand_back(token: str) -> bool:
+        return await _run(runner, lambda tx: queue.hand_back(tx, record.id, token, later))
+
+    assert await hand_back("wrong") is False  # the lease moved on: its holder carries on
+    assert await _lease(engine, record.id) == ("running", "w1", "tok1")
+    assert await hand_back("tok1") is True
+    assert await _lease(engine, record.id) == ("pending", None, None)
+    claimed = await _claim(runner, "w2", "tok2", later)
+    # Another worker takes it at once, as its first attempt: the stopped run does not count.
+    assert _ids(claimed) == [record.id] and claimed[0][0].attempts == 1
+
+
 # -- finish ------------------------------------------------------------------------------------
 
 
@@ -435,21 +454,13 @@ async def test_finish_of_a_pending_task_does_nothing(runner: Runner, key: KeyRec
 # -- concurrency -------------------------------------------------------------------------------
 
 
-def _runners(db_url: str, engine: AsyncEngine, count: int) -> list[Runner]:
-    parsed = make_url(db_url)
-    if parsed.get_backend_name() == "sqlite":
-        assert parsed.database
-        return [SqliteRunner(parsed.database) for _ in range(count)]
-    return [EngineRunner(engine) for _ in range(count)]
-
-
 async def test_concurrent_claims_take_every_task_once(
     db_url: str, engine: AsyncEngine, runner: Runner, key: KeyRecord
 ) -> None:
     records = [_task(key) for _ in range(50)]
     for record in records:
         await _create(runner, record)
-    workers = _runners(db_url, engine, 8)
+    workers = separate_runners(db_url, engine, 8)
     start = asyncio.Event()
 
     async def work(index: int, worker: Runner) -> list[str]:
@@ -501,7 +512,6 @@ async def _attempted(
     runner: Runner,
     task_id: str,
     attempt: int,
-    now: datetime,
     *,
     status: int | None,
     error: str | None,
@@ -514,7 +524,6 @@ async def _attempted(
             tx,
             task_id,
             attempt,
-            now,
             status=status,
             error=error,
             duration_ms=attempt * 10,
@@ -529,6 +538,8 @@ async def test_callbacks_only_for_tasks_with_a_callback_url(runner: Runner, key:
     await _create(runner, plain)
     await _claim(runner, "w1", "tok1", T0)
     await _finish(runner, plain.id, "tok1", hold_id=None, cost=0)
+    found = await _get(runner, plain.id)
+    assert found is not None and found.callback_event_id is None
     unfinished = _task(key, callback="https://example.com/hook")
     await _create(runner, unfinished)
     assert await _claim_callbacks(runner, T0 + timedelta(seconds=1)) == []
@@ -538,24 +549,28 @@ async def test_callback_retry_then_delivered(runner: Runner, key: KeyRecord) -> 
     record = await _finished_with_callback(runner, key)
     now = T0 + timedelta(seconds=1)
     due = await _claim_callbacks(runner, now)
-    assert [(r.id, attempts) for r, attempts in due] == [(record.id, 0)]
+    assert [(r.id, attempt) for r, attempt in due] == [(record.id, 1)]
     assert due[0][0].state == "succeeded" and due[0][0].callback_state == "pending"
+    event_id = due[0][0].callback_event_id
+    assert event_id is not None and event_id.startswith("evt_") and "." not in event_id
     # Leased for one attempt: nobody else takes it meanwhile.
     assert await _claim_callbacks(runner, now + timedelta(seconds=1)) == []
+    # Recorded as started before anything is sent: in flight, no outcome yet.
+    rows = await _run(runner, lambda tx: queue.deliveries(tx, record.id))
+    assert [tuple(row[:4]) for row in rows] == [(1, None, None, None)]
 
     retry_at = now + timedelta(seconds=10)
     await _attempted(
-        runner, record.id, 1, now, status=500, error="boom", state="pending", next_at=retry_at
+        runner, record.id, 1, status=500, error="boom", state="pending", next_at=retry_at
     )
     found = await _get(runner, record.id)
     assert found is not None and found.callback_state == "pending"
     assert await _claim_callbacks(runner, retry_at - timedelta(seconds=1)) == []
     due = await _claim_callbacks(runner, retry_at)
-    assert [(r.id, attempts) for r, attempts in due] == [(record.id, 1)]
+    assert [(r.id, attempt) for r, attempt in due] == [(record.id, 2)]
+    assert due[0][0].callback_event_id == event_id  # one event, however many attempts
 
-    await _attempted(
-        runner, record.id, 2, retry_at, status=200, error=None, state="delivered", next_at=None
-    )
+    await _attempted(runner, record.id, 2, status=200, error=None, state="delivered", next_at=None)
     found = await _get(runner, record.id)
     assert found is not None and found.callback_state == "delivered"
     assert await _claim_callbacks(runner, retry_at + timedelta(hours=1)) == []
@@ -570,7 +585,7 @@ async def test_callback_given_up(runner: Runner, key: KeyRecord) -> None:
     now = T0 + timedelta(seconds=1)
     assert len(await _claim_callbacks(runner, now)) == 1
     await _attempted(
-        runner, record.id, 1, now, status=None, error="e" * 400, state="failed", next_at=None
+        runner, record.id, 1, status=None, error="e" * 400, state="failed", next_at=None
     )
     found = await _get(runner, record.id)
     assert found is not None and found.callback_state == "failed"
@@ -579,13 +594,38 @@ async def test_callback_given_up(runner: Runner, key: KeyRecord) -> None:
     assert [tuple(row[:4]) for row in rows] == [(1, None, "e" * 300, 10)]
 
 
-async def test_an_abandoned_callback_lease_expires(runner: Runner, key: KeyRecord) -> None:
+async def test_an_abandoned_attempt_counts_and_its_lease_expires(
+    runner: Runner, key: KeyRecord
+) -> None:
     record = await _finished_with_callback(runner, key)
     now = T0 + timedelta(seconds=1)
-    assert len(await _claim_callbacks(runner, now, timedelta(seconds=30))) == 1
+    ((first, _),) = await _claim_callbacks(runner, now, timedelta(seconds=30))
     assert await _claim_callbacks(runner, now + timedelta(seconds=29)) == []
+    # Its sender died mid-attempt (no outcome was written): the next attempt is number 2, with
+    # the same event id, and the lost one says what became of it.
     due = await _claim_callbacks(runner, now + timedelta(seconds=31))
-    assert [(r.id, attempts) for r, attempts in due] == [(record.id, 0)]
+    assert [(r.id, attempt) for r, attempt in due] == [(record.id, 2)]
+    assert due[0][0].callback_event_id == first.callback_event_id
+    rows = await _run(runner, lambda tx: queue.deliveries(tx, record.id))
+    assert [tuple(row[:4]) for row in rows] == [(1, None, queue.LOST, None), (2, None, None, None)]
+
+
+async def test_a_superseded_attempt_only_completes_its_own_record(
+    runner: Runner, key: KeyRecord
+) -> None:
+    record = await _finished_with_callback(runner, key)
+    now = T0 + timedelta(seconds=1)
+    await _claim_callbacks(runner, now)
+    await _claim_callbacks(runner, now + timedelta(minutes=5))  # attempt 1 outlived its lease
+    # Attempt 1 ends late, refused: attempt 2, in flight, still decides the callback's state.
+    await _attempted(runner, record.id, 1, status=500, error=None, state="failed", next_at=None)
+    found = await _get(runner, record.id)
+    assert found is not None and found.callback_state == "pending"
+    await _attempted(runner, record.id, 2, status=204, error=None, state="delivered", next_at=None)
+    found = await _get(runner, record.id)
+    assert found is not None and found.callback_state == "delivered"
+    rows = await _run(runner, lambda tx: queue.deliveries(tx, record.id))
+    assert [tuple(row[:2]) for row in rows] == [(1, 500), (2, 204)]
 
 
 # -- idempotency -------------------------------------------------------------------------------

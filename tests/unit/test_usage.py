@@ -82,18 +82,18 @@ async def test_a_flush_splits_into_max_batch_inserts(engine: AsyncEngine) -> Non
 
 async def test_usage_and_columns_round_trip(engine: AsyncEngine) -> None:
     recorder = UsageRecorder(engine)
-    rec = _record(1, error="x" * 2000)  # longer than the column: cut, not a failed batch
-    rec.add_usage(
-        Usage(
-            input_text=5,
-            input_image=258,
-            output_text=7,
-            output_image=1290,
-            thoughts=3,
-            total=1563,
-            images=1,
-        )
+    usage = Usage(
+        input_text=5,
+        input_image=258,
+        output_text=7,
+        output_image=1290,
+        thoughts=3,
+        total=1563,
+        images=1,
     )
+    rec = _record(
+        1, error="x" * 2000, usage=usage
+    )  # too long for the column: cut, not a failed batch
     recorder.record(rec)
     await recorder.flush()
     (row,) = await recorder.recent()

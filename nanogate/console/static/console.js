@@ -428,14 +428,14 @@ function tasksPage() {
     ];
     $("#task-record").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]));
     $("#task-zone").textContent = `Times are in your time zone, ${ZONE}.`;
-    // The create request as an indented object: the msg form stores it as a JSON string.
+    // The create request as an indented object: the recordinfo form stores it as a JSON string.
     let param = record.task.param;
     if (typeof param === "string") { try { param = JSON.parse(param); } catch (e) { /* shown as it is */ } }
     $("#task-param").textContent = typeof param === "string" ? param : JSON.stringify(param, null, 2);
     $("#task-callbacks").replaceChildren(callbacks.attempts.length
       ? el("table", {}, el("thead", {}, el("tr", {}, ["Attempt", "Status", "Error", "Took", "At"].map((h) => el("th", { scope: "col", text: h })))),
         el("tbody", {}, callbacks.attempts.map((a) => el("tr", {}, el("td", {}, a.attempt), el("td", {}, a.status_code ?? "–"),
-          el("td", { class: "wrap" }, a.error || ""), el("td", { class: "nowrap" }, `${a.duration_ms} ms`), el("td", { class: "mono" }, stamp(a.at))))))
+          el("td", { class: "wrap" }, a.error || ""), el("td", { class: "nowrap" }, a.duration_ms == null ? (a.error ? "–" : "in flight") : `${a.duration_ms} ms`), el("td", { class: "mono" }, stamp(a.at))))))
       : el("p", { class: "help", text: callbacks.callback_url ? "No delivery attempt yet." : "This task has no callback URL." }));
     $("#task-dialog").showModal();
   });
@@ -455,9 +455,34 @@ function modelCheck(check) {
   return [badge(`all ${check.expected} listed`, "good"), asked];
 }
 
+// The runtime switches: a change is sent at once, and the boxes show what the gateway holds.
+function switches() {
+  const maintenance = $("#switch-maintenance");
+  const features = $$("[data-feature]");
+  const show = (state) => {
+    maintenance.checked = state.maintenance;
+    for (const box of features) box.checked = state.disabled_features.includes(box.dataset.feature);
+    document.body.dataset.switches = JSON.stringify(state);
+  };
+  const send = (change) => guarded(async () => {
+    const { data } = await api("PATCH", "/admin/switches", change);
+    show(data);
+    say(data.maintenance ? "Maintenance mode is on: calls are refused." : "");
+  });
+  maintenance.addEventListener("change", () => send({ maintenance: maintenance.checked }));
+  for (const box of features) {
+    box.addEventListener("change", () => send({
+      disabled_features: features.filter((b) => b.checked).map((b) => b.dataset.feature),
+    }));
+  }
+  return () => guarded(async () => show((await api("GET", "/admin/switches")).data));
+}
+
 function upstreamsPage() {
   const tone = { closed: "good", open: "bad", "half-open": "warn" };
+  const loadSwitches = switches();
   const load = () => guarded(async () => {
+    await loadSwitches();
     const { data } = await api("GET", "/admin/upstreams");
     $("#upstreams-table tbody").replaceChildren(...data.map((u) => el("tr", { "data-upstream": u.name },
       el("td", {}, u.name), el("td", {}, u.kind),

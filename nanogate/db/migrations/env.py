@@ -15,6 +15,8 @@ from nanogate.db.engine import make_engine
 from nanogate.db.tables import metadata
 
 config = context.config
+# The advisory lock key that serializes migrations on PostgreSQL (any constant of our own).
+_MIGRATION_LOCK = 0x6E616E6F67617465  # "nanogate"
 
 
 def _url() -> str:
@@ -40,6 +42,10 @@ def _run(connection: Connection) -> None:
         render_as_batch=sqlite,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Nodes of a cluster may start at once: the first migrates, the others wait here,
+            # then find the schema at head. Released when this transaction ends.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         context.run_migrations()
         if sqlite:
             broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()

@@ -438,6 +438,9 @@ def _wrap(text: str, font: Font, room: int, max_lines: int) -> list[str]:
     """Greedy word wrap into at most max_lines lines; overflow ends the last line with '...'."""
     if max_lines <= 0 or room <= 0:
         return []
+    # A visible glyph is at least a pixel wide, so no more than this much of the text can show; the
+    # cut also keeps each string measured under Pillow's limit (a million characters).
+    text = text[: (max_lines + 1) * room]
     lines: list[str] = []
     current = ""
     for word in text.split():
