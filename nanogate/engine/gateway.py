@@ -47,6 +47,8 @@ from nanogate.upstreams.modelcheck import ModelWatch
 # Makes the answer a client will get out of the upstream's replies, before the charge; returns
 # what to write in the charge's transaction (see Gateway.generate_many).
 Seal = Callable[[list[Reply]], Awaitable[Work[None] | None]]
+# What a stream's charge keeps with it, made from the chunk bodies seen so far (None: nothing).
+StreamSeal = Callable[[list[bytes]], Awaitable[Work[None] | None]]
 
 
 @dataclass(slots=True)
@@ -365,13 +367,16 @@ class Gateway:
         ctx.usage = reply.usage
         return reply, self.charge(ctx, call, reply.body)
 
-    async def stream(self, ctx: Context, call: Call) -> tuple[Chunk, GuardedStream]:
+    async def stream(
+        self, ctx: Context, call: Call, seal: StreamSeal | None = None
+    ) -> tuple[Chunk, GuardedStream]:
         """The first chunk (so errors before any byte still get a proper status) and the rest.
 
         The rest must be closed (aclose) however it ends: that closes the upstream, releases
         the limits, settles or refunds the credits and records usage, once. It raises
         StreamCut when it runs past `stream_limits` (core/pace.py): what came until then is
-        charged, as for a client that left.
+        charged, as for a client that left. What `seal` returns when the charge is made
+        commits with it.
         """
         hold = await self._admit(ctx, call)
         pace = Pace(self.stream_limits)
@@ -392,7 +397,7 @@ class Gateway:
             raise
         ctx.upstream = upstream
         pace.seen(first)
-        bill = _StreamBill(self, ctx, call, hold)
+        bill = _StreamBill(self, ctx, call, hold, seal)
         bill.seen(first)
         if canonical.finishes(first.body):
             # A one-chunk answer (common for images) is the whole answer: paid before it goes.
@@ -492,11 +497,21 @@ class _StreamBill:
     (`cut`), at what was produced.
     """
 
-    def __init__(self, gateway: Gateway, ctx: Context, call: Call, hold: Hold | None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        ctx: Context,
+        call: Call,
+        hold: Hold | None,
+        seal: StreamSeal | None,
+    ) -> None:
         self.gateway = gateway
         self.ctx = ctx
         self.call = call
         self.hold = hold
+        self.seal = seal
+        # With a seal, every chunk's body: what it may keep with the charge.
+        self.bodies: list[bytes] = []
         self.last = b""
         self.done = False
         self.cut = False
@@ -505,6 +520,8 @@ class _StreamBill:
         if chunk.usage is not None:
             self.ctx.usage.merge_max(chunk.usage)
         self.last = chunk.body
+        if self.seal is not None:
+            self.bodies.append(chunk.body)
 
     async def metered(self, rest: AsyncIterator[Chunk], pace: Pace) -> AsyncIterator[Chunk]:
         """Pass chunks on at `pace`, keeping their usage and the error that ends them."""
@@ -530,15 +547,16 @@ class _StreamBill:
             ctx = self.ctx
             complete = ctx.status != 499 and not self.cut
             charge = self.gateway.charge(ctx, self.call, self.last, complete=complete)
-
-            async def then(tx: Tx, charged: int) -> None:
-                # The record commits with the charge, as a one-shot call's does: a crash
-                # right after leaves both or neither.
-                ctx.cost = charged
-                await self.gateway.write_record(tx, ctx)
-
-            ctx.cost = await self.gateway.meter.settle(self.hold, charge, then)
-            ctx.recorded = self.hold is not None
+            try:
+                sealed = await self.seal(self.bodies) if self.seal is not None else None
+            except BaseException as exc:
+                if isinstance(exc, GatewayError):
+                    ctx.fail(exc)
+                await self.gateway.meter.refund(self.hold)  # as a one-shot call's seal is
+                raise
+            # The record (and what was sealed) commits with the charge, as a one-shot call's
+            # does: a crash right after leaves all or none.
+            await self.gateway._settle(ctx, self.hold, charge, sealed)
 
     async def refund(self) -> None:
         if not self.done:

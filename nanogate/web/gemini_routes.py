@@ -16,7 +16,7 @@ from nanogate.core.types import Reply
 from nanogate.dialects import gemini
 from nanogate.engine.gateway import Context
 from nanogate.web.common import JSON_TYPE, extract_key, idempotency_key, read_body
-from nanogate.web.gemini_stream import relay
+from nanogate.web.gemini_stream import Rescue, relay
 from nanogate.web.handling import Answer, endpoint, gateway_of
 from nanogate.web.replay import answer_once
 
@@ -45,12 +45,13 @@ async def generate(request: Request, ctx: Context) -> Answer:
     idem = idempotency_key(request, body, stream=method == "streamGenerateContent")
     call = gemini.parse_call(ctx.request_id, method, spec, body)
     if method == "streamGenerateContent":
-        first, rest = await gateway.stream(ctx, call)
         # An image stream whose client leaves is finished anyway and kept (the rescue path);
         # a text stream stops, and costs what was produced until then.
         keeper = request.app.state.results if prices.expects_image(call) else None
+        rescue = Rescue(ctx, keeper) if keeper is not None else None
+        first, rest = await gateway.stream(ctx, call, rescue.seal if rescue else None)
         sse = request.query_params.get("alt") == "sse"
-        return relay(ctx, first, rest, sse=sse, keeper=keeper)
+        return relay(ctx, first, rest, sse=sse, rescue=rescue)
     if method == "countTokens":
         counted = (await gateway.generate(ctx, call)).body
         return Response(joined(counted), media_type=JSON_TYPE)

@@ -82,9 +82,9 @@ async def chat_completions(request: Request, ctx: Context) -> Answer:
             return await _completion(request, ctx, spec, [r.body for r in replies], as_urls)
 
         return await answer_once(request, ctx, idem, call, render, copies)
-    if copies > 1:
-        # n images come from n calls at once: they are streamed when all have finished, their
-        # images stored before they are charged.
+    if copies > 1 or (as_urls and spec.is_image):
+        # n images come from n calls at once, and images sent as URLs must be stored before
+        # they are charged: such answers are streamed once they have finished.
         call = canonical_call(ctx, spec, parsed.gemini, "generateContent")
         copied: list[Copy] = []
 

@@ -191,7 +191,43 @@ def test_a_full_disk_is_a_503_naming_storage_and_charges_nothing(
     assert balance(gw, key) == CREDITS
     kept = gemini.models.generate_content(model=IMAGE_MODEL, contents="a kite")
     assert kept.candidates and balance(gw, key) < CREDITS
-    assert storage_errors(gw) >= before + 3
+    # Streamed chat with URL images: stored before the charge too, so the refusal comes as a
+    # status before any event, and nothing is charged.
+    key = new_key(gw, CREDITS)
+    sdk = openai_client(gw, key)
+
+    def streamed() -> list[Any]:
+        return list(
+            sdk.chat.completions.create(
+                model=IMAGE_MODEL,
+                # A prompt of its own: storage names an image by its hash, and one stored
+                # already would need no room.
+                messages=[{"role": "user", "content": "draw a kite, streamed"}],
+                stream=True,
+                extra_body={"image_output": "url"},
+            )
+        )
+
+    disk.fill()
+    try:
+        with pytest.raises(openai.APIStatusError) as stream_refused:
+            streamed()
+    finally:
+        disk.free()
+    assert stream_refused.value.status_code == 503
+    assert "storage" in stream_refused.value.message
+    assert balance(gw, key) == CREDITS
+    events = streamed()
+    urls = [
+        image["image_url"]["url"]
+        for event in events
+        for choice in event.choices
+        for image in (choice.delta.model_extra or {}).get("images") or []
+    ]
+    assert len(urls) == 1 and httpx.get(urls[0]).status_code == 200
+    answered.add(events[0].id.removeprefix("chatcmpl-"))
+    assert balance(gw, key) < CREDITS
+    assert storage_errors(gw) >= before + 4
     log = gw.logs()
     assert "result storage failed" in log and "No space left on device" in log
     assert str(disk.mountpoint) not in log

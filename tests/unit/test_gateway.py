@@ -699,6 +699,56 @@ async def test_a_one_chunk_stream_is_settled_before_it_is_handed_over(rig: Rig) 
     assert state == ["settled"]
 
 
+async def test_what_a_stream_seals_commits_with_its_charge(rig: Rig) -> None:
+    plain, key = await rig.key()
+    rig.upstream.chunks = list(STORY)
+    call = stream_call()
+    ctx = await rig.arrive(plain, call)
+    sealed: list[tuple[list[bytes], list[str]]] = []
+
+    async def seal(bodies: list[bytes]) -> Work[None]:
+        # Every chunk up to the finish chunk, which has not gone out yet; nothing charged.
+        sealed.append((list(bodies), await rig.holds_of(ctx.request_id)))
+        now = datetime.now(UTC)
+        return functools.partial(
+            keep_result,
+            key_id=key.id,
+            request_id=ctx.request_id,
+            status=200,
+            content_type="application/json",
+            object_name="ab/stream.json",
+            now=now,
+            expires=now + timedelta(hours=1),
+        )
+
+    _, rest = await rig.gateway.stream(ctx, call, seal)
+    assert [c.body async for c in rest] == [STORY[1].body, STORY[2].body]
+    assert sealed == [([c.body for c in STORY], ["pending"])]
+    assert await rig.holds_of(ctx.request_id) == ["settled"]
+    assert await stored_rows(rig, ctx.request_id) == [(200, "ab/stream.json")]
+
+
+async def test_a_stream_whose_seal_fails_is_refunded(rig: Rig) -> None:
+    plain, key = await rig.key()
+    rig.upstream.chunks = list(STORY)
+    call = stream_call()
+    ctx = await rig.arrive(plain, call)
+
+    async def seal(bodies: list[bytes]) -> Work[None]:
+        raise Unavailable("The gateway's result storage is failing (No space left on device).")
+
+    _, rest = await rig.gateway.stream(ctx, call, seal)
+    await anext(rest)
+    with pytest.raises(Unavailable):
+        await anext(rest)
+    await rest.aclose()
+    assert await rig.balance(key) == CREDITS
+    assert await rig.holds_of(ctx.request_id) == ["refunded"]
+    assert await stored_rows(rig, ctx.request_id) == []
+    [record] = await rig.records()
+    assert (record["status"], record["cost"]) == (503, 0)
+
+
 async def test_a_stream_that_fails_midway_is_refunded(rig: Rig) -> None:
     plain, key = await rig.key()
     rig.upstream.chunks = [STORY[0], STORY[1], UpstreamError("canned", 500, "broke")]
