@@ -27,7 +27,7 @@ from nanogate.tasks.callbacks import INTERRUPTED, sign
 from tests.simulator.processes import pump_stdout, stop, wait_for_line
 
 from .conftest import Gateway, start_gateway
-from .test_credits import new_key
+from .test_credits import ledger_matches_balances, new_key, query
 from .test_credits_under_load import restart
 from .test_task_durability import start_worker
 from .test_tasks import SECRET, TASK_ENV, create, task_id, wait_final
@@ -172,6 +172,15 @@ def assert_resent_as_attempt_2(
     attempts = [(a["attempt"], a["status_code"], a["error"]) for a in log["attempts"]]
     assert attempts == [(1, None, INTERRUPTED), (2, 204, None)]
     assert all(a["duration_ms"] is not None for a in log["attempts"])
+    # The stop cost nothing else: the books sum, no hold is left, the task ended (and was
+    # charged) once.
+    ledger_matches_balances(gw)
+    ended = query(
+        gw,
+        "SELECT t.state, (SELECT COUNT(*) FROM ledger l WHERE l.request_id = t.request_id "
+        f"AND l.kind = 'settle') FROM tasks t WHERE t.id = '{task}'",
+    )
+    assert ended == [("succeeded", 1)], ended
 
 
 def test_sigterm_mid_delivery_resends_the_same_event_as_attempt_2(
