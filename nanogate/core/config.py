@@ -183,6 +183,9 @@ class Settings(BaseSettings):
     # n > 1 on an image model runs n upstream calls at once; at most this many per request.
     max_images_per_request: int = Field(default=4, ge=1, le=16)
     idempotency_wait_seconds: float = Field(default=300.0, ge=0)
+    # A running call's hold on its Idempotency-Key, renewed every third of it by its node: a
+    # node gone for good frees its keys after this.
+    idempotency_lease_seconds: float = Field(default=60.0, ge=3)
     # Each call's routing budget: upstream attempts at most, and one deadline across them.
     max_attempts: int = Field(default=3, ge=1)
     request_deadline_seconds: float = Field(default=600.0, gt=0)

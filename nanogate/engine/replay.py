@@ -4,7 +4,10 @@ An Idempotency-Key is scoped to the API key that sent it and lives `result_ttl_h
 remembers a fingerprint of the first request (method, path, body) and what that request became:
 a task id on the task API, or a request id whose answer is kept (in result storage) on the
 synchronous dialects. The same key with another body is a conflict. A key whose synchronous call
-ended with no answer kept (it failed and was refunded, or its process died) is free again.
+ended with no answer kept (it failed and was refunded, or its process died) is free again: at
+once when that process can say so, else when the call's lease runs out. A running call's lease
+(`idempotency_lease_seconds`) is renewed every third of it by its node, as task leases are, so a
+node that is gone for good holds its keys no longer than that.
 
 The rescue path: a synchronous call runs to its end even when its client has gone (the server
 does not cancel a handler on disconnect), so it is billed once; its answer is then kept for
@@ -17,7 +20,10 @@ the call is charged, and its row commits with the charge: no crash leaves one wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -27,6 +33,8 @@ from nanogate.billing.meter import database_unavailable
 from nanogate.billing.runners import Journal, Work
 from nanogate.core.errors import Conflict
 from nanogate.storage import Storage
+
+log = logging.getLogger(__name__)
 
 MAX_KEY_CHARS = 255
 
@@ -85,6 +93,17 @@ async def remember(
             "node": node,
         },
     )
+
+
+async def renew(tx: Tx, claims: list[tuple[int, str, str]], node: str, expires: datetime) -> None:
+    """Extend the lease of each (key id, Idempotency-Key, request id) whose call runs on
+    `node` (a key whose answer is kept belongs to no node, and lasts as that answer does)."""
+    for key_id, idem_key, target in claims:
+        await tx.exec(
+            "UPDATE idempotency_keys SET expires_at = :expires WHERE key_id = :key "
+            "AND idem_key = :idem AND target = :target AND node = :node",
+            {"key": key_id, "idem": idem_key, "target": target, "node": node, "expires": expires},
+        )
 
 
 async def forget(tx: Tx, key_id: int, idem_key: str, target: str) -> None:
@@ -157,8 +176,9 @@ _POLL_S = 0.25
 
 class ResultKeeper:
     """`node` names this process (as its holds do). An Idempotency-Key's call that is running
-    holds the key for `lease_s` at most, the life of its reservation: a call whose process died
-    and never came back frees it then; one whose process is this one, at once (see `claim`)."""
+    holds the key for a lease of `lease_s`, which `start`'s loop renews while the call runs
+    here: a call whose process died frees the key when its lease runs out, or at once when
+    that process starts again (see `claim`)."""
 
     def __init__(
         self, journal: Journal, storage: Storage, *, ttl_s: float, node: str, lease_s: float
@@ -169,6 +189,34 @@ class ResultKeeper:
         self.node = node
         self.lease = timedelta(seconds=lease_s)
         self._running: set[tuple[int, str]] = set()
+        # The Idempotency-Keys claimed by calls running here, by (key id, request id).
+        self._claims: dict[tuple[int, str], str] = {}
+        self._renewing: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._renewing = asyncio.create_task(self._renew(), name="idempotency-leases")
+
+    async def stop(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+
+    async def _renew(self) -> None:
+        every = self.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every)
+            if not self._claims:
+                continue
+            claims = [(key, idem, request) for (key, request), idem in self._claims.items()]
+            expires = datetime.now(UTC) + self.lease
+            try:
+                await self.journal.submit(
+                    functools.partial(renew, claims=claims, node=self.node, expires=expires)
+                )
+            except Exception as exc:
+                # Tried again in a third of the lease: two misses in a row still leave one.
+                log.warning("could not renew Idempotency-Key leases (%s)", type(exc).__name__)
 
     @contextmanager
     def running(self, key_id: int, request_id: str) -> Iterator[None]:
@@ -179,6 +227,7 @@ class ResultKeeper:
             yield
         finally:
             self._running.discard(entry)
+            self._claims.pop(entry, None)
 
     def is_running(self, key_id: int, request_id: str) -> bool:
         return (key_id, request_id) in self._running
@@ -256,6 +305,8 @@ class ResultKeeper:
             except Exception as exc:
                 raise database_unavailable("check the Idempotency-Key") from exc
             if found is None:
+                if self.is_running(key_id, request_id):
+                    self._claims[(key_id, request_id)] = idem_key
                 return None
             if found[0] != fingerprint:
                 raise Conflict(

@@ -237,6 +237,14 @@ async def running(
     router.start()  # the health prober, and upstream figures in /metrics
     hangup = _on_hangup(reloader.reload_soon)
     sweeper = asyncio.create_task(_sweep(meter, journal, storage, result_ttl_s), name="sweeper")
+    results = ResultKeeper(
+        journal,
+        storage,
+        ttl_s=result_ttl_s,
+        node=settings.resolved_node_id,
+        lease_s=settings.idempotency_lease_seconds,
+    )
+    results.start()
     try:
         yield Runtime(
             settings=settings,
@@ -249,13 +257,7 @@ async def running(
             signer=signer,
             callback_secret=callback_secret,
             tasks=tasks,
-            results=ResultKeeper(
-                journal,
-                storage,
-                ttl_s=result_ttl_s,
-                node=settings.resolved_node_id,
-                lease_s=settings.reservation_ttl_seconds,
-            ),
+            results=results,
             images=fetcher,
             worker=worker,
             callbacks=callbacks,
@@ -265,6 +267,7 @@ async def running(
         )
     finally:
         sweeper.cancel()
+        await results.stop()
         if hangup:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await board.stop()

@@ -10,6 +10,7 @@ either answered 200 or left its answer stored.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import re
@@ -340,6 +341,60 @@ def test_a_gateway_killed_right_after_a_settle_leaves_the_answer_and_its_record(
     finally:
         with contextlib.suppress(Exception):
             stop(gw.proc)
+
+
+def test_a_key_whose_node_is_gone_for_good_is_free_after_its_lease(
+    tmp_path: Path, simulator: Simulator
+) -> None:
+    """Killed while the upstream was still working, and not started again: another node on the
+    same database runs the retry once the dead node's lease on the key has run out, rather
+    than answering 409 for the hour its reservation lives."""
+    config = {"upstreams": [simulator_upstream(simulator, timeout_s=30)]}
+    env = {"NANOGATE_IDEMPOTENCY_WAIT_SECONDS": "20", "NANOGATE_IDEMPOTENCY_LEASE_SECONDS": "3"}
+    gone = start_gateway(tmp_path, config, NANOGATE_NODE_ID="node-a", **env)
+    port = free_port()
+    # Another node on the same database (a second process on the same SQLite file).
+    other = dataclasses.replace(
+        gone,
+        url=f"http://127.0.0.1:{port}",
+        env={**gone.env, "NANOGATE_PORT": str(port), "NANOGATE_NODE_ID": "node-b"},
+    )
+    other.proc = restart(other)
+    try:
+        key = new_key(gone, CREDITS)
+        headers = {"x-goog-api-key": key, "Idempotency-Key": f"gone-{uuid.uuid4()}"}
+        path = f"/v1beta/models/{IMAGE_MODEL}:generateContent"
+        slow = {"contents": [{"role": "user", "parts": [{"text": "[[sim:delay=8]] a kite"}]}]}
+        sock = send_without_reading(gone, path, headers, slow)
+        try:
+            deadline = time.monotonic() + 20
+            while query(gone, "SELECT COUNT(*) FROM holds WHERE state = 'pending'") == [(0,)]:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            # Renewed while it runs: still held well past one lease.
+            time.sleep(4)
+            held = query(gone, "SELECT node FROM idempotency_keys")
+            assert held == [("node-a",)], held
+            os.kill(gone.proc.pid, signal.SIGKILL)
+            gone.proc.wait(10)
+        finally:
+            sock.close()
+        started = time.monotonic()
+        retry = httpx.post(f"{other.url}{path}", headers=headers, json=slow, timeout=60)
+        assert retry.status_code == 200, retry.text[:500]
+        assert "x-nanogate-idempotent-replay" not in retry.headers
+        # At most a lease of waiting, then the upstream's 8 s.
+        assert time.monotonic() - started < 3 + 8 + 4
+        cost = int(retry.headers["x-nanogate-cost"])
+        # The dead node's hold is refunded when its reservation expires, or when it comes back.
+        stop(other.proc)
+        gone.proc = restart(gone)
+        assert cost > 0 and balance(gone, key) == CREDITS - cost
+        after_drill(gone, {retry.headers["x-request-id"]})
+    finally:
+        for proc in (gone.proc, other.proc):
+            with contextlib.suppress(Exception):
+                stop(proc)
 
 
 def test_a_key_whose_call_died_with_its_gateway_is_free_after_restart(

@@ -138,6 +138,27 @@ async def test_another_nodes_call_holds_the_key_for_its_lease_only(
     assert await here.claim(key_id, ("idem-1", FIRST), "req-2", wait_s=0) is None
 
 
+async def test_a_running_calls_lease_is_renewed_and_a_dead_nodes_runs_out(
+    journal: Journal, storage: Storage, key_id: int
+) -> None:
+    there = ResultKeeper(journal, storage, ttl_s=TTL_S, node="node-b", lease_s=0.3)
+    here = ResultKeeper(journal, storage, ttl_s=TTL_S, node="node-a", lease_s=LEASE_S)
+    there.start()
+    try:
+        with there.running(key_id, "req-1"):
+            await there.claim(key_id, ("idem-1", FIRST), "req-1", wait_s=0)
+            # Well past one lease, the call still runs there: its node keeps renewing.
+            await asyncio.sleep(1.0)
+            with pytest.raises(Conflict, match="still running"):
+                await here.claim(key_id, ("idem-1", FIRST), "req-2", wait_s=0)
+            # Node b dies with the call: nobody renews, and the key is free one lease on.
+            await there.stop()
+            await asyncio.sleep(0.35)
+            assert await here.claim(key_id, ("idem-1", FIRST), "req-2", wait_s=0) is None
+    finally:
+        await there.stop()
+
+
 async def test_a_kept_answer_holds_its_key_as_long_as_itself(
     journal: Journal, storage: Storage, key_id: int
 ) -> None:
