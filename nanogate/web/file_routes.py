@@ -23,7 +23,8 @@ from nanogate.storage.signing import UrlSigner
 router = APIRouter(tags=["Files"])
 
 
-@router.api_route("/files/{name:path}", methods=["GET", "HEAD"])
+# Documented by hand (openapi/paths.py), with its query parameters and one operation a method.
+@router.api_route("/files/{name:path}", methods=["GET", "HEAD"], include_in_schema=False)
 async def get_file(request: Request, name: str) -> Response:
     signer: UrlSigner = request.app.state.url_signer
     storage: Storage = request.app.state.storage
