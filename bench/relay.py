@@ -36,7 +36,8 @@ B. 16 MiB images (about 22 MB of base64 JSON per response), 8 in flight, a burst
    started). The chat target gets a fresh gateway of its own; its answer carries the image as
    a data URL in choices[0].message.images[0].image_url.url, checked by a byte search and its
    length (no JSON parsing in the client). `--image-requests` sets the burst's size (8 quick,
-   24 full). With `--before DIR`, two more targets, "before" (the Gemini route) and
+   24 full). With `--before DIR` (which also adds a "before" target to A), two more
+   targets, "before" (the Gemini route) and
    "chat-before", on gateways run from the source tree at DIR (say `git worktree add DIR
    main`): a change measured against its base in the same run, each next to direct.
 C. `streamGenerateContent?alt=sse` of small text at concurrency 32, like A: requests/s, time to
@@ -738,13 +739,15 @@ def run_small_stack(
     chat: bool,
     redis: bool = False,
     postgres: bool = False,
+    before: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Scenarios A and C: one simulator with its small default reply, and one gateway on it
     (metering on); with `unmetered`, a second gateway with metering off as a target of A; with
     `chat`, chat completions on the metered gateway as one more target of A; with `redis`, a
     metered gateway with NANOGATE_REDIS_URL as one more target of A, it and the metered one
     calling with a key that has limits; with `postgres`, a metered gateway on a fresh PostgreSQL
-    database as one more target of A.
+    database as one more target of A; with `before`, a metered gateway run from that source
+    tree ("before") as one more target of A.
     Returns the rows and, per gateway, what its ledger holds afterwards."""
     rows: list[dict[str, Any]] = []
     with ExitStack() as stack:
@@ -776,6 +779,10 @@ def run_small_stack(
             on_postgres = start_gateway(
                 stack, root, sim, name="postgres", NANOGATE_DATABASE_URL=url
             )
+        if before is not None:
+            root = tmp / "small-before"
+            launch = spawn_gateway_on(stack, root, sim, name="before", source=before)
+            gateways.append((launch.ready(), root))
         pair = targets_for(sim, gateways[0][0])
         text_targets = (*pair, *(relay_target(sim, gw) for gw, _ in gateways[1:]))
         if on_postgres is not None:
@@ -1304,6 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.Runner(loop_factory=factory) as runner,
     ):
         tmp = Path(tmp_name)
+        before = args.before.resolve() if args.before else None
         stream = not (args.no_stream or args.only_metering)
         unmetered = not args.no_unmetered
         rows: list[dict[str, Any]] = []
@@ -1318,9 +1326,9 @@ def main(argv: list[str] | None = None) -> int:
                 chat=chat,
                 redis=args.redis,
                 postgres=args.postgres,
+                before=before,
             )
         if not args.only_metering:
-            before = args.before.resolve() if args.before else None
             rows += run_image_stack(runner, tmp, knobs, chat=chat, before=before)
     doc = report(env, rows, ledgers)
     write_json(RESULTS, doc)
