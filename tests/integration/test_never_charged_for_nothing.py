@@ -343,6 +343,28 @@ def test_a_gateway_killed_right_after_a_settle_leaves_the_answer_and_its_record(
             stop(gw.proc)
 
 
+def kill_mid_call(
+    gw: Gateway,
+    path: str,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    meanwhile: Callable[[], None] | None = None,
+) -> None:
+    """Send a call and SIGKILL its gateway once the call holds credits (after `meanwhile`)."""
+    sock = send_without_reading(gw, path, headers, body)
+    try:
+        deadline = time.monotonic() + 20
+        while query(gw, "SELECT COUNT(*) FROM holds WHERE state = 'pending'") == [(0,)]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        if meanwhile is not None:
+            meanwhile()
+        os.kill(gw.proc.pid, signal.SIGKILL)
+        gw.proc.wait(10)
+    finally:
+        sock.close()
+
+
 def test_a_key_whose_node_is_gone_for_good_is_free_after_its_lease(
     tmp_path: Path, simulator: Simulator
 ) -> None:
@@ -365,20 +387,14 @@ def test_a_key_whose_node_is_gone_for_good_is_free_after_its_lease(
         headers = {"x-goog-api-key": key, "Idempotency-Key": f"gone-{uuid.uuid4()}"}
         path = f"/v1beta/models/{IMAGE_MODEL}:generateContent"
         slow = {"contents": [{"role": "user", "parts": [{"text": "[[sim:delay=8]] a kite"}]}]}
-        sock = send_without_reading(gone, path, headers, slow)
-        try:
-            deadline = time.monotonic() + 20
-            while query(gone, "SELECT COUNT(*) FROM holds WHERE state = 'pending'") == [(0,)]:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+
+        def renewed() -> None:
             # Renewed while it runs: still held well past one lease.
             time.sleep(4)
             held = query(gone, "SELECT node FROM idempotency_keys")
             assert held == [("node-a",)], held
-            os.kill(gone.proc.pid, signal.SIGKILL)
-            gone.proc.wait(10)
-        finally:
-            sock.close()
+
+        kill_mid_call(gone, path, headers, slow, renewed)
         started = time.monotonic()
         retry = httpx.post(f"{other.url}{path}", headers=headers, json=slow, timeout=60)
         assert retry.status_code == 200, retry.text[:500]
@@ -410,16 +426,7 @@ def test_a_key_whose_call_died_with_its_gateway_is_free_after_restart(
         headers = {"x-goog-api-key": key, "Idempotency-Key": f"dead-{uuid.uuid4()}"}
         path = f"/v1beta/models/{IMAGE_MODEL}:generateContent"
         slow = {"contents": [{"role": "user", "parts": [{"text": "[[sim:delay=2]] a kite"}]}]}
-        sock = send_without_reading(gw, path, headers, slow)
-        try:
-            deadline = time.monotonic() + 20
-            while query(gw, "SELECT COUNT(*) FROM holds WHERE state = 'pending'") == [(0,)]:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            os.kill(gw.proc.pid, signal.SIGKILL)
-            gw.proc.wait(10)
-        finally:
-            sock.close()
+        kill_mid_call(gw, path, headers, slow)
         gw.proc = restart(gw)
         assert balance(gw, key) == CREDITS
         ledger_matches_balances(gw)

@@ -521,6 +521,21 @@ async def test_an_image_call_answered_without_one_costs_nothing(rig: Rig) -> Non
 # -- the answer before the charge (issue 17) ------------------------------------------------------
 
 
+def kept(key_id: int, request_id: str, object_name: str) -> Work[None]:
+    """The work that records an answer kept under `object_name`, as a seal returns it."""
+    now = datetime.now(UTC)
+    return functools.partial(
+        keep_result,
+        key_id=key_id,
+        request_id=request_id,
+        status=200,
+        content_type="application/json",
+        object_name=object_name,
+        now=now,
+        expires=now + timedelta(hours=1),
+    )
+
+
 async def stored_rows(rig: Rig, request_id: str) -> list[tuple[int, str]]:
     async with rig.engine.connect() as conn:
         found = await conn.execute(
@@ -561,17 +576,7 @@ async def test_the_answer_is_sealed_before_the_charge_and_kept_with_it(rig: Rig)
     async def seal(replies: list[Reply]) -> Work[None]:
         # Nothing is charged yet while the answer is made.
         seen.append(await rig.holds_of(ctx.request_id))
-        now = datetime.now(UTC)
-        return functools.partial(
-            keep_result,
-            key_id=key.id,
-            request_id=ctx.request_id,
-            status=200,
-            content_type="application/json",
-            object_name="ab/answer.json",
-            now=now,
-            expires=now + timedelta(hours=1),
-        )
+        return kept(key.id, ctx.request_id, "ab/answer.json")
 
     await rig.gateway.generate(ctx, call, seal)
     assert seen == [["pending"]]
@@ -709,17 +714,7 @@ async def test_what_a_stream_seals_commits_with_its_charge(rig: Rig) -> None:
     async def seal(bodies: list[bytes]) -> Work[None]:
         # Every chunk up to the finish chunk, which has not gone out yet; nothing charged.
         sealed.append((list(bodies), await rig.holds_of(ctx.request_id)))
-        now = datetime.now(UTC)
-        return functools.partial(
-            keep_result,
-            key_id=key.id,
-            request_id=ctx.request_id,
-            status=200,
-            content_type="application/json",
-            object_name="ab/stream.json",
-            now=now,
-            expires=now + timedelta(hours=1),
-        )
+        return kept(key.id, ctx.request_id, "ab/stream.json")
 
     _, rest = await rig.gateway.stream(ctx, call, seal)
     assert [c.body async for c in rest] == [STORY[1].body, STORY[2].body]
