@@ -32,6 +32,18 @@ async def _account(conn: AsyncConnection) -> int:
     return int(account_id)
 
 
+async def _account_and_key(conn: AsyncConnection, prefix: str) -> tuple[int, int]:
+    """An account, and a key on it with that prefix: what task rows refer to."""
+    account_id = await _account(conn)
+    key_id = await conn.scalar(
+        insert(api_keys)
+        .values(name="k", prefix=prefix, key_hash="h" * 64, account_id=account_id)
+        .returning(api_keys.c.id)
+    )
+    assert key_id is not None
+    return account_id, int(key_id)
+
+
 def _schema_diff(conn: Connection, target: MetaData = metadata) -> list[Any]:
     context = MigrationContext.configure(conn, opts={"compare_type": True})
     return list(compare_metadata(context, target))
@@ -136,12 +148,7 @@ async def test_0009_renames_the_task_forms_both_ways(db_url: str) -> None:
     now = datetime.now(UTC)
     try:
         async with engine.begin() as conn:
-            account_id = await _account(conn)
-            key_id = await conn.scalar(
-                insert(api_keys)
-                .values(name="k", prefix="ng_f", key_hash="h" * 64, account_id=account_id)
-                .returning(api_keys.c.id)
-            )
+            account_id, key_id = await _account_and_key(conn, "ng_f")
             for task_id, form in (("t1", "message"), ("t2", "msg")):
                 await conn.execute(
                     text(
@@ -175,12 +182,7 @@ async def test_0011_gives_queued_callbacks_an_event_id(db_url: str) -> None:
     now = datetime.now(UTC)
     try:
         async with engine.begin() as conn:
-            account_id = await _account(conn)
-            key_id = await conn.scalar(
-                insert(api_keys)
-                .values(name="k", prefix="ng_c", key_hash="h" * 64, account_id=account_id)
-                .returning(api_keys.c.id)
-            )
+            account_id, key_id = await _account_and_key(conn, "ng_c")
             hook = "https://example.com/hook"
             for task_id, url, state in (("t1", hook, "pending"), ("t2", None, "none")):
                 await conn.execute(
