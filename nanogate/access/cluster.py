@@ -17,11 +17,12 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
+from nanogate.access.redisconn import RedisDown, RedisLink
 
-from nanogate.access.redisconn import FAILURES, RedisDown, RedisLink
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("nanogate")
 
@@ -82,6 +83,7 @@ class Bus:
                 await listener
 
     async def _listen(self) -> None:
+        lost: tuple[type[BaseException], ...] = (RedisDown, *self.link.failures)
         while True:
             if self.link.is_up():
                 pubsub = self.link.client.pubsub()
@@ -98,11 +100,11 @@ class Bus:
                         )
                         if message is not None:
                             self._dispatch(message)
-                except (RedisDown, *FAILURES) as exc:
+                except lost as exc:
                     log.warning("cluster listener lost Redis (%s)", type(exc).__name__)
                 finally:
                     self.listening.clear()
-                    with contextlib.suppress(*FAILURES):
+                    with contextlib.suppress(*self.link.failures):
                         await pubsub.aclose()
             await asyncio.sleep(RECONNECT_S)
 

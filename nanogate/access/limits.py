@@ -11,16 +11,18 @@ import secrets
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from redis.asyncio import Redis
 
 from nanogate.access.keys import KeyRecord
 from nanogate.access.redisconn import RedisDown, RedisLink
 from nanogate.core.errors import RateLimited
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 # What `Limiter.admit` decides.
 Verdict = Literal["admitted", "busy", "minute_full"]

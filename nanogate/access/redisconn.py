@@ -13,23 +13,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, TypeVar
 
 from nanogate.core.config import Settings
 from nanogate.core.metrics import observe_redis_error, publish_redis
+
+# redis-py is imported only once a link opens: a single node never loads it (~7 MiB of RSS).
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("nanogate")
 
 T = TypeVar("T")
 
-# redis-py's own errors (refused, timed out, a busy or loading server, a script error) and the
-# socket's: all mean "Redis did not do it", and none may reach a client as a 500.
-FAILURES = (RedisError, OSError, TimeoutError)
 PROBE_EVERY_S = 1.0
 # Connections per node: each call holds one for a round trip of well under a millisecond.
 POOL_SIZE = 32
@@ -45,7 +41,12 @@ class RedisLink:
     `prefix` starts every key the node writes, so several gateways can share one Redis."""
 
     def __init__(self, client: Redis, *, prefix: str, timeout_s: float) -> None:
+        from redis.exceptions import RedisError
+
         self.client = client
+        # redis-py's own errors (refused, timed out, a busy or loading server, a script error)
+        # and the socket's: all mean "Redis did not do it", and none may reach a client as a 500.
+        self.failures: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)
         self.prefix = prefix
         self.timeout_s = timeout_s
         self._down_since: float | None = None
@@ -53,6 +54,10 @@ class RedisLink:
 
     @classmethod
     def open(cls, settings: Settings) -> RedisLink:
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         assert settings.redis_url is not None
         timeout = settings.redis_timeout_seconds
         pool = BlockingConnectionPool.from_url(
@@ -79,7 +84,7 @@ class RedisLink:
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await call(self.client)
-        except FAILURES as exc:
+        except self.failures as exc:
             observe_redis_error(operation)
             self._went_down(exc)
             raise RedisDown from exc
@@ -102,7 +107,7 @@ class RedisLink:
             try:
                 async with asyncio.timeout(self.timeout_s):
                     await self.client.ping()
-            except FAILURES:
+            except self.failures:
                 continue
             assert self._down_since is not None
             log.warning(

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import json
 import logging
+import os
 import re
 import sqlite3
 import sys
@@ -204,6 +205,34 @@ def _migrate(settings: Settings) -> None:
         _db_error(exc)
 
 
+def _migrate_apart(settings: Settings) -> None:
+    """`_migrate` in a forked child, for `serve`: Alembic and its templates (~11 MiB) never
+    enter the serving process, whose resident memory is what the operator provisions. The
+    child's errors are its own to print; its exit code is ours."""
+    if not hasattr(os, "fork"):
+        _migrate(settings)
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; its outcome is the exit code
+        code = 1
+        try:
+            _migrate(settings)
+            code = 0
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except BaseException:
+            logging.getLogger("nanogate").exception("migrating the database failed")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code:
+        raise typer.Exit(code if code > 0 else 1)
+
+
 async def _find_account(store: AccountStore, ref: str, code: int = 1) -> Account:
     account = await store.get(ref)
     if account is None:
@@ -356,7 +385,7 @@ def serve(
     for name, value in overrides.items():
         setattr(settings, name, value)
     setup_logging(settings.log_level, settings.log_format)
-    run_migrations(settings.resolved_database_url)
+    _migrate_apart(settings)
     created = _with_engine(
         settings, lambda engine: bootstrap(KeyStore(engine, 0), settings.starter_credits)
     )
@@ -402,7 +431,7 @@ def worker(
 
     settings = _settings(config)
     setup_logging(settings.log_level, settings.log_format)
-    run_migrations(settings.resolved_database_url)
+    _migrate_apart(settings)
     workers = concurrency or settings.task_workers or 16
     owner = worker_id or default_worker_id(settings)
 

@@ -7,13 +7,20 @@ from collections.abc import Callable
 
 from nanogate.core.config import UpstreamConfig
 from nanogate.upstreams.base import Services, Upstream
-from nanogate.upstreams.demo import DemoUpstream
 from nanogate.upstreams.gemini import GeminiUpstream
 from nanogate.upstreams.openai import OpenAIUpstream
 from nanogate.upstreams.task import TaskUpstream
 
+
+def _demo(config: UpstreamConfig, _: Services) -> Upstream:
+    # Imported here: Pillow (~2 MiB) loads only where a demo upstream is configured.
+    from nanogate.upstreams.demo import DemoUpstream
+
+    return DemoUpstream(config)
+
+
 KINDS: dict[str, Callable[[UpstreamConfig, Services], Upstream]] = {
-    "demo": lambda config, _: DemoUpstream(config),
+    "demo": _demo,
     "gemini": lambda config, _: GeminiUpstream(config),
     "task": TaskUpstream,
     "openai": OpenAIUpstream,
