@@ -11,6 +11,8 @@ npm. One command starts, on free loopback ports:
   aiohttp's client, uvicorn with uvloop and httptools) with no auth, limits or metering: the
   floor Python sets;
 - nanogate: `nanogate serve`, default settings (metering on, single-node SQLite), one process;
+- nanogate x2: the same with `--workers 2` (two processes on one port, one SQLite file): what a
+  second core buys;
 - forwarder+granian and nanogate+granian: the same two apps served by granian (1 worker,
   uvloop), the server-stack comparison;
 - litellm: LiteLLM 1.x's proxy (no database, a master key, one worker), in a virtualenv of its own
@@ -95,6 +97,7 @@ SYSTEMS = (
     "forwarder",
     "forwarder+granian",
     "nanogate",
+    "nanogate x2",
     "nanogate+granian",
     "litellm",
     "portkey",
@@ -290,12 +293,18 @@ def cli(env: dict[str, str], *args: str) -> str:
     return done.stdout.strip()
 
 
-def start_nanogate(stack: ExitStack, tmp: Path, upstream: Server) -> System:
-    """`nanogate serve`, as relay.py starts it: metering on, its own SQLite database."""
-    gateway = start_gateway(stack, tmp / "nanogate", upstream)
+def start_nanogate(stack: ExitStack, tmp: Path, upstream: Server, workers: int = 1) -> System:
+    """`nanogate serve`, as relay.py starts it: metering on, its own SQLite database; with
+    `workers` processes (the supervisor and its workers are all counted in its CPU)."""
+    label, root = (
+        ("nanogate", "nanogate")
+        if workers == 1
+        else (f"nanogate x{workers}", f"nanogate-x{workers}")
+    )
+    gateway = start_gateway(stack, tmp / root, upstream, NANOGATE_WORKERS=str(workers))
     headers = {"x-goog-api-key": gateway.key}
-    cmd, path = ["nanogate", "serve"], "/v1beta" + GENERATE_PATH
-    return system("nanogate", gateway.url, gateway.proc, upstream, cmd, path, headers)
+    cmd, path = ["nanogate", "serve", "--workers", str(workers)], "/v1beta" + GENERATE_PATH
+    return system(label, gateway.url, gateway.proc, upstream, cmd, path, headers)
 
 
 def start_nanogate_granian(stack: ExitStack, tmp: Path, upstream: Server) -> System:
@@ -437,6 +446,7 @@ def start_all(
         "forwarder": lambda: start_forwarder(stack, tmp, upstream, granian=False),
         "forwarder+granian": lambda: start_forwarder(stack, tmp, upstream, granian=True),
         "nanogate": lambda: start_nanogate(stack, tmp, upstream),
+        "nanogate x2": lambda: start_nanogate(stack, tmp, upstream, workers=2),
         "nanogate+granian": lambda: start_nanogate_granian(stack, tmp, upstream),
         "litellm": lambda: start_litellm(stack, tmp, upstream, args.cache),
         "portkey": lambda: start_portkey(stack, tmp, upstream, args.cache),
@@ -498,6 +508,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
         "nanogate/portkey": ("nanogate", "portkey"),
         "forwarder granian/uvicorn": ("forwarder+granian", "forwarder"),
         "nanogate granian/uvicorn": ("nanogate+granian", "nanogate"),
+        "nanogate 2 workers/1": ("nanogate x2", "nanogate"),
     }
     out: dict[str, dict[str, float | None]] = {}
     for c in sorted({row["concurrency"] for row in rows}):
@@ -586,8 +597,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip",
         default="",
-        help="systems to leave out, comma-separated: forwarder, nanogate, litellm, portkey, "
-        "granian (both granian rows), forwarder+granian, nanogate+granian",
+        help="systems to leave out, comma-separated: forwarder, nanogate, 'nanogate x2', "
+        "litellm, portkey, granian (both granian rows), forwarder+granian, nanogate+granian",
     )
     parser.add_argument("--cache", type=Path, default=CACHE, help="where the peers install")
     parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON (%(default)s)")
@@ -640,7 +651,11 @@ def main(argv: list[str] | None = None) -> int:
         # Metering ran: what each nanogate's ledger holds (relay.py's check).
         ledgers = {
             label: ledger_check(gateway_db(tmp / root))
-            for label, root in (("nanogate", "nanogate"), ("nanogate+granian", "nanogate-granian"))
+            for label, root in (
+                ("nanogate", "nanogate"),
+                ("nanogate x2", "nanogate-x2"),
+                ("nanogate+granian", "nanogate-granian"),
+            )
             if label in requests
         }
     rows = with_ratios(rows)

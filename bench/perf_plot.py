@@ -26,6 +26,7 @@ STYLES: dict[str, dict[str, Any]] = {
     "forwarder": {"color": "tab:blue", "marker": "s"},
     "forwarder+granian": {"color": "tab:blue", "marker": "s", "linestyle": "--"},
     "nanogate": {"color": "tab:red", "marker": "D", "linewidth": 2.5},
+    "nanogate x2": {"color": "tab:orange", "marker": "D"},
     "nanogate+granian": {"color": "tab:red", "marker": "D", "linestyle": "--"},
     "litellm": {"color": "tab:green", "marker": "^"},
     "portkey": {"color": "tab:purple", "marker": "v"},
