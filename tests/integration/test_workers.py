@@ -4,14 +4,17 @@ worker replaced (its slots given back), and SIGTERM draining every worker."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -75,6 +78,54 @@ def test_calls_spread_over_the_workers_and_limits_count_once(gw: Gateway) -> Non
         codes = list(pool.map(lambda _: call(gw, key).status_code, range(24)))
     assert codes.count(200) == 10 and codes.count(429) == 14, codes
     ledger_matches_balances(gw)
+
+
+def test_a_client_opening_its_pool_at_once_is_spread_over_the_workers(gw: Gateway) -> None:
+    """A client (or a load balancer) opening its keep-alive connections in one burst: a socket
+    shared by the workers gave them all to the worker that woke first; each worker's own
+    SO_REUSEPORT socket gets its share. 32 connections: each worker gets at least 4 unless
+    the kernel's hash is lopsided against odds of about 1 in 400,000."""
+    address = urlsplit(gw.url)
+    assert address.hostname is not None and address.port is not None
+    pool = [
+        http.client.HTTPConnection(address.hostname, address.port, timeout=30) for _ in range(32)
+    ]
+    for conn in pool:
+        conn.connect()
+    served: dict[str, int] = {}
+    try:
+        for _ in range(2):  # the same connections again: each stays with its worker
+            for conn in pool:
+                conn.request("GET", "/v1beta/models", headers={"x-goog-api-key": gw.client_key})
+                answer = conn.getresponse()
+                answer.read()
+                assert answer.status == 200
+                worker = answer.headers["x-request-id"][:16]
+                served[worker] = served.get(worker, 0) + 1
+    finally:
+        for conn in pool:
+            conn.close()
+    assert len(served) == 2 and min(served.values()) >= 8, served
+
+
+def test_a_second_gateway_on_the_same_port_is_refused(gw: Gateway, tmp_path: Path) -> None:
+    """SO_REUSEPORT would let another gateway's workers bind beside ours: `serve` refuses a
+    port something answers on, as a plain bind would."""
+    env = {**gw.env, "NANOGATE_DATA_DIR": str(tmp_path / "second"), "NANOGATE_WORKERS": "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", "nanogate", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    port = urlsplit(gw.url).port
+    assert "error: cannot listen on " in done.stderr, done.stderr
+    assert f":{port}: Address already in use" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(serving_workers(gw, gw.client_key)) == 2  # ours still serves, on both workers
 
 
 def test_concurrency_counts_across_workers_and_a_killed_workers_slots_come_back(
