@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Awaitable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TypeVar
 
@@ -583,3 +583,23 @@ async def test_wal_checkpoints_run_off_the_loop_every_so_many_commits(
         assert _size(path) > before
     finally:
         await runner.close()
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 12, 5, 16, 36, 26, 156124, tzinfo=UTC),
+        datetime(2026, 1, 1, tzinfo=UTC),  # no microseconds: still six digits
+        datetime(2026, 3, 1, 1, 30, tzinfo=timezone(timedelta(hours=3))),  # another zone
+    ],
+)
+def test_the_sqlite_runner_writes_a_timestamp_as_sqlalchemy_does(moment: datetime) -> None:
+    """The ledger's raw statements and SQLAlchemy's DateTime columns share the tables: a
+    timestamp must read back, and sort, the same whichever wrote it."""
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+    column = DateTime().dialect_impl(sqlite_dialect.dialect())
+    written = column.bind_processor(sqlite_dialect.dialect())
+    assert written is not None
+    assert runners._sqlite_param(moment) == written(moment.astimezone(UTC).replace(tzinfo=None))
