@@ -109,7 +109,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    # Processes serving on one socket (`serve --workers N`): about one per core.
+    # Processes serving on one port (`serve --workers N`): about one per core.
     workers: int = Field(default=1, ge=1, le=256)
     data_dir: Path = Path("nanogate-data")
     database_url: str | None = None
