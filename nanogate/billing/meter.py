@@ -3,7 +3,8 @@ settle (or refund) after it. The price math is in prices.py, the SQL in ledger.p
 decides when each runs and keeps it safe against cancellation.
 
 Every step waits for its commit, so a settled charge is durable before the caller answers the
-client. A step whose caller is cancelled still runs to its end in the journal: a reservation
+client. A reservation and a refund are loose (`Journal.submit`): a crash that loses one loses
+nothing owed. A step whose caller is cancelled still runs to its end in the journal: a reservation
 whose request is gone is refunded as soon as it lands.
 
 When the database does not answer a settle, the client gets an error (503, "you were not
@@ -200,7 +201,7 @@ class Meter:
                 return
 
     async def _reserve(self, hold: Hold) -> Refusal | None:
-        future = self.journal.submit(lambda tx: ledger.reserve(tx, hold))
+        future = self.journal.submit(lambda tx: ledger.reserve(tx, hold), loose=True)
         try:
             refusal = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -241,7 +242,7 @@ class Meter:
         it, so the caller's own error is what the client hears)."""
         if hold is None or hold.id in self._unresolved:
             return  # a failed settle already queued it
-        future = self.journal.submit(_resolver(hold.id, None))
+        future = self.journal.submit(_resolver(hold.id, None), loose=True)
         try:
             resolution = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -282,7 +283,9 @@ class Meter:
             holds = [hold for hold, _ in queued]
             try:
                 futures = [
-                    self.journal.submit(_voider(hold.id) if void else _resolver(hold.id, None))
+                    self.journal.submit(
+                        _voider(hold.id) if void else _resolver(hold.id, None), loose=not void
+                    )
                     for hold, void in queued
                 ]
             except RuntimeError:

@@ -60,6 +60,11 @@ class Runner(Protocol):
         """Run `work` in one transaction: committed if it returns, rolled back if it raises."""
         ...
 
+    async def run_loose(self, work: Work[T]) -> T:
+        """Run `work`, one loose operation (see `Journal.submit`), as cheaply as the database
+        allows."""
+        ...
+
     async def read(self, work: Work[T]) -> T:
         """Run `work`, which only reads, on a connection no writer waits on."""
         ...
@@ -176,6 +181,9 @@ class SqliteRunner:
             self._checkpoint.add_done_callback(self._checkpointed)
         return result
 
+    async def run_loose(self, work: Work[T]) -> T:
+        return await self.run(work)  # a commit here never waits for the disk anyway
+
     def _copy_wal(self) -> None:
         # PASSIVE: copies what no reader still needs and never waits; the writer goes on
         # appending meanwhile.
@@ -248,6 +256,9 @@ class EngineRunner:
         async with self._engine.begin() as conn:
             return await work(EngineTx(conn))
 
+    async def run_loose(self, work: Work[T]) -> T:
+        return await self.run(work)
+
     async def read(self, work: Work[T]) -> T:
         async with self._engine.connect() as conn:
             return await work(EngineTx(conn))
@@ -264,11 +275,16 @@ class PgTx:
     chained = True
     utc_day = POSTGRES_DAY
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, *, single: bool = False) -> None:
         self._conn = conn
+        # Outside a transaction (`single`), each statement commits on its own: a second one
+        # would not be atomic with the first, so it is refused before it is sent.
+        self._left = 1 if single else -1
 
-    @staticmethod
-    def _args(sql: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+    def _args(self, sql: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        if self._left == 0:
+            raise RuntimeError("a loose ledger operation must be one statement")
+        self._left -= 1
         numbered, names = _numbered(sql)
         return numbered, [params[name] for name in names]
 
@@ -317,11 +333,19 @@ async def _driver(conn: AsyncConnection) -> asyncpg.Connection:
     return (await conn.get_raw_connection()).driver_connection
 
 
-async def _transaction(conn: AsyncConnection, driver: asyncpg.Connection, work: Work[T]) -> T:
+# The kept connection's session commits without waiting for the disk (for loose work); a
+# transaction on it waits again, at whatever level the server, database or role sets.
+_BEGIN = "BEGIN"
+_BEGIN_DURABLE = "BEGIN; SET LOCAL synchronous_commit TO DEFAULT"
+
+
+async def _transaction(
+    conn: AsyncConnection, driver: asyncpg.Connection, work: Work[T], begin: str = _BEGIN
+) -> T:
     """`work` in one transaction on `driver`, the asyncpg connection under `conn`. A connection
     left in doubt (lost, or cancelled mid-statement) is invalidated, never used again."""
     try:
-        await driver.execute("BEGIN")
+        await driver.execute(begin)  # no parameters: one round trip, however many statements
         result = await work(PgTx(driver))
         await driver.execute("COMMIT")
         return result
@@ -351,7 +375,13 @@ class PgRunner:
     keeps checked out: a batch pays no pool checkout (SQLAlchemy's pre-ping alone is three
     round trips). A transaction that finds it busy (a top-up while a batch runs) takes one
     from the pool. The kept connection is replaced once lost; asyncpg sees a server close it
-    as soon as it happens, so a backend terminated while idle costs no failed batch."""
+    as soon as it happens, so a backend terminated while idle costs no failed batch.
+
+    Loose work (`Journal.submit`) runs alone, as one statement outside any transaction, on the
+    kept connection, whose session has `synchronous_commit` off: one round trip instead of three
+    (BEGIN, the statement, COMMIT), and no wait for the WAL to reach the disk. A crash of the
+    server can lose it, which loose work allows; and the settle that follows a reservation
+    waits for the WAL up to its own commit, which includes the reservation's."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -364,7 +394,25 @@ class PgRunner:
                 return await _transaction(conn, await _driver(conn), work)
         self._busy = True
         try:
-            return await _transaction(*await self._connection(), work)
+            return await _transaction(*await self._connection(), work, _BEGIN_DURABLE)
+        finally:
+            self._busy = False
+
+    async def run_loose(self, work: Work[T]) -> T:
+        if self._busy:
+            return await self.run(work)
+        self._busy = True
+        try:
+            conn, driver = await self._connection()
+            try:
+                return await work(PgTx(driver, single=True))
+            except Exception as exc:
+                if driver.is_closed():
+                    await conn.invalidate()
+                raise _database_error(exc) from exc
+            except BaseException:
+                await conn.invalidate()  # cancelled mid-statement: in doubt
+                raise
         finally:
             self._busy = False
 
@@ -373,7 +421,9 @@ class PgRunner:
             await self._release()
         if self._kept is None:
             conn = await self._engine.connect()
-            self._kept = conn, await _driver(conn)
+            driver = await _driver(conn)
+            await driver.execute("SET synchronous_commit TO off")
+            self._kept = conn, driver
         return self._kept
 
     async def read(self, work: Work[T]) -> T:
@@ -385,9 +435,16 @@ class PgRunner:
 
     async def _release(self) -> None:
         kept, self._kept = self._kept, None
-        if kept is not None:
-            with contextlib.suppress(Exception):
-                await kept[0].close()
+        if kept is None:
+            return
+        conn, driver = kept
+        with contextlib.suppress(Exception):
+            try:
+                # Back to the pool as the engine would hand it out: waiting for the disk.
+                await driver.execute("RESET synchronous_commit")
+            except Exception:
+                await conn.invalidate()
+            await conn.close()
 
     async def close(self) -> None:
         await self._release()  # the engine belongs to the caller
@@ -408,7 +465,7 @@ class Journal:
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
-        self._queue: list[tuple[Work[Any], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Work[Any], asyncio.Future[Any], bool]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -426,13 +483,18 @@ class Journal:
         while self._queue:
             await self._commit()
 
-    def submit(self, work: Work[T]) -> asyncio.Future[T]:
+    def submit(self, work: Work[T], *, loose: bool = False) -> asyncio.Future[T]:
         """Queue `work`; the future resolves once its transaction has committed. The work runs
-        even if the caller stops waiting (shield the future to keep waiting past a cancel)."""
+        even if the caller stops waiting (shield the future to keep waiting past a cancel).
+
+        `loose`: `work` is one ledger operation (`reserve`, or `resolve` alone: one statement
+        where the database chains them) that a crash may lose: a reservation lost holds
+        nothing, and a refund lost leaves a pending hold that recovery refunds. Alone in its
+        batch, it runs without a transaction of its own (`Runner.run_loose`)."""
         if self._task is None:
             raise RuntimeError("the ledger journal is not running")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((work, future))
+        self._queue.append((work, future, loose))
         self._wake.set()
         return future
 
@@ -451,10 +513,13 @@ class Journal:
         batch, self._queue = self._queue, []
 
         async def together(tx: Tx) -> list[Any]:
-            return [await work(tx) for work, _ in batch]
+            return [await work(tx) for work, _, _ in batch]
 
         try:
-            results = await self.runner.run(together)
+            if len(batch) == 1 and batch[0][2]:
+                results = [await self.runner.run_loose(batch[0][0])]
+            else:
+                results = await self.runner.run(together)
         except asyncio.CancelledError:
             self._queue[:0] = batch  # stop() commits them
             raise
@@ -463,12 +528,12 @@ class Journal:
             if len(batch) == 1 or (isinstance(exc, sqlite3.OperationalError) and unreachable(exc)):
                 # A lock another process held past the wait: each alone would wait for it
                 # again, one wait apiece.
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 return
             # One bad operation must not sink the others: each alone, in its own transaction.
-            for work, future in batch:
+            for work, future, _ in batch:
                 try:
                     result = await self.runner.run(work)
                 except Exception as exc:
@@ -478,6 +543,6 @@ class Journal:
                 if not future.done():
                     future.set_result(result)
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

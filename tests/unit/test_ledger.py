@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from nanogate.access.keys import KeyRecord
 from nanogate.billing import ledger, runners
 from nanogate.billing.accounts import AccountError, AccountStore
-from nanogate.billing.ledger import Hold, Refusal
+from nanogate.billing.ledger import Hold, Refusal, Row
 from nanogate.billing.runners import Journal, SqliteRunner, open_runner
 from nanogate.db import accounts, api_keys, holds, run_migrations
 from nanogate.db import ledger as ledger_table
@@ -384,6 +384,64 @@ async def test_a_connection_lost_in_a_batch_is_a_database_error_and_the_next_get
     assert unreachable(caught.value), "a lost connection must read as the database not answering"
     assert await _reserve(journal, _hold(key, 10)) is None
     assert await ledger_balance(engine, key.account_id) == 990  # the cut batch left nothing
+
+
+async def _how_committed(tx: ledger.Tx) -> Row | None:
+    """Whether a transaction was open before the work's statement (a BEGIN sent before the work
+    started, 50 ms earlier), and whether its commit waits for the disk."""
+    await asyncio.sleep(0.05)
+    return await tx.one(
+        "SELECT statement_timestamp() - transaction_timestamp() > interval '40 milliseconds', "
+        "current_setting('synchronous_commit')",
+        {},
+    )
+
+
+@_ON_POSTGRES
+async def test_loose_work_is_one_statement_that_does_not_wait_for_the_disk(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    loose = await journal.submit(_how_committed, loose=True)
+    durable = await journal.submit(_how_committed)
+    assert loose == (False, "off"), "loose work runs outside a transaction, not waiting"
+    assert durable == (True, "on"), "a durable commit must wait for the disk"
+    # and a loose reservation, refunded loose, moves the money as a durable one would
+    key = await new_key(engine, 1_000)
+    hold = _hold(key, 300)
+    assert await journal.submit(lambda tx: ledger.reserve(tx, hold), loose=True) is None
+    assert await ledger_balance(engine, key.account_id) == 700
+    now = datetime.now(UTC)
+    refund = await journal.submit(lambda tx: ledger.resolve(tx, hold.id, None, now), loose=True)
+    assert refund is not None and refund.balance == 1_000
+
+
+@_ON_POSTGRES
+async def test_loose_work_of_two_statements_is_refused_before_the_second(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await new_key(engine, 1_000)
+
+    async def two(tx: ledger.Tx) -> None:
+        await tx.exec("UPDATE accounts SET name = 'renamed' WHERE id = :id", {"id": key.account_id})
+        await tx.exec("UPDATE accounts SET balance = 0 WHERE id = :id", {"id": key.account_id})
+
+    with pytest.raises(RuntimeError, match="one statement"):
+        await journal.submit(two, loose=True)
+    assert await ledger_balance(engine, key.account_id) == 1_000, "the second never ran"
+
+
+@_ON_POSTGRES
+async def test_the_kept_connection_goes_back_to_the_pool_waiting_for_the_disk(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    journal = Journal(open_runner(db_url, engine))
+    journal.start()
+    await journal.submit(lambda tx: tx.one("SELECT 1", {}), loose=True)
+    await journal.stop()
+    await journal.runner.close()
+    async with engine.connect() as first, engine.connect() as second:
+        for conn in (first, second):
+            assert await conn.scalar(text("SHOW synchronous_commit")) == "on"
 
 
 # -- fair holds ---------------------------------------------------------------------------------
