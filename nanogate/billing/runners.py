@@ -421,8 +421,14 @@ class PgRunner:
             await self._release()
         if self._kept is None:
             conn = await self._engine.connect()
-            driver = await _driver(conn)
-            await driver.execute("SET synchronous_commit TO off")
+            try:
+                driver = await _driver(conn)
+                await driver.execute("SET synchronous_commit TO off")
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()  # never back to the pool half set up
+                    await conn.close()
+                raise _database_error(exc) from exc
             self._kept = conn, driver
         return self._kept
 
