@@ -3,12 +3,12 @@
 Run `python bench/ledger.py [--pairs N] [--concurrency C] [--no-postgres]`. On a fresh SQLite
 file and a fresh PostgreSQL database (the tests' server, 127.0.0.1:5432, or
 NANOGATE_TEST_PG_URL), each migrated and holding one funded key, it runs reserve-then-settle
-pairs through the journal, as `Meter` submits them: the reservation loose, the settle durable.
-It runs them one at a time (what a call at 1 connection waits for) and from C tasks at once
-(group commit), and for comparison again with the reservation durable too, as every step was
-before loose work existed. It prints ms per pair and pairs/s, and writes
-bench/results/ledger.json. The usage record a real settle carries is left out: the same insert
-on either side.
+pairs through the journal, as `Meter` submits them ("statements": the reservation a loose
+statement, the settle a durable one, each outside a transaction when alone in its batch on
+PostgreSQL), one at a time (what a call at 1 connection waits for) and from C tasks at once
+(group commit); and for comparison as plain transactions ("transactions"), as every step ran
+before. It prints ms per pair and pairs/s, and writes bench/results/ledger.json. The usage
+record a real settle carries is left out: the same insert on either side.
 """
 
 from __future__ import annotations
@@ -55,13 +55,14 @@ def _hold(key: KeyRecord) -> Hold:
     )
 
 
-async def _pairs(journal: Journal, key: KeyRecord, count: int, *, loose: bool) -> None:
+async def _pairs(journal: Journal, key: KeyRecord, count: int, *, alone: bool) -> None:
     for _ in range(count):
         hold = _hold(key)
-        refused = await journal.submit(partial(ledger.reserve, hold=hold), loose=loose)
+        reserve = partial(ledger.reserve, hold=hold)
+        refused = await journal.submit(reserve, statement="loose" if alone else None)
         assert refused is None, refused
-        now = datetime.now(UTC)
-        await journal.submit(partial(ledger.resolve, hold_id=hold.id, cost=19, now=now))
+        settle = partial(ledger.resolve, hold_id=hold.id, cost=19, now=datetime.now(UTC))
+        await journal.submit(settle, statement="durable" if alone else None)
 
 
 async def _measure(url: str, pairs: int, concurrency: int) -> list[dict[str, Any]]:
@@ -71,19 +72,19 @@ async def _measure(url: str, pairs: int, concurrency: int) -> list[dict[str, Any
     journal.start()
     rows = []
     try:
-        await _pairs(journal, key, 200, loose=True)  # warm: prepared statements, caches
-        for reserve in ("loose", "durable"):
+        await _pairs(journal, key, 200, alone=True)  # warm: prepared statements, caches
+        for mode in ("statements", "transactions"):
             for tasks in (1, concurrency):
                 each = max(1, pairs // tasks)
                 started = time.perf_counter()
                 await asyncio.gather(
-                    *(_pairs(journal, key, each, loose=reserve == "loose") for _ in range(tasks))
+                    *(_pairs(journal, key, each, alone=mode == "statements") for _ in range(tasks))
                 )
                 elapsed = time.perf_counter() - started
                 done = each * tasks
                 rows.append(
                     {
-                        "reserve": reserve,
+                        "mode": mode,
                         "concurrency": tasks,
                         "pairs": done,
                         "ms_per_pair": 1000 * elapsed / done,
@@ -111,12 +112,12 @@ def main() -> int:
         for name, url in urls.items():
             run_migrations(url)
             results[name] = asyncio.run(_measure(url, args.pairs, args.concurrency))
-    head = ("database", "reserve", "tasks", "pairs", "ms/pair", "pairs/s")
-    print("{:<11} {:<8} {:>5} {:>6} {:>8} {:>8}".format(*head))
+    head = ("database", "mode", "tasks", "pairs", "ms/pair", "pairs/s")
+    print("{:<11} {:<12} {:>5} {:>6} {:>8} {:>8}".format(*head))
     for name, rows in results.items():
         for row in rows:
             print(
-                f"{name:<11} {row['reserve']:<8} {row['concurrency']:>5} {row['pairs']:>6} "
+                f"{name:<11} {row['mode']:<12} {row['concurrency']:>5} {row['pairs']:>6} "
                 f"{row['ms_per_pair']:>8.3f} {row['pairs_per_s']:>8,.0f}"
             )
     write_json(

@@ -107,6 +107,17 @@ class Refusal:
 
 
 @dataclass(frozen=True, slots=True)
+class Record:
+    """A row a settle inserts in its own statement, so that both commit or neither (the call's
+    usage record): its `values` by column, and `charged`, the column that gets what was
+    charged. Not inserted when the hold was already closed."""
+
+    table: str
+    values: dict[str, Any]
+    charged: str
+
+
+@dataclass(frozen=True, slots=True)
 class Resolution:
     """How a hold was closed: what was charged, and the account's balance after."""
 
@@ -349,6 +360,19 @@ _RESOLVE = _Operation(
     columns=_CLOSED,
     writes=_CLOSE,
 )
+
+
+@cache
+def _resolve_writing(table: str, columns: tuple[str, ...], charged: str) -> _Operation:
+    """_RESOLVE, writing a `Record` too (its values bound as :r_<column>). PostgreSQL infers
+    each parameter's type from the column it is inserted into."""
+    values = ", ".join(f":r_{column}" for column in columns)
+    insert = (
+        f"INSERT INTO {table} ({', '.join(columns)}, {charged}) SELECT {values}, d.charged FROM d"
+    )
+    return _Operation(_RESOLVE.decide, _RESOLVE.columns, (*_RESOLVE.writes, (None, insert)))
+
+
 # A settle that landed although its caller heard it fail, given back whole.
 _GIVE_BACK = _Operation(
     decide=(
@@ -407,22 +431,26 @@ async def reserve(tx: Tx, hold: Hold) -> Refusal | None:
             return Refusal(reason, balance)
 
 
-async def resolve(tx: Tx, hold_id: str, cost: int | None, now: datetime) -> Resolution | None:
-    """Settle a hold at `cost` credits, or refund it whole when `cost` is None. None when the
-    hold was already closed (or never made): closing twice changes nothing."""
+async def resolve(
+    tx: Tx, hold_id: str, cost: int | None, now: datetime, record: Record | None = None
+) -> Resolution | None:
+    """Settle a hold at `cost` credits, or refund it whole when `cost` is None, inserting
+    `record` with it. None when the hold was already closed (or never made): closing twice
+    changes nothing, and writes no record."""
     settle = cost is not None
-    d = await _apply(
-        tx,
-        _RESOLVE,
-        {
-            "id": hold_id,
-            "charge": cost or 0,
-            "state": "settled" if settle else "refunded",
-            "kind": "settle" if settle else "refund",
-            "note": None,
-            "now": now,
-        },
-    )
+    params = {
+        "id": hold_id,
+        "charge": cost or 0,
+        "state": "settled" if settle else "refunded",
+        "kind": "settle" if settle else "refund",
+        "note": None,
+        "now": now,
+    }
+    op = _RESOLVE
+    if record is not None:
+        op = _resolve_writing(record.table, tuple(record.values), record.charged)
+        params.update({f"r_{column}": value for column, value in record.values.items()})
+    d = await _apply(tx, op, params)
     if d is None:
         return None
     shortfall = int(d["shortfall"])

@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from nanogate.access.keys import KeyRecord
 from nanogate.billing import ledger
-from nanogate.billing.ledger import Hold, Policy, Refusal, Resolution, Tx
+from nanogate.billing.ledger import Hold, Policy, Record, Refusal, Resolution, Tx
 from nanogate.billing.prices import Quote
 from nanogate.billing.runners import Journal
 from nanogate.core.errors import GatewayError, InsufficientCredits, RateLimited, Unavailable
@@ -201,7 +201,7 @@ class Meter:
                 return
 
     async def _reserve(self, hold: Hold) -> Refusal | None:
-        future = self.journal.submit(lambda tx: ledger.reserve(tx, hold), loose=True)
+        future = self.journal.submit(lambda tx: ledger.reserve(tx, hold), statement="loose")
         try:
             refusal = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -212,14 +212,28 @@ class Meter:
             raise database_unavailable("check your credits") from exc
         return refusal
 
-    async def settle(self, hold: Hold | None, cost: int, then: Then | None = None) -> int:
-        """Post the hold at `cost`; what was charged (the cost itself when nothing is held).
-        `then(tx, charged)` commits with it: what must exist if, and only if, the charge does
-        (the answer's record). Raises Unavailable, with the hold queued for refund, when the
-        database does not answer: the caller must not give the answer."""
+    async def settle(
+        self,
+        hold: Hold | None,
+        cost: int,
+        then: Then | None = None,
+        *,
+        record: Record | None = None,
+    ) -> int | None:
+        """Post the hold at `cost`; what was charged (the cost itself when nothing is held),
+        or None when the hold was already closed (nothing charged, `record` not written).
+        `record` (one statement with the settle, where the database chains them) or
+        `then(tx, charged)` (any work, in the settle's transaction) commits with it: what must
+        exist if, and only if, the charge does (the answer's record). Raises Unavailable, with
+        the hold queued for refund, when the database does not answer: the caller must not
+        give the answer."""
         if hold is None:
             return cost
-        future = self.journal.submit(_resolver(hold.id, cost, then))
+        if then is None:
+            work = _resolver(hold.id, cost, record=record)
+            future = self.journal.submit(work, statement="durable")
+        else:
+            future = self.journal.submit(_resolver(hold.id, cost, then, record=record))
         try:
             resolution = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -234,7 +248,7 @@ class Meter:
         if resolution is None:
             # Already closed: recovery refunded it after its expiry. Nothing was charged.
             logger.error("settle of a closed hold", extra={"request_id": hold.request_id})
-            return 0
+            return None
         return resolution.charged
 
     async def refund(self, hold: Hold | None) -> None:
@@ -242,7 +256,7 @@ class Meter:
         it, so the caller's own error is what the client hears)."""
         if hold is None or hold.id in self._unresolved:
             return  # a failed settle already queued it
-        future = self.journal.submit(_resolver(hold.id, None), loose=True)
+        future = self.journal.submit(_resolver(hold.id, None), statement="loose")
         try:
             resolution = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -283,9 +297,9 @@ class Meter:
             holds = [hold for hold, _ in queued]
             try:
                 futures = [
-                    self.journal.submit(
-                        _voider(hold.id) if void else _resolver(hold.id, None), loose=not void
-                    )
+                    self.journal.submit(_voider(hold.id))
+                    if void
+                    else self.journal.submit(_resolver(hold.id, None), statement="loose")
                     for hold, void in queued
                 ]
             except RuntimeError:
@@ -331,10 +345,10 @@ class Meter:
 
 
 def _resolver(
-    hold_id: str, cost: int | None, then: Then | None = None
+    hold_id: str, cost: int | None, then: Then | None = None, *, record: Record | None = None
 ) -> Callable[[Tx], Awaitable[Resolution | None]]:
     async def work(tx: Tx) -> Resolution | None:
-        resolution = await ledger.resolve(tx, hold_id, cost, datetime.now(UTC))
+        resolution = await ledger.resolve(tx, hold_id, cost, datetime.now(UTC), record)
         if then is not None:
             await then(tx, resolution.charged if resolution else 0)
         return resolution

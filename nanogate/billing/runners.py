@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from sqlalchemy import TextClause, text
 from sqlalchemy.engine import make_url
@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Work = Callable[[Tx], Awaitable[T]]
+Statement = Literal["loose", "durable"]
 
 # How long the SQLite runner keeps retrying for the write lock another connection holds (the
 # usage recorder, a CLI command) before it gives up on a transaction.
@@ -60,9 +61,9 @@ class Runner(Protocol):
         """Run `work` in one transaction: committed if it returns, rolled back if it raises."""
         ...
 
-    async def run_loose(self, work: Work[T]) -> T:
-        """Run `work`, one loose operation (see `Journal.submit`), as cheaply as the database
-        allows."""
+    async def run_statement(self, work: Work[T], *, durable: bool) -> T:
+        """Run `work`, one ledger statement (see `Journal.submit`), as cheaply as the database
+        allows; unless `durable`, a crash may lose it."""
         ...
 
     async def read(self, work: Work[T]) -> T:
@@ -181,8 +182,8 @@ class SqliteRunner:
             self._checkpoint.add_done_callback(self._checkpointed)
         return result
 
-    async def run_loose(self, work: Work[T]) -> T:
-        return await self.run(work)  # a commit here never waits for the disk anyway
+    async def run_statement(self, work: Work[T], *, durable: bool) -> T:
+        return await self.run(work)  # several statements here, and no commit waits for the disk
 
     def _copy_wal(self) -> None:
         # PASSIVE: copies what no reader still needs and never waits; the writer goes on
@@ -256,7 +257,7 @@ class EngineRunner:
         async with self._engine.begin() as conn:
             return await work(EngineTx(conn))
 
-    async def run_loose(self, work: Work[T]) -> T:
+    async def run_statement(self, work: Work[T], *, durable: bool) -> T:
         return await self.run(work)
 
     async def read(self, work: Work[T]) -> T:
@@ -283,7 +284,7 @@ class PgTx:
 
     def _args(self, sql: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
         if self._left == 0:
-            raise RuntimeError("a loose ledger operation must be one statement")
+            raise RuntimeError("work submitted as a statement must be one statement")
         self._left -= 1
         numbered, names = _numbered(sql)
         return numbered, [params[name] for name in names]
@@ -333,19 +334,11 @@ async def _driver(conn: AsyncConnection) -> asyncpg.Connection:
     return (await conn.get_raw_connection()).driver_connection
 
 
-# The kept connection's session commits without waiting for the disk (for loose work); a
-# transaction on it waits again, at whatever level the server, database or role sets.
-_BEGIN = "BEGIN"
-_BEGIN_DURABLE = "BEGIN; SET LOCAL synchronous_commit TO DEFAULT"
-
-
-async def _transaction(
-    conn: AsyncConnection, driver: asyncpg.Connection, work: Work[T], begin: str = _BEGIN
-) -> T:
+async def _transaction(conn: AsyncConnection, driver: asyncpg.Connection, work: Work[T]) -> T:
     """`work` in one transaction on `driver`, the asyncpg connection under `conn`. A connection
     left in doubt (lost, or cancelled mid-statement) is invalidated, never used again."""
     try:
-        await driver.execute(begin)  # no parameters: one round trip, however many statements
+        await driver.execute("BEGIN")
         result = await work(PgTx(driver))
         await driver.execute("COMMIT")
         return result
@@ -371,21 +364,23 @@ async def _rolled_back(driver: asyncpg.Connection) -> bool:
 class PgRunner:
     """Transactions on PostgreSQL through asyncpg itself, on connections of the engine's pool.
 
-    The journal's batches come one at a time, and each runs on the connection this runner
-    keeps checked out: a batch pays no pool checkout (SQLAlchemy's pre-ping alone is three
-    round trips). A transaction that finds it busy (a top-up while a batch runs) takes one
-    from the pool. The kept connection is replaced once lost; asyncpg sees a server close it
-    as soon as it happens, so a backend terminated while idle costs no failed batch.
+    The journal's batches come one at a time, and each runs on a connection this runner keeps
+    checked out: a batch pays no pool checkout (SQLAlchemy's pre-ping alone is three round
+    trips). A transaction that finds it busy (a top-up while a batch runs) takes one from the
+    pool. A kept connection is replaced once lost; asyncpg sees a server close it as soon as it
+    happens, so a backend terminated while idle costs no failed batch.
 
-    Loose work (`Journal.submit`) runs alone, as one statement outside any transaction, on the
-    kept connection, whose session has `synchronous_commit` off: one round trip instead of three
-    (BEGIN, the statement, COMMIT), and no wait for the WAL to reach the disk. A crash of the
-    server can lose it, which loose work allows; and the settle that follows a reservation
-    waits for the WAL up to its own commit, which includes the reservation's."""
+    A statement alone in its batch (`Journal.submit`) runs outside any transaction: one round
+    trip instead of three (BEGIN, the statement, COMMIT). A loose one runs on a second kept
+    connection whose session has `synchronous_commit` off, so its commit does not wait for the
+    WAL to reach the disk either. A crash of the server can lose it, which loose work allows;
+    the settle that follows a reservation waits for the WAL up to its own commit, which holds
+    the reservation's."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._kept: tuple[AsyncConnection, asyncpg.Connection] | None = None
+        # By looseness: the durable connection (the server's settings), the loose one.
+        self._kept: dict[bool, tuple[AsyncConnection, asyncpg.Connection]] = {}
         self._busy = False
 
     async def run(self, work: Work[T]) -> T:
@@ -394,16 +389,16 @@ class PgRunner:
                 return await _transaction(conn, await _driver(conn), work)
         self._busy = True
         try:
-            return await _transaction(*await self._connection(), work, _BEGIN_DURABLE)
+            return await _transaction(*await self._connection(loose=False), work)
         finally:
             self._busy = False
 
-    async def run_loose(self, work: Work[T]) -> T:
+    async def run_statement(self, work: Work[T], *, durable: bool) -> T:
         if self._busy:
             return await self.run(work)
         self._busy = True
         try:
-            conn, driver = await self._connection()
+            conn, driver = await self._connection(loose=not durable)
             try:
                 return await work(PgTx(driver, single=True))
             except Exception as exc:
@@ -416,21 +411,24 @@ class PgRunner:
         finally:
             self._busy = False
 
-    async def _connection(self) -> tuple[AsyncConnection, asyncpg.Connection]:
-        if self._kept is not None and (self._kept[0].invalidated or self._kept[1].is_closed()):
-            await self._release()
-        if self._kept is None:
+    async def _connection(self, *, loose: bool) -> tuple[AsyncConnection, asyncpg.Connection]:
+        kept = self._kept.get(loose)
+        if kept is not None and (kept[0].invalidated or kept[1].is_closed()):
+            await self._release(loose)
+            kept = None
+        if kept is None:
             conn = await self._engine.connect()
             try:
                 driver = await _driver(conn)
-                await driver.execute("SET synchronous_commit TO off")
+                if loose:
+                    await driver.execute("SET synchronous_commit TO off")
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     await conn.invalidate()  # never back to the pool half set up
                     await conn.close()
                 raise _database_error(exc) from exc
-            self._kept = conn, driver
-        return self._kept
+            kept = self._kept[loose] = conn, driver
+        return kept
 
     async def read(self, work: Work[T]) -> T:
         async with self._engine.connect() as conn:
@@ -439,8 +437,8 @@ class PgRunner:
             except Exception as exc:
                 raise _database_error(exc) from exc
 
-    async def _release(self) -> None:
-        kept, self._kept = self._kept, None
+    async def _release(self, loose: bool) -> None:
+        kept = self._kept.pop(loose, None)
         if kept is None:
             return
         conn, driver = kept
@@ -453,7 +451,8 @@ class PgRunner:
             await conn.close()
 
     async def close(self) -> None:
-        await self._release()  # the engine belongs to the caller
+        for loose in list(self._kept):
+            await self._release(loose)  # the engine belongs to the caller
 
 
 def open_runner(url: str, engine: AsyncEngine) -> Runner:
@@ -471,7 +470,7 @@ class Journal:
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
-        self._queue: list[tuple[Work[Any], asyncio.Future[Any], bool]] = []
+        self._queue: list[tuple[Work[Any], asyncio.Future[Any], Statement | None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -489,18 +488,19 @@ class Journal:
         while self._queue:
             await self._commit()
 
-    def submit(self, work: Work[T], *, loose: bool = False) -> asyncio.Future[T]:
+    def submit(self, work: Work[T], *, statement: Statement | None = None) -> asyncio.Future[T]:
         """Queue `work`; the future resolves once its transaction has committed. The work runs
         even if the caller stops waiting (shield the future to keep waiting past a cancel).
 
-        `loose`: `work` is one ledger operation (`reserve`, or `resolve` alone: one statement
-        where the database chains them) that a crash may lose: a reservation lost holds
-        nothing, and a refund lost leaves a pending hold that recovery refunds. Alone in its
-        batch, it runs without a transaction of its own (`Runner.run_loose`)."""
+        `statement`: `work` is one ledger operation (`reserve`, or `resolve` without other
+        work: one statement where the database chains them), which alone in its batch runs
+        outside a transaction (`Runner.run_statement`). "loose": a crash may lose it (a
+        reservation lost holds nothing; a refund lost leaves a pending hold that recovery
+        refunds), so its commit need not wait for the disk; "durable": it must not."""
         if self._task is None:
             raise RuntimeError("the ledger journal is not running")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((work, future, loose))
+        self._queue.append((work, future, statement))
         self._wake.set()
         return future
 
@@ -522,8 +522,9 @@ class Journal:
             return [await work(tx) for work, _, _ in batch]
 
         try:
-            if len(batch) == 1 and batch[0][2]:
-                results = [await self.runner.run_loose(batch[0][0])]
+            if len(batch) == 1 and batch[0][2] is not None:
+                work, _, statement = batch[0]
+                results = [await self.runner.run_statement(work, durable=statement == "durable")]
             else:
                 results = await self.runner.run(together)
         except asyncio.CancelledError:

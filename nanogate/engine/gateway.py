@@ -342,13 +342,19 @@ class Gateway:
                     raise database_unavailable("keep the answer") from exc
             return
 
+        if sealed is None:
+            # The record in the settle's own statement: one round trip on PostgreSQL.
+            charged = await self.meter.settle(hold, cost, record=usage.charged(self._record(ctx)))
+            ctx.cost = charged or 0
+            ctx.recorded = charged is not None  # or nothing was charged: `finish` writes it
+            return
+
         async def then(tx: Tx, charged: int) -> None:
-            if sealed is not None:
-                await sealed(tx)
+            await sealed(tx)
             ctx.cost = charged
             await self.write_record(tx, ctx)
 
-        ctx.cost = await self.meter.settle(hold, cost, then)
+        ctx.cost = await self.meter.settle(hold, cost, then) or 0
         ctx.recorded = True
 
     async def _copy(self, ctx: Context, call: Call) -> tuple[Context, Reply]:

@@ -21,7 +21,7 @@ from sqlalchemy import String, insert, select
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from nanogate.billing.ledger import Tx
+from nanogate.billing.ledger import Record, Tx
 from nanogate.core.redact import scrub
 from nanogate.core.types import Usage
 from nanogate.db.tables import usage_records, utcnow
@@ -99,6 +99,13 @@ async def write(tx: Tx, rec: UsageRecord) -> None:
     """Write one record inside `tx`: a settled call's, in the transaction of its charge, so no
     crash can leave a charge without its record."""
     await tx.exec(_INSERT, _row(rec))
+
+
+def charged(rec: UsageRecord) -> Record:
+    """`rec` as the row its settle inserts (ledger.resolve), its cost what the settle charged."""
+    row = _row(rec)
+    del row["cost"]
+    return Record(usage_records.name, row, "cost")
 
 
 class UsageRecorder:

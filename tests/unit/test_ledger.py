@@ -22,9 +22,10 @@ from nanogate.billing import ledger, runners
 from nanogate.billing.accounts import AccountError, AccountStore
 from nanogate.billing.ledger import Hold, Refusal, Row
 from nanogate.billing.runners import Journal, SqliteRunner, open_runner
-from nanogate.db import accounts, api_keys, holds, run_migrations
+from nanogate.db import accounts, api_keys, holds, run_migrations, usage_records
 from nanogate.db import ledger as ledger_table
 from nanogate.db.engine import unreachable
+from nanogate.engine import usage
 from nanogate.engine.usage import UsageRecord, UsageRecorder
 
 from .conftest import ledger_balance, new_key, separate_runners
@@ -398,25 +399,70 @@ async def _how_committed(tx: ledger.Tx) -> Row | None:
 
 
 @_ON_POSTGRES
-async def test_loose_work_is_one_statement_that_does_not_wait_for_the_disk(
+async def test_a_statement_alone_runs_outside_a_transaction_and_only_a_loose_one_skips_the_disk(
     engine: AsyncEngine, journal: Journal
 ) -> None:
-    loose = await journal.submit(_how_committed, loose=True)
-    durable = await journal.submit(_how_committed)
-    assert loose == (False, "off"), "loose work runs outside a transaction, not waiting"
-    assert durable == (True, "on"), "a durable commit must wait for the disk"
-    # and a loose reservation, refunded loose, moves the money as a durable one would
+    loose = await journal.submit(_how_committed, statement="loose")
+    durable = await journal.submit(_how_committed, statement="durable")
+    transaction = await journal.submit(_how_committed)
+    assert loose == (False, "off"), "a loose statement runs alone, not waiting for the disk"
+    assert durable == (False, "on"), "a durable statement runs alone, waiting for the disk"
+    assert transaction == (True, "on"), "other work runs in a transaction that waits"
+    # and a loose reservation, refunded loose, moves the money as a transaction would
     key = await new_key(engine, 1_000)
     hold = _hold(key, 300)
-    assert await journal.submit(lambda tx: ledger.reserve(tx, hold), loose=True) is None
+    assert await journal.submit(lambda tx: ledger.reserve(tx, hold), statement="loose") is None
     assert await ledger_balance(engine, key.account_id) == 700
     now = datetime.now(UTC)
-    refund = await journal.submit(lambda tx: ledger.resolve(tx, hold.id, None, now), loose=True)
+    refund = await journal.submit(
+        lambda tx: ledger.resolve(tx, hold.id, None, now), statement="loose"
+    )
     assert refund is not None and refund.balance == 1_000
 
 
+async def test_a_settle_writes_its_record_in_its_own_statement_and_none_for_a_closed_hold(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await new_key(engine, 1_000)
+    hold = _hold(key, 300)
+    assert await _reserve(journal, hold) is None
+    record = UsageRecord(
+        request_id="req-settled",
+        key_id=key.id,
+        key_prefix=key.prefix,
+        account_id=key.account_id,
+        dialect="gemini",
+        method="generateContent",
+        model="m",
+        status=200,
+        latency_ms=12,
+        cost=999_999,  # what the settle charges is written instead
+    )
+    now = datetime.now(UTC)
+    settled = await journal.submit(
+        lambda tx: ledger.resolve(tx, hold.id, 120, now, usage.charged(record)),
+        statement="durable",
+    )
+    assert settled is not None and settled.charged == 120
+    again = await journal.submit(
+        lambda tx: ledger.resolve(tx, hold.id, 120, now, usage.charged(record)),
+        statement="durable",
+    )
+    assert again is None
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(usage_records.c.cost, usage_records.c.key_prefix).where(
+                    usage_records.c.request_id == "req-settled"
+                )
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [(120, key.prefix)], "one record, at the charge"
+    assert await ledger_balance(engine, key.account_id) == 880
+
+
 @_ON_POSTGRES
-async def test_loose_work_of_two_statements_is_refused_before_the_second(
+async def test_work_of_two_statements_submitted_as_one_is_refused_before_the_second(
     engine: AsyncEngine, journal: Journal
 ) -> None:
     key = await new_key(engine, 1_000)
@@ -426,21 +472,22 @@ async def test_loose_work_of_two_statements_is_refused_before_the_second(
         await tx.exec("UPDATE accounts SET balance = 0 WHERE id = :id", {"id": key.account_id})
 
     with pytest.raises(RuntimeError, match="one statement"):
-        await journal.submit(two, loose=True)
+        await journal.submit(two, statement="durable")
     assert await ledger_balance(engine, key.account_id) == 1_000, "the second never ran"
 
 
 @_ON_POSTGRES
-async def test_the_kept_connection_goes_back_to_the_pool_waiting_for_the_disk(
+async def test_the_kept_connections_go_back_to_the_pool_waiting_for_the_disk(
     db_url: str, engine: AsyncEngine
 ) -> None:
     journal = Journal(open_runner(db_url, engine))
     journal.start()
-    await journal.submit(lambda tx: tx.one("SELECT 1", {}), loose=True)
+    await journal.submit(lambda tx: tx.one("SELECT 1", {}), statement="loose")
+    await journal.submit(lambda tx: tx.one("SELECT 1", {}), statement="durable")
     await journal.stop()
     await journal.runner.close()
-    async with engine.connect() as first, engine.connect() as second:
-        for conn in (first, second):
+    async with engine.connect() as first, engine.connect() as second, engine.connect() as third:
+        for conn in (first, second, third):
             assert await conn.scalar(text("SHOW synchronous_commit")) == "on"
 
 

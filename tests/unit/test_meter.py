@@ -15,12 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nanogate.billing import meter as meter_module
 from nanogate.billing import runners
+from nanogate.billing.ledger import Record
 from nanogate.billing.meter import Meter
 from nanogate.billing.prices import Quote
 from nanogate.billing.runners import Journal, open_runner
 from nanogate.core.errors import InsufficientCredits, RateLimited, Unavailable
 from nanogate.core.metrics import REGISTRY
-from nanogate.db import holds, make_engine, run_migrations
+from nanogate.db import holds, make_engine, run_migrations, usage_records
+from nanogate.engine import usage
+from nanogate.engine.usage import UsageRecord
 
 from .conftest import ledger_balance, new_key
 
@@ -126,3 +129,31 @@ async def test_a_settle_the_database_refuses_is_refunded_once_it_answers(
         await journal.stop()
         await journal.runner.close()
         await engine.dispose()
+
+
+async def test_a_settle_of_a_closed_hold_charges_nothing_and_leaves_the_record_to_its_caller(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    meter = _meter(journal, wait_s=1)
+    key = await new_key(engine, 1_000)
+    hold = await meter.reserve("late", key, Quote(certain=100, likely=200, worst=200))
+    assert hold is not None
+    await meter.refund(hold)  # as recovery does once a hold has expired
+
+    def record() -> Record:
+        return usage.charged(
+            UsageRecord("late", key.id, key.prefix, "gemini", "generateContent", "m", 200, 5)
+        )
+
+    assert await meter.settle(hold, 150, record=record()) is None
+    async with engine.connect() as conn:
+        count = await conn.scalar(select(func.count()).select_from(usage_records))
+    assert count == 0, "the caller writes the record of a call that was not charged"
+    assert await ledger_balance(engine, key.account_id) == 1_000
+    # the same call with a live hold: charged, and its record written at the charge
+    hold = await meter.reserve("live", key, Quote(certain=100, likely=200, worst=200))
+    assert await meter.settle(hold, 150, record=record()) == 150
+    async with engine.connect() as conn:
+        costs = (await conn.execute(select(usage_records.c.cost))).scalars().all()
+    assert costs == [150]
+    assert await ledger_balance(engine, key.account_id) == 850
