@@ -128,7 +128,8 @@ class Resolution:
 
 def period(moment: datetime) -> tuple[str, str]:
     """The UTC day and month a spend counts in: ("2026-11-21", "2026-11")."""
-    day = moment.astimezone(UTC).strftime("%Y-%m-%d")
+    # isoformat, not strftime: half the time, and this runs twice per metered call.
+    day = (moment if moment.tzinfo is UTC else moment.astimezone(UTC)).isoformat()[:10]
     return day, day[:7]
 
 

@@ -94,7 +94,10 @@ def _sqlite_param(value: Any) -> Any:
     # SQLAlchemy's SQLite DateTime stores UTC as "YYYY-MM-DD HH:MM:SS.ffffff"; the ledger's
     # rows must sort and read back the same way.
     if isinstance(value, datetime):
-        # isoformat: the same text as strftime("%Y-%m-%d %H:%M:%S.%f"), in a third less time.
+        # isoformat: the same text as strftime("%Y-%m-%d %H:%M:%S.%f"), in a third less time;
+        # a UTC value (every one the gateway makes) as it is, its "+00:00" cut: half again.
+        if value.tzinfo is UTC:
+            return value.isoformat(" ", "microseconds")[:26]
         return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
     return value
 

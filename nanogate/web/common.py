@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import itertools
 import os
@@ -81,6 +82,24 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(_too_large(limit))
         pieces.append(piece)
     return b"".join(pieces)
+
+
+async def client_left(request: Request) -> bool:
+    """Whether the client has hung up, without waiting: its body read, a `receive` that
+    answers at once says why, and one that would wait means the client is still there.
+    Starlette's `is_disconnected` asks the same with an anyio cancel scope, which costs a
+    cancellation round through the loop (about 30 µs a call on the reference box); driving the
+    server's `receive` coroutine one step by hand costs none. Another server's awaitable
+    takes Starlette's way."""
+    if not inspect.iscoroutinefunction(request.receive):
+        return await request.is_disconnected()
+    pending = request.receive()
+    try:
+        pending.send(None)
+    except StopIteration as answered:
+        return bool(answered.value.get("type") == "http.disconnect")
+    pending.close()  # it waited: a waiter removed, nothing received
+    return False
 
 
 def _too_large(limit: int) -> str:

@@ -21,7 +21,7 @@ from nanogate.core.payload import Piece
 from nanogate.core.types import Call, Reply
 from nanogate.engine.gateway import Context, Gateway
 from nanogate.engine.replay import ResultKeeper
-from nanogate.web.common import JSON_TYPE
+from nanogate.web.common import JSON_TYPE, client_left
 from nanogate.web.streaming import PiecesResponse
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ async def answer_once(
     async def seal(replies: list[Reply]) -> Work[None] | None:
         nonlocal answer
         answer = await render(replies)
-        if idem is not None or named or await request.is_disconnected():
+        if idem is not None or named or await client_left(request):
             whole = answer if isinstance(answer, bytes) else b"".join(answer)
             return await keeper.sealed(key_id, ctx.request_id, whole)
         return None

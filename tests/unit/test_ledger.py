@@ -708,3 +708,15 @@ def test_the_sqlite_runner_writes_a_timestamp_as_sqlalchemy_does(moment: datetim
     written = column.bind_processor(sqlite_dialect.dialect())
     assert written is not None
     assert runners._sqlite_param(moment) == written(moment.astimezone(UTC).replace(tzinfo=None))
+
+
+@pytest.mark.parametrize(
+    ("moment", "day"),
+    [
+        (datetime(2026, 12, 5, 23, 59, 59, 999999, tzinfo=UTC), "2026-12-05"),
+        # Another zone counts in the UTC day and month: 01:30 at +03:00 is the day before.
+        (datetime(2026, 3, 1, 1, 30, tzinfo=timezone(timedelta(hours=3))), "2026-02-28"),
+    ],
+)
+def test_a_spend_counts_in_its_utc_day_and_month(moment: datetime, day: str) -> None:
+    assert ledger.period(moment) == (day, day[:7])
