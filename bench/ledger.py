@@ -3,12 +3,14 @@
 Run `python bench/ledger.py [--pairs N] [--concurrency C] [--no-postgres]`. On a fresh SQLite
 file and a fresh PostgreSQL database (the tests' server, 127.0.0.1:5432, or
 NANOGATE_TEST_PG_URL), each migrated and holding one funded key, it runs reserve-then-settle
-pairs through the journal, as `Meter` submits them ("statements": the reservation a loose
-statement, the settle a durable one, each outside a transaction when alone in its batch on
-PostgreSQL), one at a time (what a call at 1 connection waits for) and from C tasks at once
-(group commit); and for comparison as plain transactions ("transactions"), as every step ran
-before. It prints ms per pair and pairs/s, and writes bench/results/ledger.json. The usage
-record a real settle carries is left out: the same insert on either side.
+pairs through the journal one at a time (what a call at 1 connection waits for) and from C
+tasks at once (group commit). "statements" submits them as `Meter` does: the reservation a
+loose statement, the settle a durable one, each outside a transaction when alone in its batch
+on PostgreSQL; one at a time also marked `alone` (no other call in flight), which on SQLite
+runs each step at once in its caller. "transactions" submits them as plain transactions, as
+every step ran before, for comparison. It prints ms per pair and pairs/s, and writes
+bench/results/ledger.json. The usage record a real settle carries is left out: the same insert
+on either side.
 """
 
 from __future__ import annotations
@@ -55,14 +57,19 @@ def _hold(key: KeyRecord) -> Hold:
     )
 
 
-async def _pairs(journal: Journal, key: KeyRecord, count: int, *, alone: bool) -> None:
+async def _pairs(
+    journal: Journal, key: KeyRecord, count: int, *, meter_way: bool, alone: bool = False
+) -> None:
+    """`count` pairs one after the other; `meter_way`: submitted as statements, and `alone`
+    as the meter marks a call with no other in flight (run at once on SQLite)."""
     for _ in range(count):
         hold = _hold(key)
         reserve = partial(ledger.reserve, hold=hold)
-        refused = await journal.submit(reserve, statement="loose" if alone else None)
+        loose = "loose" if meter_way else None
+        refused = await journal.submit(reserve, statement=loose, alone=alone)
         assert refused is None, refused
         settle = partial(ledger.resolve, hold_id=hold.id, cost=19, now=datetime.now(UTC))
-        await journal.submit(settle, statement="durable" if alone else None)
+        await journal.submit(settle, statement="durable" if meter_way else None, alone=alone)
 
 
 async def _measure(url: str, pairs: int, concurrency: int) -> list[dict[str, Any]]:
@@ -72,13 +79,18 @@ async def _measure(url: str, pairs: int, concurrency: int) -> list[dict[str, Any
     journal.start()
     rows = []
     try:
-        await _pairs(journal, key, 200, alone=True)  # warm: prepared statements, caches
+        await _pairs(journal, key, 200, meter_way=True)  # warm: prepared statements, caches
         for mode in ("statements", "transactions"):
             for tasks in (1, concurrency):
                 each = max(1, pairs // tasks)
+                meter_way = mode == "statements"
+                alone = meter_way and tasks == 1
                 started = time.perf_counter()
                 await asyncio.gather(
-                    *(_pairs(journal, key, each, alone=mode == "statements") for _ in range(tasks))
+                    *(
+                        _pairs(journal, key, each, meter_way=meter_way, alone=alone)
+                        for _ in range(tasks)
+                    )
                 )
                 elapsed = time.perf_counter() - started
                 done = each * tasks

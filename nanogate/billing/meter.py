@@ -115,6 +115,9 @@ class Meter:
         # each with whether a settle of it failed (and so may have landed unseen: `void`).
         self._unresolved: dict[str, tuple[Hold, bool]] = {}
         self._retrying: asyncio.Task[None] | None = None
+        # The holds of calls in flight here, from their reservation to their settle or refund:
+        # a call with none beside it has no commit to share (`Journal.submit`'s `alone`).
+        self._open: set[str] = set()
 
     def hold_for(
         self,
@@ -200,16 +203,27 @@ class Meter:
                 turn.set_result(None)
                 return
 
+    def _alone(self, hold: Hold) -> bool:
+        return not self._open or (len(self._open) == 1 and hold.id in self._open)
+
     async def _reserve(self, hold: Hold) -> Refusal | None:
-        future = self.journal.submit(lambda tx: ledger.reserve(tx, hold), statement="loose")
+        alone = self._alone(hold)
+        self._open.add(hold.id)
+        future = self.journal.submit(
+            lambda tx: ledger.reserve(tx, hold), statement="loose", alone=alone
+        )
         try:
             refusal = await asyncio.shield(future)
         except asyncio.CancelledError:
             # The caller is gone; the reservation may still land, and must not stay held.
+            self._open.discard(hold.id)
             future.add_done_callback(lambda _: self._refund_later(hold))
             raise
         except Exception as exc:
+            self._open.discard(hold.id)
             raise database_unavailable("check your credits") from exc
+        if refusal is not None:
+            self._open.discard(hold.id)
         return refusal
 
     async def settle(
@@ -229,9 +243,11 @@ class Meter:
         give the answer."""
         if hold is None:
             return cost
+        alone = self._alone(hold)
+        self._open.discard(hold.id)
         if then is None:
             work = _resolver(hold.id, cost, record=record)
-            future = self.journal.submit(work, statement="durable")
+            future = self.journal.submit(work, statement="durable", alone=alone)
         else:
             future = self.journal.submit(_resolver(hold.id, cost, then, record=record))
         try:
@@ -256,7 +272,9 @@ class Meter:
         it, so the caller's own error is what the client hears)."""
         if hold is None or hold.id in self._unresolved:
             return  # a failed settle already queued it
-        future = self.journal.submit(_resolver(hold.id, None), statement="loose")
+        alone = self._alone(hold)
+        self._open.discard(hold.id)
+        future = self.journal.submit(_resolver(hold.id, None), statement="loose", alone=alone)
         try:
             resolution = await asyncio.shield(future)
         except asyncio.CancelledError:

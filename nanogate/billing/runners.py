@@ -22,7 +22,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
@@ -64,6 +64,12 @@ class Runner(Protocol):
     async def run_statement(self, work: Work[T], *, durable: bool) -> T:
         """Run `work`, one ledger statement (see `Journal.submit`), as cheaply as the database
         allows; unless `durable`, a crash may lose it."""
+        ...
+
+    def run_now(self, work: Work[T]) -> tuple[T] | None:
+        """Run `work` in one transaction at once, synchronously, if this database can: its
+        result (in a 1-tuple), or None with nothing done when it cannot (see `Journal.submit`).
+        Raises what the work raised, rolled back."""
         ...
 
     async def read(self, work: Work[T]) -> T:
@@ -136,6 +142,15 @@ class _SqliteTx:
         return self._run(sql, params).rowcount
 
 
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    """Another connection holds the write lock."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+class _Suspended(Exception):
+    """Work that cannot run to its end without the event loop."""
+
+
 class SqliteRunner:
     def __init__(self, path: str) -> None:
         # Autocommit mode: the runner says BEGIN and COMMIT itself.
@@ -166,7 +181,7 @@ class SqliteRunner:
                 self._conn.execute("BEGIN IMMEDIATE")
                 break
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if not _locked(exc):
                     raise
                 if time.monotonic() > deadline:
                     raise
@@ -177,13 +192,53 @@ class SqliteRunner:
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
+        self._commit()
+        return result
+
+    def run_now(self, work: Work[T]) -> tuple[T] | None:
+        # A ledger operation awaits nothing but its statements, which never wait here: driven
+        # one step, it runs to its end. Work that would wait on the loop has run nothing but
+        # statements so far: it is rolled back and left to `run`.
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _locked(exc):
+                return None  # another connection writes: `run` waits for it, off this call
+            raise
+        try:
+            step = work(self._tx)
+            if not isinstance(step, Coroutine):
+                raise _Suspended
+            step.send(None)
+        except StopIteration as done:
+            self._commit()
+            return (done.value,)
+        except _Suspended:
+            self._conn.execute("ROLLBACK")
+            return None
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        try:
+            step.close()
+        finally:
+            self._conn.execute("ROLLBACK")
+        return None
+
+    def _commit(self) -> None:
+        try:
+            self._conn.execute("COMMIT")
+        except BaseException:
+            # A commit that failed (a full disk) may leave the transaction open: never the
+            # next one's to inherit.
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise
         self._commits += 1
         if self._commits >= SQLITE_CHECKPOINT_EVERY and self._checkpoint is None:
             self._commits = 0
             self._checkpoint = asyncio.get_running_loop().run_in_executor(None, self._copy_wal)
             self._checkpoint.add_done_callback(self._checkpointed)
-        return result
 
     async def run_statement(self, work: Work[T], *, durable: bool) -> T:
         return await self.run(work)  # several statements here, and no commit waits for the disk
@@ -262,6 +317,9 @@ class EngineRunner:
 
     async def run_statement(self, work: Work[T], *, durable: bool) -> T:
         return await self.run(work)
+
+    def run_now(self, work: Work[T]) -> tuple[T] | None:
+        return None  # every statement is a wait on the driver
 
     async def read(self, work: Work[T]) -> T:
         async with self._engine.connect() as conn:
@@ -414,6 +472,9 @@ class PgRunner:
         finally:
             self._busy = False
 
+    def run_now(self, work: Work[T]) -> tuple[T] | None:
+        return None  # every statement is a round trip
+
     async def _connection(self, *, loose: bool) -> tuple[AsyncConnection, asyncpg.Connection]:
         kept = self._kept.get(loose)
         if kept is not None and (kept[0].invalidated or kept[1].is_closed()):
@@ -476,6 +537,7 @@ class Journal:
         self._queue: list[tuple[Work[Any], asyncio.Future[Any], Statement | None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._batch = False  # a batch is running (or waiting for the lock)
 
     def start(self) -> None:
         if self._task is None:
@@ -491,7 +553,9 @@ class Journal:
         while self._queue:
             await self._commit()
 
-    def submit(self, work: Work[T], *, statement: Statement | None = None) -> asyncio.Future[T]:
+    def submit(
+        self, work: Work[T], *, statement: Statement | None = None, alone: bool = False
+    ) -> asyncio.Future[T]:
         """Queue `work`; the future resolves once its transaction has committed. The work runs
         even if the caller stops waiting (shield the future to keep waiting past a cancel).
 
@@ -499,10 +563,26 @@ class Journal:
         work: one statement where the database chains them), which alone in its batch runs
         outside a transaction (`Runner.run_statement`). "loose": a crash may lose it (a
         reservation lost holds nothing; a refund lost leaves a pending hold that recovery
-        refunds), so its commit need not wait for the disk; "durable": it must not."""
+        refunds), so its commit need not wait for the disk; "durable": it must not.
+
+        `alone`: the caller knows of no other work that could share this one's commit (a
+        metered call with no other in flight). Then, while no batch is queued or running, work
+        the runner can run at once (`Runner.run_now`: a ledger operation on SQLite) runs in
+        this call, and the future is already resolved: no trip through the journal's task and
+        back (two loop turns a step). Calls in flight together queue, to share commits."""
         if self._task is None:
             raise RuntimeError("the ledger journal is not running")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if alone and not self._queue and not self._batch:
+            try:
+                done = self.runner.run_now(work)
+            except Exception as exc:
+                logger.error("ledger transaction failed (%s)", _described(exc))
+                future.set_exception(exc)
+                return future
+            if done is not None:
+                future.set_result(done[0])
+                return future
         self._queue.append((work, future, statement))
         self._wake.set()
         return future
@@ -519,6 +599,13 @@ class Journal:
                 await self._commit()
 
     async def _commit(self) -> None:
+        self._batch = True
+        try:
+            await self._commit_batch()
+        finally:
+            self._batch = False
+
+    async def _commit_batch(self) -> None:
         batch, self._queue = self._queue, []
 
         async def together(tx: Tx) -> list[Any]:

@@ -720,3 +720,105 @@ def test_the_sqlite_runner_writes_a_timestamp_as_sqlalchemy_does(moment: datetim
 )
 def test_a_spend_counts_in_its_utc_day_and_month(moment: datetime, day: str) -> None:
     assert ledger.period(moment) == (day, day[:7])
+
+
+# -- a call alone: its step at once, in the caller -------------------------------------------
+
+
+async def test_a_step_alone_runs_at_once_on_sqlite_and_queues_on_postgresql(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    """On SQLite a step nothing could share a commit with is committed before `submit`
+    returns (no trip through the journal's task); PostgreSQL's statements are waits, so it
+    queues there as any other."""
+    key = await new_key(engine, 1000)
+    hold = _hold(key, 10)
+    future = journal.submit(lambda tx: ledger.reserve(tx, hold), statement="loose", alone=True)
+    on_sqlite = isinstance(journal.runner, SqliteRunner)
+    assert future.done() is on_sqlite
+    assert await future is None
+    assert await ledger_balance(engine, key.account_id) == 990
+
+
+async def test_a_step_alone_never_passes_work_queued_before_it(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await new_key(engine, 1000)
+    hold = _hold(key, 10)
+    queued = journal.submit(lambda tx: ledger.reserve(tx, hold))
+    now = datetime.now(UTC)
+    after = journal.submit(lambda tx: ledger.resolve(tx, hold.id, 4, now), alone=True)
+    assert not after.done()  # behind the reservation it settles
+    assert await queued is None
+    resolution = await after
+    assert resolution is not None and resolution.charged == 4
+    assert await ledger_balance(engine, key.account_id) == 996
+
+
+_ON_SQLITE = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+
+
+@_ON_SQLITE
+async def test_work_alone_that_waits_on_the_loop_runs_once_in_the_journal(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    """What cannot finish at once is rolled back before it leaves the caller and runs in the
+    journal: its statements count once."""
+    key = await new_key(engine, 1000)
+    now = datetime.now(UTC)
+
+    async def two_topups(tx: ledger.Tx) -> int | None:
+        await ledger.move(tx, key.account_id, 5, "first", now)
+        await asyncio.sleep(0)
+        return await ledger.move(tx, key.account_id, 7, "second", now)
+
+    future = journal.submit(two_topups, alone=True)
+    assert not future.done()
+    assert await future == 1012
+    assert await ledger_balance(engine, key.account_id) == 1012
+    async with engine.connect() as conn:
+        notes = await conn.scalars(
+            select(ledger_table.c.note).where(ledger_table.c.note.in_(("first", "second")))
+        )
+        assert sorted(notes) == ["first", "second"]
+
+
+@_ON_SQLITE
+async def test_a_step_alone_that_fails_is_rolled_back_and_the_next_runs(
+    engine: AsyncEngine, journal: Journal
+) -> None:
+    key = await new_key(engine, 1000)
+    now = datetime.now(UTC)
+
+    async def broken(tx: ledger.Tx) -> None:
+        await ledger.move(tx, key.account_id, 5, "lost", now)
+        await tx.exec("INSERT INTO no_such_table VALUES (1)", {})
+
+    failed = journal.submit(broken, alone=True)
+    assert failed.done()
+    with pytest.raises(sqlite3.OperationalError):
+        await failed
+    assert await ledger_balance(engine, key.account_id) == 1000
+    hold = _hold(key, 10)
+    assert await journal.submit(lambda tx: ledger.reserve(tx, hold), alone=True) is None
+    assert await ledger_balance(engine, key.account_id) == 990
+
+
+@_ON_SQLITE
+async def test_a_step_alone_waits_in_the_journal_for_a_lock_another_connection_holds(
+    engine: AsyncEngine, journal: Journal, db_url: str
+) -> None:
+    key = await new_key(engine, 1000)
+    other = sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        hold = _hold(key, 10)
+        future = journal.submit(lambda tx: ledger.reserve(tx, hold), alone=True)
+        assert not future.done()
+        await asyncio.sleep(0.05)
+        assert not future.done()
+        other.execute("ROLLBACK")
+        assert await asyncio.wait_for(future, 5) is None
+    finally:
+        other.close()
+    assert await ledger_balance(engine, key.account_id) == 990

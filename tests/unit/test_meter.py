@@ -8,6 +8,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import func, select
@@ -26,6 +27,8 @@ from nanogate.engine import usage
 from nanogate.engine.usage import UsageRecord
 
 from .conftest import ledger_balance, new_key
+
+T = TypeVar("T")
 
 
 def _meter(journal: Journal, wait_s: float) -> Meter:
@@ -157,3 +160,66 @@ async def test_a_settle_of_a_closed_hold_charges_nothing_and_leaves_the_record_t
         costs = (await conn.execute(select(usage_records.c.cost))).scalars().all()
     assert costs == [150]
     assert await ledger_balance(engine, key.account_id) == 850
+
+
+# -- a call alone ---------------------------------------------------------------------------
+
+
+class _Counting:
+    """The runner the journal would use, counting how each step ran: at once in its caller, or
+    queued through the journal's task."""
+
+    def __init__(self, runner: runners.Runner) -> None:
+        self.runner = runner
+        self.at_once = 0
+        self.queued = 0
+
+    def run_now(self, work: runners.Work[T]) -> tuple[T] | None:
+        done = self.runner.run_now(work)
+        self.at_once += done is not None
+        return done
+
+    async def run(self, work: runners.Work[T]) -> T:
+        self.queued += 1
+        return await self.runner.run(work)
+
+    async def run_statement(self, work: runners.Work[T], *, durable: bool) -> T:
+        self.queued += 1
+        return await self.runner.run_statement(work, durable=durable)
+
+    async def read(self, work: runners.Work[T]) -> T:
+        return await self.runner.read(work)
+
+    async def close(self) -> None:
+        await self.runner.close()
+
+
+SMALL = Quote(certain=10, likely=20, worst=50)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+async def test_a_call_alone_runs_its_steps_at_once_and_calls_together_queue(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """With no other call in flight, nothing could share a step's commit: it runs in the
+    caller. Calls in flight together queue, so that group commit shares their commits."""
+    counting = _Counting(open_runner(db_url, engine))
+    journal = Journal(counting)
+    journal.start()
+    meter = _meter(journal, wait_s=1)
+    key = await new_key(engine, 1_000)
+    try:
+        alone = await meter.reserve("a", key, SMALL)
+        await meter.settle(alone, 15)
+        refunded = await meter.reserve("b", key, SMALL)
+        await meter.refund(refunded)
+        assert (counting.at_once, counting.queued) == (4, 0)
+        first = await meter.reserve("c", key, SMALL)  # alone
+        second = await meter.reserve("d", key, SMALL)  # beside the first: queued
+        await meter.settle(first, 15)  # beside the second: queued
+        await meter.settle(second, 15)  # alone again
+        assert (counting.at_once, counting.queued) == (6, 2)
+        assert await ledger_balance(engine, key.account_id) == 1_000 - 3 * 15
+    finally:
+        await journal.stop()
+        await counting.close()
