@@ -108,6 +108,11 @@ def _sqlite_param(value: Any) -> Any:
     return value
 
 
+# The stdlib driver binds a datetime through this, on every connection of the process: only
+# this module's connections hand it datetime objects (SQLAlchemy's dialect hands it text).
+sqlite3.register_adapter(datetime, _sqlite_param)
+
+
 # The UTC day of a timestamp column (see `Tx.utc_day`): SQLite holds UTC as text (above).
 SQLITE_DAY = "substr({}, 1, 10)"
 POSTGRES_DAY = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
@@ -122,14 +127,9 @@ class _SqliteTx:
         self._conn = conn
 
     def _run(self, sql: str, params: dict[str, Any]) -> sqlite3.Cursor:
-        # Only the statement's own parameters: a ledger operation passes all of its own to
-        # each of its statements.
-        _, names = _numbered(sql)
-        values = {name: params[name] for name in names if name in params}
-        for name, value in values.items():
-            if isinstance(value, datetime):
-                values[name] = _sqlite_param(value)
-        return self._conn.execute(sql, values)
+        # As they are: the driver binds the names the statement has (a ledger operation
+        # passes all of its own to each of its statements), datetimes through the adapter.
+        return self._conn.execute(sql, params)
 
     async def one(self, sql: str, params: dict[str, Any]) -> Row | None:
         row: Row | None = self._run(sql, params).fetchone()

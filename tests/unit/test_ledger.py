@@ -822,3 +822,24 @@ async def test_a_step_alone_waits_in_the_journal_for_a_lock_another_connection_h
     finally:
         other.close()
     assert await ledger_balance(engine, key.account_id) == 990
+
+
+@_ON_SQLITE
+async def test_the_sqlite_runner_binds_timestamps_in_that_text(
+    engine: AsyncEngine, journal: Journal, db_url: str
+) -> None:
+    """The runner hands the driver its datetimes as they are: the driver's adapter must write
+    them as SQLAlchemy would (UTC, six digits), whatever their zone."""
+    key = await new_key(engine, 1000)
+    hold = _hold(key, 10)
+    hold.expires_at = datetime(2030, 1, 2, 1, 30, tzinfo=timezone(timedelta(hours=3)))
+    assert await _reserve(journal, hold) is None
+    raw = sqlite3.connect(db_url.split("///", 1)[1])
+    try:
+        created, expires = raw.execute(
+            "SELECT created_at, expires_at FROM holds WHERE id = ?", (hold.id,)
+        ).fetchone()
+    finally:
+        raw.close()
+    assert created == hold.created_at.replace(tzinfo=None).isoformat(" ", "microseconds")
+    assert expires == "2030-01-01 22:30:00.000000"
