@@ -758,6 +758,10 @@ async def test_a_step_alone_never_passes_work_queued_before_it(
 _ON_SQLITE = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
 
+def _sqlite_file(db_url: str) -> str:
+    return db_url.split("///", 1)[1]
+
+
 @_ON_SQLITE
 async def test_work_alone_that_waits_on_the_loop_runs_once_in_the_journal(
     engine: AsyncEngine, journal: Journal
@@ -809,7 +813,7 @@ async def test_a_step_alone_waits_in_the_journal_for_a_lock_another_connection_h
     engine: AsyncEngine, journal: Journal, db_url: str
 ) -> None:
     key = await new_key(engine, 1000)
-    other = sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)
+    other = sqlite3.connect(_sqlite_file(db_url), isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
         hold = _hold(key, 10)
@@ -834,7 +838,7 @@ async def test_the_sqlite_runner_binds_timestamps_in_that_text(
     hold = _hold(key, 10)
     hold.expires_at = datetime(2030, 1, 2, 1, 30, tzinfo=timezone(timedelta(hours=3)))
     assert await _reserve(journal, hold) is None
-    raw = sqlite3.connect(db_url.split("///", 1)[1])
+    raw = sqlite3.connect(_sqlite_file(db_url))
     try:
         created, expires = raw.execute(
             "SELECT created_at, expires_at FROM holds WHERE id = ?", (hold.id,)
