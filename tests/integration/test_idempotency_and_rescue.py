@@ -18,6 +18,7 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 
+from nanogate.access.keys import parse_prefix
 from tests.simulator.processes import stop
 
 from .conftest import Gateway, start_gateway
@@ -266,6 +267,36 @@ def test_an_unnamed_call_whose_client_stays_is_not_stored(gw: Gateway) -> None:
     assert answered.status_code == 200
     url = f"{gw.url}/v1/results/{answered.headers['x-request-id']}"
     assert httpx.get(url, headers={"x-goog-api-key": key}).status_code == 404
+
+
+def test_an_unnamed_call_whose_client_left_is_kept(gw: Gateway) -> None:
+    """A client that hangs up before its answer is ready leaves it paid for and kept, even
+    with no name of its own: the gateway's id is in the client's usage and ledger rows."""
+    key = new_key(gw, 10_000_000)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{gw.url}/v1beta/models/{MODEL}:generateContent",
+            headers={"x-goog-api-key": key},
+            json=BODY,
+            timeout=0.5,
+        )
+    prefix = parse_prefix(key)
+    deadline = time.monotonic() + 20
+    while not (
+        settled := query(
+            gw,
+            "SELECT l.request_id FROM ledger l JOIN api_keys k ON k.id = l.key_id "
+            f"WHERE k.prefix = '{prefix}' AND l.kind = 'settle'",
+        )
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    [(request_id,)] = settled
+    found = httpx.get(f"{gw.url}/v1/results/{request_id}", headers={"x-goog-api-key": key})
+    assert found.status_code == 200, found.text
+    parts = orjson.loads(found.content)["candidates"][0]["content"]["parts"]
+    assert any("inlineData" in part for part in parts)
+    ledger_matches_balances(gw)
 
 
 def test_a_call_named_by_its_client_is_kept_for_after_a_crash(gw: Gateway) -> None:
