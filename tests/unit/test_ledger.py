@@ -686,6 +686,15 @@ async def test_wal_checkpoints_run_off_the_loop_every_so_many_commits(
         assert runner._checkpoint is not None
         await runner._checkpoint
         assert _size(path) > before
+        # The next checkpoint copies the next commits, on the connection the first opened.
+        kept, grown = runner._checkpointer, _size(path)
+        assert kept is not None
+        for _ in range(20):
+            await runner.run(grow)
+        assert runner._checkpoint is not None
+        await runner._checkpoint
+        assert _size(path) > grown
+        assert runner._checkpointer is kept
     finally:
         await runner.close()
 
