@@ -206,6 +206,12 @@ class Meter:
     def _alone(self, hold: Hold) -> bool:
         return not self._open or (len(self._open) == 1 and hold.id in self._open)
 
+    def _closing(self, hold: Hold) -> bool:
+        """The hold leaves the calls in flight; whether it was alone among them."""
+        alone = self._alone(hold)
+        self._open.discard(hold.id)
+        return alone
+
     async def _reserve(self, hold: Hold) -> Refusal | None:
         alone = self._alone(hold)
         self._open.add(hold.id)
@@ -243,8 +249,7 @@ class Meter:
         give the answer."""
         if hold is None:
             return cost
-        alone = self._alone(hold)
-        self._open.discard(hold.id)
+        alone = self._closing(hold)
         if then is None:
             work = _resolver(hold.id, cost, record=record)
             future = self.journal.submit(work, statement="durable", alone=alone)
@@ -272,8 +277,7 @@ class Meter:
         it, so the caller's own error is what the client hears)."""
         if hold is None or hold.id in self._unresolved:
             return  # a failed settle already queued it
-        alone = self._alone(hold)
-        self._open.discard(hold.id)
+        alone = self._closing(hold)
         future = self.journal.submit(_resolver(hold.id, None), statement="loose", alone=alone)
         try:
             resolution = await asyncio.shield(future)

@@ -147,10 +147,6 @@ def _locked(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
-class _Suspended(Exception):
-    """Work that cannot run to its end without the event loop."""
-
-
 class SqliteRunner:
     def __init__(self, path: str) -> None:
         # Autocommit mode: the runner says BEGIN and COMMIT itself.
@@ -208,20 +204,17 @@ class SqliteRunner:
             raise
         try:
             step = work(self._tx)
-            if not isinstance(step, Coroutine):
-                raise _Suspended
-            step.send(None)
+            if isinstance(step, Coroutine):
+                step.send(None)
         except StopIteration as done:
             self._commit()
             return (done.value,)
-        except _Suspended:
-            self._conn.execute("ROLLBACK")
-            return None
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
         try:
-            step.close()
+            if isinstance(step, Coroutine):
+                step.close()  # it waited on the loop
         finally:
             self._conn.execute("ROLLBACK")
         return None
